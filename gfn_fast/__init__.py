@@ -1,0 +1,15 @@
+"""gfn_fast: fused kernels for GFlowNet losses and sampling, and Bayesian Flow Networks."""
+
+from gfn_fast._backends import backends
+from gfn_fast._checks import validation
+from gfn_fast.balance import log_partition_variance, trajectory_balance
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "backends",
+    "log_partition_variance",
+    "trajectory_balance",
+    "validation",
+]

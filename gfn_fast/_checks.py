@@ -1,0 +1,266 @@
+"""Input validation shared by every op: one error style, two tiers.
+
+Tier 1 (always, free): types, shapes, dtypes, devices and argument values.
+Tier 2 (reads tensor values, costs a host sync on GPU): lengths in range, prefix masks,
+cu_seqlens monotone, finiteness on request. Tier 2 is on by default; `gfn_fast.validation(False)`
+or GFN_FAST_VALIDATE=0 turns it off, and it is skipped while torch.compile traces or a CUDA graph
+is being captured. Kernels clamp every length and offset they read, so bad values never cause an
+out-of-bounds access even with validation off; they only give a wrong number.
+
+Errors read ``gfn_fast.<op>: `<argument>` <what was expected>, got <what came>``.
+"""
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from gfn_fast.reference.losses import ABSOLUTE, HALF_SQUARED, HUBER, LINEX, SHIFTED_COSH, SQUARED
+
+LOSSES = {
+    "squared": SQUARED,
+    "half_squared": HALF_SQUARED,
+    "absolute": ABSOLUTE,
+    "huber": HUBER,
+    "shifted_cosh": SHIFTED_COSH,
+    "linex": LINEX,
+}
+_DEFAULT_LOSS_PARAM = {HUBER: 1.0, LINEX: 1.0}
+REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
+
+
+class _Validation:
+    """Global switch for value checks; usable as a call or as a context manager."""
+
+    enabled = os.environ.get("GFN_FAST_VALIDATE", "1").strip() not in ("0", "false", "False")
+
+    def __init__(self, enabled: bool):
+        self._previous = _Validation.enabled
+        _Validation.enabled = bool(enabled)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _Validation.enabled = self._previous
+        return False
+
+
+def validation(enabled: bool) -> _Validation:
+    """Turn value checks (those that read tensor data and sync the GPU) on or off.
+
+    ``gfn_fast.validation(False)`` switches them off for the process; ``with
+    gfn_fast.validation(False): ...`` only inside the block.
+    """
+    return _Validation(enabled)
+
+
+def value_checks_enabled() -> bool:
+    if not _Validation.enabled or torch.compiler.is_compiling():
+        return False
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return False
+    return True
+
+
+def fail(op: str, arg: str, message: str, exc: type[Exception] = ValueError):
+    raise exc(f"gfn_fast.{op}: `{arg}` {message}")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def require_tensor(op: str, arg: str, value, *, floating: bool = False, integer: bool = False):
+    if not isinstance(value, torch.Tensor):
+        fail(op, arg, f"must be a torch.Tensor, got {type(value).__name__}", TypeError)
+    if floating and not value.is_floating_point():
+        fail(op, arg, f"must be a floating-point tensor, got {value.dtype}", TypeError)
+    if integer and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+        fail(op, arg, f"must be an integer tensor, got {value.dtype}", TypeError)
+    return value
+
+
+def same_device(op: str, reference_arg: str, reference: torch.Tensor, **others) -> None:
+    for arg, value in others.items():
+        if value is not None and value.device != reference.device:
+            fail(op, arg, f"must be on {reference.device} like `{reference_arg}`, got {value.device}")
+
+
+def parse_loss(op: str, loss) -> tuple[int, float]:
+    """'squared' | 'huber' | 'huber(0.5)' | ('huber', 0.5) -> (loss id, parameter)."""
+    name, param = loss, None
+    if isinstance(loss, tuple) and len(loss) == 2:
+        name, param = loss
+    elif isinstance(loss, str):
+        match = re.fullmatch(r"\s*(\w+)\s*(?:\(\s*([^()]*?)\s*\))?\s*", loss)
+        if match:
+            name, param = match.group(1), match.group(2)
+    if not isinstance(name, str) or name not in LOSSES:
+        fail(op, "loss", f"must be one of {sorted(LOSSES)} (optionally 'huber(delta)' or "
+             f"'linex(alpha)'), got {loss!r}")
+    loss_id = LOSSES[name]
+    if param is None:
+        return loss_id, _DEFAULT_LOSS_PARAM.get(loss_id, 0.0)
+    if loss_id not in _DEFAULT_LOSS_PARAM:
+        fail(op, "loss", f"'{name}' takes no parameter, got {loss!r}")
+    try:
+        value = float(param)
+    except (TypeError, ValueError):
+        fail(op, "loss", f"parameter must be a number, got {loss!r}")
+    if loss_id == HUBER and not value > 0:
+        fail(op, "loss", f"huber delta must be > 0, got {value}")
+    if loss_id == LINEX and (value == 0 or not math.isfinite(value)):
+        fail(op, "loss", f"linex alpha must be finite and non-zero, got {value}")
+    return loss_id, value
+
+
+def parse_reduction(op: str, reduction) -> int:
+    if reduction not in REDUCTIONS:
+        fail(op, "reduction", f"must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    return REDUCTIONS[reduction]
+
+
+def parse_float(op: str, arg: str, value, *, allow_neg_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(op, arg, f"must be a Python float, got {type(value).__name__}", TypeError)
+    value = float(value)
+    if math.isnan(value) or (value == math.inf) or (value == -math.inf and not allow_neg_inf):
+        fail(op, arg, f"must be a finite number, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class BalanceLayout:
+    """Where each trajectory lives. Padded: `lengths` [B] int64, `steps` = T. Packed:
+    `lengths` holds cu_seqlens [B+1] int64 and `steps` is the flat length."""
+
+    packed: bool
+    batch: int
+    steps: int
+    lengths: torch.Tensor
+
+
+def balance_layout(op: str, log_probs: dict, lengths=None, mask=None, cu_seqlens=None
+                   ) -> BalanceLayout:
+    """Validate the per-step log-prob tensors (all the same shape, dtype and device) and the
+    trajectory layout; return the layout with 64-bit lengths."""
+    names = [name for name, value in log_probs.items() if value is not None]
+    first_name = names[0]
+    first = require_tensor(op, first_name, log_probs[first_name], floating=True)
+    for name in names[1:]:
+        value = require_tensor(op, name, log_probs[name], floating=True)
+        if value.shape != first.shape:
+            fail(op, name, f"must have the shape of `{first_name}` {_shape(first)}, "
+                 f"got {_shape(value)}")
+        if value.dtype != first.dtype:
+            fail(op, name, f"must have the dtype of `{first_name}` ({first.dtype}), "
+                 f"got {value.dtype}", TypeError)
+        same_device(op, first_name, first, **{name: value})
+    given = [n for n, v in (("lengths", lengths), ("mask", mask), ("cu_seqlens", cu_seqlens))
+             if v is not None]
+    if len(given) > 1:
+        fail(op, given[1], f"cannot be combined with `{given[0]}`: pass one of lengths, mask, "
+             "cu_seqlens")
+    check_values = value_checks_enabled()
+
+    if cu_seqlens is not None:
+        require_tensor(op, "cu_seqlens", cu_seqlens, integer=True)
+        same_device(op, first_name, first, cu_seqlens=cu_seqlens)
+        if first.dim() != 1:
+            fail(op, first_name, f"must be 1-D (packed) when cu_seqlens is given, got "
+                 f"{_shape(first)}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+            fail(op, "cu_seqlens", f"must be 1-D of length B+1 >= 2, got {_shape(cu_seqlens)}")
+        cu = cu_seqlens.to(torch.int64)
+        if check_values:
+            if int(cu[0]) != 0:
+                fail(op, "cu_seqlens", f"must start at 0, got {int(cu[0])}")
+            if bool((cu[1:] <= cu[:-1]).any()):
+                fail(op, "cu_seqlens", "must be strictly increasing (every trajectory has at "
+                     "least one transition)")
+            if int(cu[-1]) != first.shape[0]:
+                fail(op, "cu_seqlens", f"must end at the flat length {first.shape[0]} of "
+                     f"`{first_name}`, got {int(cu[-1])}")
+        return BalanceLayout(True, cu.shape[0] - 1, first.shape[0], cu)
+
+    if first.dim() != 2:
+        fail(op, first_name, f"must be 2-D [B, T] (or 1-D with cu_seqlens), got {_shape(first)}")
+    batch, steps = first.shape
+    if batch < 1 or steps < 1:
+        fail(op, first_name, f"must have B >= 1 and T >= 1, got {_shape(first)}")
+    if mask is not None:
+        require_tensor(op, "mask", mask)
+        if mask.dtype != torch.bool:
+            fail(op, "mask", f"must be a bool tensor, got {mask.dtype}", TypeError)
+        if mask.shape != first.shape:
+            fail(op, "mask", f"must have the shape of `{first_name}` {_shape(first)}, "
+                 f"got {_shape(mask)}")
+        same_device(op, first_name, first, mask=mask)
+        if check_values:
+            if not bool(mask[:, 0].all()):
+                fail(op, "mask", "must mark at least the first step of every trajectory")
+            if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+                fail(op, "mask", "must be a prefix of each row (True entries first)")
+        return BalanceLayout(False, batch, steps, mask.sum(dim=1))
+    if lengths is None:
+        return BalanceLayout(False, batch, steps,
+                             torch.full((batch,), steps, dtype=torch.int64, device=first.device))
+    require_tensor(op, "lengths", lengths, integer=True)
+    same_device(op, first_name, first, lengths=lengths)
+    if lengths.shape != (batch,):
+        fail(op, "lengths", f"must have shape [B] = [{batch}], got {_shape(lengths)}")
+    lengths = lengths.to(torch.int64)
+    if check_values:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > steps:
+            fail(op, "lengths", f"must lie in [1, T] = [1, {steps}], got values in "
+                 f"[{low}, {high}]")
+    return BalanceLayout(False, batch, steps, lengths)
+
+
+def per_trajectory(op: str, arg: str, value, batch: int, like: torch.Tensor, *,
+                   allow_scalar: bool = True, required: bool = True):
+    """A scalar or [B] floating tensor (Python numbers become 0-dim tensors on like's device)."""
+    if value is None:
+        if required:
+            fail(op, arg, "is required", TypeError)
+        return None
+    if isinstance(value, bool):
+        fail(op, arg, "must be a float or a floating tensor, got bool", TypeError)
+    if isinstance(value, (int, float)) and allow_scalar:
+        return torch.tensor(float(value), dtype=torch.float32, device=like.device)
+    require_tensor(op, arg, value, floating=True)
+    same_device(op, "log_pf", like, **{arg: value})
+    if value.dim() == 0 and allow_scalar:
+        return value
+    if value.dim() == 1 and value.shape[0] == 1 and allow_scalar:
+        return value.reshape(())
+    if value.shape != (batch,):
+        expected = "a scalar or shape [B]" if allow_scalar else "shape [B]"
+        fail(op, arg, f"must be {expected} = [{batch}], got {_shape(value)}")
+    return value
+
+
+def check_finite(op: str, layout: BalanceLayout, log_probs: dict, per_row: dict) -> None:
+    """Opt-in: raise on NaN anywhere, or +-inf in log-probs / log_z / beta, naming the input.
+    Only valid (non-padding) entries of the log-probs are read. -inf log rewards are allowed."""
+    for name, value in log_probs.items():
+        if value is None:
+            continue
+        if layout.packed:
+            valid = value
+        else:
+            steps = torch.arange(layout.steps, device=value.device)
+            valid = value[steps[None, :] < layout.lengths[:, None]]
+        if not bool(torch.isfinite(valid).all()):
+            fail(op, name, "contains NaN or infinite entries (check_finite=True)")
+    for name, value in per_row.items():
+        if value is None:
+            continue
+        bad = torch.isnan(value) if name == "log_reward" else ~torch.isfinite(value)
+        if bool(bad.any()):
+            fail(op, name, "contains NaN" + ("" if name == "log_reward" else " or infinite")
+                 + " entries (check_finite=True)")

@@ -1,0 +1,230 @@
+"""Trajectory balance and log-partition variance (VarGrad): public functions, torch ops, autograd.
+
+Math: ../shared/spec/balance.md. Each public function validates and normalises its inputs
+(gfn_fast._checks), picks a backend (gfn_fast._backends), then either runs the plain-PyTorch
+reference under autograd or calls the torch op ``gfn_fast::trajectory_balance_fwd``, whose
+backward is ``gfn_fast::trajectory_balance_bwd``. The forward reads each log-prob once and saves
+only the per-trajectory residual d [B]; the backward writes each gradient once from d.
+
+The backend is resolved before the op is called and passed to it as a string, because the
+choice is not a function of the device alone (Triton runs CPU tensors under TRITON_INTERPRET=1,
+and a user may ask for any backend); the op has one device-generic implementation that looks the
+backend module up in gfn_fast._backends.
+"""
+
+import math
+
+import torch
+
+from gfn_fast import _backends, _checks
+from gfn_fast.reference import balance as reference
+from gfn_fast.reference.losses import rho, rho_grad
+
+_MEAN, _SUM, _NONE = reference.MEAN, reference.SUM, reference.NONE
+
+
+def _reduce(values: torch.Tensor, reduction: int) -> torch.Tensor:
+    return reference.reduce(values, reduction)
+
+
+@torch.library.custom_op("gfn_fast::trajectory_balance_fwd", mutates_args=())
+def _tb_forward(log_pf: torch.Tensor, log_pb: torch.Tensor | None, lengths: torch.Tensor,
+                log_reward: torch.Tensor, log_z: torch.Tensor | None, beta: torch.Tensor | None,
+                packed: bool, clip_min: float, loss_id: int, loss_param: float, reduction: int,
+                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (loss, d). With log_z: TB, d = log_z + s. Without: VarGrad, d = s - mean(s)."""
+    impl = _backends.module(backend, "balance")
+    centered = log_z is None
+    d, loss_rows = impl.rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta,
+                                     clip_min, loss_id, loss_param, not centered)
+    if centered:
+        d = d - d.mean()
+        loss_rows = rho(d, loss_id, loss_param)
+    return _reduce(loss_rows, reduction), d
+
+
+@_tb_forward.register_fake
+def _(log_pf, log_pb, lengths, log_reward, log_z, beta, packed, clip_min, loss_id, loss_param,
+      reduction, backend):
+    batch = log_reward.shape[0]
+    d = log_reward.new_empty(batch)
+    return (log_reward.new_empty(batch if reduction == _NONE else ()), d)
+
+
+@torch.library.custom_op("gfn_fast::trajectory_balance_bwd", mutates_args=())
+def _tb_backward(grad_loss: torch.Tensor, d: torch.Tensor, log_pf: torch.Tensor, has_pb: bool,
+                 lengths: torch.Tensor, log_reward: torch.Tensor, beta: torch.Tensor | None,
+                 centered: bool, packed: bool, clip_min: float, loss_id: int, loss_param: float,
+                 reduction: int, need_log_reward: bool, need_beta: bool, backend: str
+                 ) -> list[torch.Tensor]:
+    """[grad_log_pf, grad_log_pb, grad per row (= d loss / d log_z_b), grad_log_reward,
+    grad_beta]; absent ones are empty tensors."""
+    impl = _backends.module(backend, "balance")
+    batch = d.shape[0]
+    weight = 1.0 / batch if reduction == _MEAN else 1.0
+    if centered:
+        grad_rows = grad_loss.expand(batch) * weight * rho_grad(d, loss_id, loss_param)
+        grad_rows = grad_rows - grad_rows.mean()
+        grads = impl.rows_backward(grad_rows, d, False, 1.0, loss_id, loss_param, lengths,
+                                   packed, log_pf, has_pb, log_reward, beta, clip_min,
+                                   need_log_reward, need_beta)
+    else:
+        grads = impl.rows_backward(grad_loss, d, True, weight, loss_id, loss_param, lengths,
+                                   packed, log_pf, has_pb, log_reward, beta, clip_min,
+                                   need_log_reward, need_beta)
+    empty = d.new_empty(0)
+    return [g if g is not None else empty for g in grads]
+
+
+@_tb_backward.register_fake
+def _(grad_loss, d, log_pf, has_pb, lengths, log_reward, beta, centered, packed, clip_min,
+      loss_id, loss_param, reduction, need_log_reward, need_beta, backend):
+    batch = d.shape[0]
+    empty = d.new_empty(0)
+    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else empty,
+            d.new_empty(batch), d.new_empty(batch) if need_log_reward else empty,
+            d.new_empty(batch) if need_beta else empty]
+
+
+def _setup_context(ctx, inputs, output):
+    (log_pf, log_pb, lengths, log_reward, log_z, beta, packed, clip_min, loss_id, loss_param,
+     reduction, backend) = inputs
+    ctx.save_for_backward(log_pf, lengths, log_reward, beta, output[1])
+    ctx.has_pb = log_pb is not None
+    ctx.log_z_shape = None if log_z is None else log_z.shape
+    ctx.beta_shape = None if beta is None else beta.shape
+    ctx.config = (packed, clip_min, loss_id, loss_param, reduction, backend)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Per-row gradient summed back to a scalar parameter's shape."""
+    return grad.sum().reshape(shape) if len(shape) == 0 else grad
+
+
+def _backward(ctx, grad_loss, _grad_d):
+    log_pf, lengths, log_reward, beta, d = ctx.saved_tensors
+    packed, clip_min, loss_id, loss_param, reduction, backend = ctx.config
+    needs = ctx.needs_input_grad
+    grad_pf, grad_pb, grad_row, grad_log_reward, grad_beta = _tb_backward(
+        grad_loss, d, log_pf, ctx.has_pb, lengths, log_reward, beta, ctx.log_z_shape is None,
+        packed, clip_min, loss_id, loss_param, reduction, needs[3], needs[5] and beta is not None,
+        backend)
+    return (grad_pf if needs[0] else None,
+            grad_pb if ctx.has_pb and needs[1] else None,
+            None,
+            grad_log_reward if needs[3] else None,
+            _sum_to(grad_row, ctx.log_z_shape) if ctx.log_z_shape is not None and needs[4]
+            else None,
+            _sum_to(grad_beta, ctx.beta_shape) if ctx.beta_shape is not None and needs[5]
+            else None,
+            None, None, None, None, None, None)
+
+
+_tb_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _balance(op: str, log_pf, log_pb, log_reward, log_z, *, lengths, mask, cu_seqlens, beta,
+             log_reward_clip_min, loss, reduction, check_finite, backend):
+    layout = _checks.balance_layout(op, {"log_pf": log_pf, "log_pb": log_pb}, lengths, mask,
+                                    cu_seqlens)
+    loss_id, loss_param = _checks.parse_loss(op, loss)
+    reduction_id = _checks.parse_reduction(op, reduction)
+    clip_min = _checks.parse_float(op, "log_reward_clip_min", log_reward_clip_min,
+                                   allow_neg_inf=True)
+    log_reward = _checks.per_trajectory(op, "log_reward", log_reward, layout.batch, log_pf,
+                                        allow_scalar=False)
+    if op == "trajectory_balance":
+        log_z = _checks.per_trajectory(op, "log_z", log_z, layout.batch, log_pf)
+    beta = _checks.per_trajectory(op, "beta", beta, layout.batch, log_pf, required=False)
+    if check_finite:
+        _checks.check_finite(op, layout, {"log_pf": log_pf, "log_pb": log_pb},
+                             {"log_reward": log_reward, "log_z": log_z, "beta": beta})
+    dtype = reference.compute_dtype(log_pf, log_pb, log_reward, log_z, beta)
+    log_reward = log_reward.to(dtype)
+    log_z = None if log_z is None else log_z.to(dtype)
+    beta = None if beta is None else beta.to(dtype)
+    name = _backends.resolve(op, backend, log_pf.device)
+    if name == "reference":
+        if log_z is None:
+            return reference.log_partition_variance(
+                log_pf, log_pb, layout.lengths, layout.packed, log_reward, beta, clip_min,
+                loss_id, loss_param, reduction_id)
+        return reference.trajectory_balance(
+            log_pf, log_pb, layout.lengths, layout.packed, log_reward, log_z, beta, clip_min,
+            loss_id, loss_param, reduction_id)
+    value, _ = _tb_forward(log_pf, log_pb, layout.lengths, log_reward, log_z, beta,
+                           layout.packed, clip_min, loss_id, loss_param, reduction_id, name)
+    return value
+
+
+def trajectory_balance(
+    log_pf: torch.Tensor,
+    log_pb: torch.Tensor | None,
+    log_reward: torch.Tensor,
+    log_z: torch.Tensor | float,
+    *,
+    lengths: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    beta: torch.Tensor | float | None = None,
+    log_reward_clip_min: float = -math.inf,
+    loss: str | tuple = "squared",
+    reduction: str = "mean",
+    check_finite: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Trajectory balance loss, fused forward and backward.
+
+    d_b = log_z_b + sum_{t<n_b} log_pf[b, t] - sum_{t<n_b} log_pb[b, t] - beta_b * max(log R_b, clip)
+    and the loss is ``reduction`` over b of rho(d_b).
+
+    Args:
+        log_pf: [B, T] padded (any strides; a time-major [T, B] tensor passed as ``.T`` is read
+            in place) or [N] packed with ``cu_seqlens``. float16/bfloat16/float32/float64.
+        log_pb: like ``log_pf`` (same dtype), or None for a tree DAG (log P_B = 0).
+        log_reward: [B] log R(x_b).
+        log_z: scalar (float or 0-dim tensor) or [B] conditional log Z.
+        lengths / mask / cu_seqlens: at most one: [B] integer lengths in [1, T], a [B, T] bool
+            prefix mask, or [B+1] offsets of the packed layout. None means every trajectory has T
+            steps.
+        beta: None, scalar or [B] reward exponent.
+        log_reward_clip_min: log rewards below this are raised to it (no gradient there).
+        loss: "squared" | "half_squared" | "absolute" | "huber" | "shifted_cosh" | "linex",
+            with a parameter as "huber(0.5)" / ("huber", 0.5) (defaults: delta = alpha = 1).
+        reduction: "mean" | "sum" | "none" (-> [B]).
+        check_finite: raise (naming the input) on NaN, or infinities in log-probs/log_z/beta.
+        backend: "cuda" | "triton" | "numba" | "reference" | None (automatic).
+
+    Returns the loss in float32, or float64 when any input is float64.
+    """
+    return _balance("trajectory_balance", log_pf, log_pb, log_reward, log_z, lengths=lengths,
+                    mask=mask, cu_seqlens=cu_seqlens, beta=beta,
+                    log_reward_clip_min=log_reward_clip_min, loss=loss, reduction=reduction,
+                    check_finite=check_finite, backend=backend)
+
+
+def log_partition_variance(
+    log_pf: torch.Tensor,
+    log_pb: torch.Tensor | None,
+    log_reward: torch.Tensor,
+    *,
+    lengths: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    beta: torch.Tensor | float | None = None,
+    log_reward_clip_min: float = -math.inf,
+    loss: str | tuple = "squared",
+    reduction: str = "mean",
+    check_finite: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Log-partition variance loss (VarGrad): trajectory balance with log Z replaced by the
+    batch mean. s_b = sum log_pf - sum log_pb - beta_b * max(log R_b, clip), d_b = s_b - mean(s),
+    loss = ``reduction`` of rho(d_b); the gradient flows through the mean. Arguments as in
+    `trajectory_balance`, without log_z.
+    """
+    return _balance("log_partition_variance", log_pf, log_pb, log_reward, None, lengths=lengths,
+                    mask=mask, cu_seqlens=cu_seqlens, beta=beta,
+                    log_reward_clip_min=log_reward_clip_min, loss=loss, reduction=reduction,
+                    check_finite=check_finite, backend=backend)

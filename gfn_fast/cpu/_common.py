@@ -1,0 +1,65 @@
+"""Helpers shared by the Numba kernels: loss functions and tensor <-> NumPy views."""
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+SQUARED, HALF_SQUARED, ABSOLUTE, HUBER, SHIFTED_COSH, LINEX = range(6)
+_NUMBA_FLOATS = (torch.float32, torch.float64)
+
+
+@numba.njit(inline="always", cache=True)
+def rho(d, loss_id, param):
+    if loss_id == SQUARED:
+        return d * d
+    if loss_id == HALF_SQUARED:
+        return 0.5 * d * d
+    if loss_id == ABSOLUTE:
+        return abs(d)
+    if loss_id == HUBER:
+        a = abs(d)
+        return 0.5 * d * d if a <= param else param * (a - 0.5 * param)
+    if loss_id == SHIFTED_COSH:
+        return math.exp(d) + math.exp(-d) - 2.0
+    ad = param * d
+    return (math.exp(ad) - ad - 1.0) / (param * param)
+
+
+@numba.njit(inline="always", cache=True)
+def sign(d):
+    if d > 0:
+        return 1.0
+    if d < 0:
+        return -1.0
+    return d * 0.0
+
+
+@numba.njit(inline="always", cache=True)
+def rho_grad(d, loss_id, param):
+    if loss_id == SQUARED:
+        return 2.0 * d
+    if loss_id == HALF_SQUARED:
+        return d
+    if loss_id == ABSOLUTE:
+        return sign(d)
+    if loss_id == HUBER:
+        return d if abs(d) <= param else param * sign(d)
+    if loss_id == SHIFTED_COSH:
+        return math.exp(d) - math.exp(-d)
+    return math.expm1(param * d) / param
+
+
+def as_numpy(tensor: torch.Tensor, compute: torch.dtype) -> np.ndarray:
+    """A NumPy view of a CPU tensor (same strides); half types are widened to `compute`."""
+    if tensor.dtype not in _NUMBA_FLOATS and tensor.is_floating_point():
+        tensor = tensor.to(compute)
+    return tensor.detach().numpy()
+
+
+def per_row(tensor: torch.Tensor | None, batch: int, dtype: torch.dtype) -> np.ndarray:
+    """[B] view of a scalar-or-[B] tensor (scalars broadcast with stride 0); a dummy when None."""
+    if tensor is None:
+        return np.zeros(1, dtype=np.float64 if dtype == torch.float64 else np.float32)
+    return tensor.detach().to(dtype).reshape(-1).expand(batch).numpy()

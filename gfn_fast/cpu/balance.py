@@ -1,0 +1,124 @@
+"""Numba CPU kernels of the trajectory-balance family, parallel over trajectories.
+
+Padded [B, T] and packed (1-D + cu_seqlens) layouts share one kernel: a packed tensor is viewed
+as [1, N] and trajectory b reads row 0 from column cu_seqlens[b]; a padded one reads row b from
+column 0. Lengths and offsets are clamped, so bad values cannot index out of bounds.
+"""
+
+import numba
+import numpy as np
+import torch
+
+from gfn_fast.cpu._common import as_numpy, per_row, rho, rho_grad
+
+
+@numba.njit(inline="always", cache=True)
+def _extent(lengths, b, packed, steps):
+    """(row, first column, number of steps) of trajectory b, clamped to the tensor."""
+    zero = np.int64(0)
+    if packed:
+        start = min(max(np.int64(lengths[b]), zero), np.int64(steps))
+        end = min(max(np.int64(lengths[b + 1]), start), np.int64(steps))
+        return zero, start, end - start
+    return np.int64(b), zero, min(max(np.int64(lengths[b]), zero), np.int64(steps))
+
+
+@numba.njit(parallel=True, cache=True)
+def _rows_forward(log_pf, log_pb, has_pb, lengths, packed, log_reward, log_z, has_log_z, beta,
+                  clip_min, loss_id, loss_param, apply_loss, d_out, loss_out):
+    batch = d_out.shape[0]
+    steps = log_pf.shape[1]
+    for b in numba.prange(batch):
+        row, col, n = _extent(lengths, b, packed, steps)
+        total = d_out.dtype.type(0.0)
+        for t in range(n):
+            total += log_pf[row, col + t]
+        if has_pb:
+            for t in range(n):
+                total -= log_pb[row, col + t]
+        reward = log_reward[b]
+        clipped = clip_min if reward < clip_min else reward
+        d = total - beta[b] * clipped
+        if has_log_z:
+            d += log_z[b]
+        d_out[b] = d
+        if apply_loss:
+            loss_out[b] = rho(d, loss_id, loss_param)
+
+
+@numba.njit(parallel=True, cache=True)
+def _rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, lengths, packed,
+                   log_reward, beta, clip_min, grad_pf, grad_pb, has_pb, grad_row,
+                   grad_log_reward, need_log_reward, grad_beta, need_beta):
+    batch = grad_row.shape[0]
+    steps = grad_pf.shape[1]
+    for b in numba.prange(batch):
+        if from_residual:
+            g = grad_rows[b] * weight * rho_grad(d[b], loss_id, loss_param)
+        else:
+            g = grad_rows[b]
+        row, col, n = _extent(lengths, b, packed, steps)
+        end = col + n if packed else steps
+        for t in range(col, end):
+            grad_pf[row, t] = g if t < col + n else 0.0
+        if has_pb:
+            for t in range(col, end):
+                grad_pb[row, t] = -g if t < col + n else 0.0
+        grad_row[b] = g
+        reward = log_reward[b]
+        if need_log_reward:
+            grad_log_reward[b] = -g * beta[b] if reward >= clip_min else 0.0 * g
+        if need_beta:
+            grad_beta[b] = -g * (clip_min if reward < clip_min else reward)
+
+
+def _as_2d(tensor: torch.Tensor, packed: bool) -> torch.Tensor:
+    return tensor.unsqueeze(0) if packed else tensor
+
+
+def _beta(beta, batch, dtype) -> np.ndarray:
+    return per_row(beta if beta is not None else torch.ones((), dtype=dtype), batch, dtype)
+
+
+def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_min, loss_id,
+                 loss_param, apply_loss):
+    """Per trajectory: d = log_z + sum log_pf - sum log_pb - beta * max(log_reward, clip), and
+    rho(d) when apply_loss. Returns (d, rho(d) or None) in the dtype of log_reward."""
+    dtype = log_reward.dtype
+    batch = log_reward.shape[0]
+    d = torch.empty(batch, dtype=dtype)
+    loss = torch.empty(batch if apply_loss else 1, dtype=dtype)
+    pf = as_numpy(_as_2d(log_pf, packed), dtype)
+    pb = as_numpy(_as_2d(log_pb, packed), dtype) if log_pb is not None else pf
+    _rows_forward(pf, pb, log_pb is not None, lengths.numpy(), packed, log_reward.numpy(),
+                  per_row(log_z, batch, dtype), log_z is not None, _beta(beta, batch, dtype),
+                  float(clip_min), loss_id, float(loss_param), apply_loss, d.numpy(),
+                  loss.numpy())
+    return d, (loss if apply_loss else None)
+
+
+def rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, lengths, packed,
+                  log_pf, has_pb, log_reward, beta, clip_min, need_log_reward, need_beta):
+    """Gradients of the row sums. g_b = grad_rows_b * weight * rho'(d_b) when from_residual,
+    else grad_rows_b. Writes grad_log_pf = g_b on valid steps (0 on padding), grad_log_pb = -g_b,
+    and returns (grad_log_pf, grad_log_pb or None, g, grad_log_reward or None, grad_beta or None).
+    """
+    dtype = d.dtype
+    batch = d.shape[0]
+    wide = log_pf.dtype if log_pf.dtype in (torch.float32, torch.float64) else dtype
+    grad_pf = torch.empty_like(log_pf, dtype=wide)
+    grad_pb = torch.empty_like(log_pf, dtype=wide) if has_pb else None
+    grad_row = torch.empty(batch, dtype=dtype)
+    grad_log_reward = torch.empty(batch if need_log_reward else 1, dtype=dtype)
+    grad_beta = torch.empty(batch if need_beta else 1, dtype=dtype)
+    gpf = _as_2d(grad_pf, packed).numpy()
+    _rows_backward(per_row(grad_rows, batch, dtype), d.numpy(), from_residual, float(weight),
+                   loss_id, float(loss_param), lengths.numpy(), packed, log_reward.numpy(),
+                   _beta(beta, batch, dtype), float(clip_min), gpf,
+                   _as_2d(grad_pb, packed).numpy() if has_pb else gpf, has_pb, grad_row.numpy(),
+                   grad_log_reward.numpy(), need_log_reward, grad_beta.numpy(), need_beta)
+    if wide != log_pf.dtype:
+        grad_pf = grad_pf.to(log_pf.dtype)
+        grad_pb = grad_pb.to(log_pf.dtype) if has_pb else None
+    return (grad_pf, grad_pb, grad_row, grad_log_reward if need_log_reward else None,
+            grad_beta if need_beta else None)

@@ -1,0 +1,1 @@
+"""Plain-PyTorch implementations of the spec: differentiable by autograd, the ground truth of tests."""
