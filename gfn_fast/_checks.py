@@ -174,7 +174,7 @@ def balance_layout(op: str, log_probs: dict, lengths=None, mask=None, cu_seqlens
                  f"{_shape(first)}")
         if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
             fail(op, "cu_seqlens", f"must be 1-D of length B+1 >= 2, got {_shape(cu_seqlens)}")
-        cu = cu_seqlens.to(torch.int64)
+        cu = cu_seqlens.to(torch.int64).contiguous()
         if check_values:
             if int(cu[0]) != 0:
                 fail(op, "cu_seqlens", f"must start at 0, got {int(cu[0])}")
@@ -212,7 +212,7 @@ def balance_layout(op: str, log_probs: dict, lengths=None, mask=None, cu_seqlens
     same_device(op, first_name, first, lengths=lengths)
     if lengths.shape != (batch,):
         fail(op, "lengths", f"must have shape [B] = [{batch}], got {_shape(lengths)}")
-    lengths = lengths.to(torch.int64)
+    lengths = lengths.to(torch.int64).contiguous()
     if check_values:
         low, high = int(lengths.min()), int(lengths.max())
         if low < 1 or high > steps:

@@ -141,7 +141,7 @@ def _balance(op: str, log_pf, log_pb, log_reward, log_z, *, lengths, mask, cu_se
         _checks.check_finite(op, layout, {"log_pf": log_pf, "log_pb": log_pb},
                              {"log_reward": log_reward, "log_z": log_z, "beta": beta})
     dtype = reference.compute_dtype(log_pf, log_pb, log_reward, log_z, beta)
-    log_reward = log_reward.to(dtype)
+    log_reward = log_reward.to(dtype).contiguous()
     log_z = None if log_z is None else log_z.to(dtype)
     beta = None if beta is None else beta.to(dtype)
     name = _backends.resolve(op, backend, log_pf.device)

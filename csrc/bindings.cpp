@@ -1,0 +1,91 @@
+// The pybind11 module gfn_fast._C: turns Python dicts of integers (pointers, sizes, strides,
+// stream handles) into kernel parameter structs and calls the launchers. Nothing else.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "gfn_fast/balance.h"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+T get(const py::dict& args, const char* key) {
+  if (!args.contains(key)) throw py::key_error(std::string("gfn_fast._C: missing argument ") + key);
+  return args[key].cast<T>();
+}
+
+template <typename T>
+T* ptr(const py::dict& args, const char* key) {
+  return reinterpret_cast<T*>(get<std::uintptr_t>(args, key));
+}
+
+void rows_forward(const py::dict& a) {
+  gfn_fast::BalanceRows p{};
+  p.log_pf = ptr<const void>(a, "log_pf");
+  p.log_pb = ptr<const void>(a, "log_pb");
+  p.lengths = ptr<const int64_t>(a, "lengths");
+  p.log_reward = ptr<const void>(a, "log_reward");
+  p.log_z = ptr<const void>(a, "log_z");
+  p.beta = ptr<const void>(a, "beta");
+  p.batch = get<int64_t>(a, "batch");
+  p.steps = get<int64_t>(a, "steps");
+  p.stride_pf_b = get<int64_t>(a, "stride_pf_b");
+  p.stride_pf_t = get<int64_t>(a, "stride_pf_t");
+  p.stride_pb_b = get<int64_t>(a, "stride_pb_b");
+  p.stride_pb_t = get<int64_t>(a, "stride_pb_t");
+  p.stride_log_z = get<int64_t>(a, "stride_log_z");
+  p.stride_beta = get<int64_t>(a, "stride_beta");
+  p.clip_min = get<double>(a, "clip_min");
+  p.loss_param = get<double>(a, "loss_param");
+  p.loss = get<int>(a, "loss");
+  p.packed = get<bool>(a, "packed");
+  const int dtype = get<int>(a, "dtype");
+  void* d = ptr<void>(a, "d");
+  void* loss_rows = ptr<void>(a, "loss_rows");
+  const auto stream = get<std::uintptr_t>(a, "stream");
+  py::gil_scoped_release release;
+  gfn_fast::balance_rows_forward(p, dtype, d, loss_rows, stream);
+}
+
+void rows_backward(const py::dict& a) {
+  gfn_fast::BalanceRowsGrad p{};
+  p.grad_rows = ptr<const void>(a, "grad_rows");
+  p.d = ptr<const void>(a, "d");
+  p.lengths = ptr<const int64_t>(a, "lengths");
+  p.log_reward = ptr<const void>(a, "log_reward");
+  p.beta = ptr<const void>(a, "beta");
+  p.grad_pf = ptr<void>(a, "grad_pf");
+  p.grad_pb = ptr<void>(a, "grad_pb");
+  p.grad_row = ptr<void>(a, "grad_row");
+  p.grad_log_reward = ptr<void>(a, "grad_log_reward");
+  p.grad_beta = ptr<void>(a, "grad_beta");
+  p.batch = get<int64_t>(a, "batch");
+  p.steps = get<int64_t>(a, "steps");
+  p.stride_grad_rows = get<int64_t>(a, "stride_grad_rows");
+  p.stride_gpf_b = get<int64_t>(a, "stride_gpf_b");
+  p.stride_gpf_t = get<int64_t>(a, "stride_gpf_t");
+  p.stride_gpb_b = get<int64_t>(a, "stride_gpb_b");
+  p.stride_gpb_t = get<int64_t>(a, "stride_gpb_t");
+  p.stride_beta = get<int64_t>(a, "stride_beta");
+  p.weight = get<double>(a, "weight");
+  p.clip_min = get<double>(a, "clip_min");
+  p.loss_param = get<double>(a, "loss_param");
+  p.loss = get<int>(a, "loss");
+  p.packed = get<bool>(a, "packed");
+  p.from_residual = get<bool>(a, "from_residual");
+  const int dtype = get<int>(a, "dtype");
+  const auto stream = get<std::uintptr_t>(a, "stream");
+  py::gil_scoped_release release;
+  gfn_fast::balance_rows_backward(p, dtype, stream);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "gfn_fast CUDA kernels (framework-free; called through gfn_fast.cuda)";
+  m.def("balance_rows_forward", &rows_forward, "TB/VarGrad per-trajectory residuals and losses");
+  m.def("balance_rows_backward", &rows_backward, "TB/VarGrad gradients of the per-trajectory sums");
+}

@@ -1,0 +1,67 @@
+"""Device functions shared by the Triton kernels: regression losses and launch helpers."""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+SQUARED, HALF_SQUARED, ABSOLUTE, HUBER, SHIFTED_COSH, LINEX = range(6)
+
+
+def interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def expm1(x):
+    """exp(x) - 1 without cancellation near 0 (Kahan: (u - 1) * x / log(u), u = exp(x))."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    safe_log = tl.where((u == 1.0) | (u == float("inf")), 1.0, tl.log(u))
+    return tl.where(u == 1.0, x, tl.where(u == float("inf"), u, um1 * x / safe_log))
+
+
+@triton.jit
+def sign(d):
+    return tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0)).to(d.dtype)
+
+
+@triton.jit
+def rho(d, param, LOSS: tl.constexpr):
+    if LOSS == 0:
+        out = d * d
+    elif LOSS == 1:
+        out = 0.5 * d * d
+    elif LOSS == 2:
+        out = tl.abs(d)
+    elif LOSS == 3:
+        a = tl.abs(d)
+        out = tl.where(a <= param, 0.5 * d * d, param * (a - 0.5 * param))
+    elif LOSS == 4:
+        out = tl.exp(d) + tl.exp(-d) - 2.0
+    else:
+        ad = param * d
+        out = (tl.exp(ad) - ad - 1.0) / (param * param)
+    return out
+
+
+@triton.jit
+def rho_grad(d, param, LOSS: tl.constexpr):
+    if LOSS == 0:
+        out = 2.0 * d
+    elif LOSS == 1:
+        out = d
+    elif LOSS == 2:
+        out = sign(d)
+    elif LOSS == 3:
+        out = tl.where(tl.abs(d) <= param, d, param * sign(d))
+    elif LOSS == 4:
+        out = tl.exp(d) - tl.exp(-d)
+    else:
+        out = expm1(param * d) / param
+    return out
+
+
+def accumulator(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
