@@ -1,0 +1,47 @@
+"""Shared test setup.
+
+Triton kernels run on CPU tensors through the interpreter: TRITON_INTERPRET=1 is set here (before
+anything imports triton) unless the caller chose otherwise, so the plain `pytest` command checks
+them too. GPU tests carry @pytest.mark.cuda and skip cleanly without a GPU.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import gfn_fast  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def available_backends(device: str) -> list[str]:
+    report = gfn_fast.backends()
+    return [name for name in ("cuda", "triton", "numba") if device in report[name]["devices"]]
+
+
+def backend_params() -> list:
+    """(backend, device) pairs: every non-reference backend on CPU (numba, and triton through
+    the interpreter), plus the GPU ones marked `cuda` (skipped without a GPU)."""
+    params = [pytest.param(name, "cpu", id=f"{name}-cpu") for name in available_backends("cpu")]
+    for name in ("cuda", "triton"):
+        params.append(pytest.param(name, "cuda", id=f"{name}-cuda", marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not HAS_CUDA or name not in available_backends("cuda"),
+                               reason=f"needs a CUDA GPU and the {name} backend")]))
+    return params
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without a GPU, `pytest -m cuda` would run nothing silently: say so."""
+    if not HAS_CUDA and config.getoption("-m") == "cuda":
+        print("\nno CUDA device: every cuda-marked test is skipped")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
