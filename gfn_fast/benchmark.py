@@ -143,29 +143,68 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def _time_once(fn: Callable, device: torch.device) -> float:
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,
+                      min_reps: int = 10, max_reps: int = 2000) -> dict:
+    """Seconds per call of each implementation, sampled round-robin (one call of each in turn),
+    so that load from other processes on a shared machine hits all of them alike and their
+    ratios stay meaningful."""
+    for fn in calls.values():
+        for _ in range(3):
+            fn()
+    _sync(device)
+    samples: dict = {name: [] for name in calls}
+    started = time.perf_counter()
+    reps = 0
+    while reps < min_reps or (time.perf_counter() - started < min_seconds * len(calls)
+                              and reps < max_reps):
+        for name, fn in calls.items():
+            samples[name].append(_time_once(fn, device))
+        reps += 1
+    return samples
+
+
 def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds: float,
              progress: Callable[[str], None] = lambda _: None) -> list[dict]:
     state = case.setup(device)
-    rows = []
-    for impl, fn in case.impls.items():
-        progress(f"{case.label} / {impl}")
-        call = lambda fn=fn: fn(state)  # noqa: E731
-        try:
-            with gfn_fast.validation(False):
-                samples = time_call(call, device, min_seconds=min_seconds)
-                peak = peak_memory(call, device)
-        except Exception as err:  # a baseline that cannot run here is reported, not fatal
-            rows.append({"op": case.op, "case": case.label, "impl": impl, "error": repr(err)})
-            continue
-        median = statistics.median(samples)
-        rows.append({
-            "op": case.op, "case": case.label, "impl": impl, "params": case.params,
-            "median_ms": median * 1e3, "p20_ms": _percentile(samples, 0.2) * 1e3,
-            "p80_ms": _percentile(samples, 0.8) * 1e3, "reps": len(samples),
-            "peak_mem_mb": peak / 2**20, "bytes_moved": case.bytes_moved,
-            "gbps": case.bytes_moved / median / 1e9,
-            "pct_copy_bw": 100 * case.bytes_moved / median / bandwidth,
-        })
+    calls, rows = {}, []
+    with gfn_fast.validation(False):
+        for impl, fn in case.impls.items():
+            call = lambda fn=fn: fn(state)  # noqa: E731
+            progress(f"{case.label} / warm-up {impl}")
+            try:
+                call()
+            except Exception as err:  # a baseline that cannot run here is reported, not fatal
+                rows.append({"op": case.op, "case": case.label, "impl": impl,
+                             "error": repr(err)})
+                continue
+            calls[impl] = call
+        progress(f"{case.label} / timing {len(calls)} implementations side by side")
+        timings = time_side_by_side(calls, device, min_seconds=min_seconds)
+        for impl, call in calls.items():
+            samples = timings[impl]
+            median = statistics.median(samples)
+            rows.append({
+                "op": case.op, "case": case.label, "impl": impl, "params": case.params,
+                "median_ms": median * 1e3, "p20_ms": _percentile(samples, 0.2) * 1e3,
+                "p80_ms": _percentile(samples, 0.8) * 1e3, "reps": len(samples),
+                "peak_mem_mb": peak_memory(call, device) / 2**20,
+                "bytes_moved": case.bytes_moved,
+                "gbps": case.bytes_moved / median / 1e9,
+                "pct_copy_bw": 100 * case.bytes_moved / median / bandwidth,
+            })
     eager = next((r for r in rows if r["impl"] == "eager" and "median_ms" in r), None)
     for row in rows:
         if eager is not None and "median_ms" in row:
