@@ -38,10 +38,12 @@ def _sample_op(logits: torch.Tensor, mask: torch.Tensor | None, scale: torch.Ten
                clip_lo: float, clip_hi: float, packed: bool, seed_lo: int, seed_hi: int,
                off_lo: int, off_hi: int, want_log_mu: bool, want_entropy: bool, backend: str
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(actions, log_pi, log_mu or empty, entropy or empty, logsumexp)."""
-    return _impl(backend).sample_forward(
+    """(log_pi, actions, log_mu or empty, entropy or empty, logsumexp); a floating output comes
+    first because generic op checkers sum the outputs into the first one's dtype."""
+    actions, log_pi, log_mu, entropy, lse = _impl(backend).sample_forward(
         logits, mask, packed, scale, inv_temperature, _clip_of(clip_lo, clip_hi), epsilon,
         (seed_lo, seed_hi, off_lo, off_hi), want_log_mu, want_entropy)
+    return log_pi, actions, log_mu, entropy, lse
 
 
 @_sample_op.register_fake
@@ -50,7 +52,7 @@ def _(logits, mask, scale, inv_temperature, epsilon, clip_lo, clip_hi, packed, s
     rows = logits.shape[0]
     dtype = reference.compute_dtype(logits)
     row = logits.new_empty(rows, dtype=dtype)
-    return (logits.new_empty(rows, dtype=torch.int64), row, logits.new_empty(
+    return (row, logits.new_empty(rows, dtype=torch.int64), logits.new_empty(
         rows if want_log_mu else 0, dtype=dtype), logits.new_empty(
         rows if want_entropy else 0, dtype=dtype), torch.empty_like(row))
 
@@ -110,14 +112,14 @@ def _backward_common(ctx, grad_log_pi):
 def _sample_setup(ctx, inputs, output):
     (logits, mask, scale, inv_temperature, _eps, clip_lo, clip_hi, packed, *_rest) = inputs
     backend = inputs[-1]
-    actions, _, log_mu, entropy, lse = output
+    _, actions, log_mu, entropy, lse = output
     ctx.save_for_backward(logits, actions, mask, scale, inv_temperature, lse)
     ctx.config = (clip_lo, clip_hi, packed, backend)
     ctx.scale_index = 2
     ctx.mark_non_differentiable(actions, log_mu, entropy, lse)
 
 
-def _sample_backward(ctx, _g_actions, grad_log_pi, _g_mu, _g_entropy, _g_lse):
+def _sample_backward(ctx, grad_log_pi, _g_actions, _g_mu, _g_entropy, _g_lse):
     grad_logits, grad_scale = _backward_common(ctx, grad_log_pi)
     return (grad_logits, None, grad_scale) + (None,) * 12
 
@@ -203,7 +205,7 @@ def sample_actions(
             logits, _reference_mask(inputs), inputs.scale, inputs.inv_temperature, inputs.clip,
             inputs.epsilon, seed, offset, return_log_mu, return_entropy)
     else:
-        actions, log_pi, log_mu, entropy, _ = _sample_op(
+        log_pi, actions, log_mu, entropy, _ = _sample_op(
             logits, inputs.mask, inputs.scale, inputs.inv_temperature, inputs.epsilon,
             *_clip_args(inputs.clip), inputs.packed, *_philox.split_seed(seed),
             *_philox.split_offset(offset), return_log_mu, return_entropy, name)
