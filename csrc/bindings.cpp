@@ -84,8 +84,95 @@ void rows_backward(const py::dict& a) {
 
 }  // namespace
 
+
+// ---- action sampling (csrc/sampling.cu) ----
+#include "gfn_fast/sampling.h"
+
+namespace {
+
+gfn_fast::SamplingRows sampling_rows(const py::dict& a) {
+  gfn_fast::SamplingRows p{};
+  p.logits = ptr<const void>(a, "logits");
+  p.mask = ptr<const uint8_t>(a, "mask");
+  p.scale = ptr<const void>(a, "scale");
+  p.inv_temperature = ptr<const void>(a, "inv_temperature");
+  p.epsilon = ptr<const void>(a, "epsilon");
+  p.rows = get<int64_t>(a, "rows");
+  p.width = get<int64_t>(a, "width");
+  p.stride_r = get<int64_t>(a, "stride_r");
+  p.stride_a = get<int64_t>(a, "stride_a");
+  p.stride_mr = get<int64_t>(a, "stride_mr");
+  p.stride_ma = get<int64_t>(a, "stride_ma");
+  p.stride_scale = get<int64_t>(a, "stride_scale");
+  p.stride_inv_t = get<int64_t>(a, "stride_inv_t");
+  p.stride_eps = get<int64_t>(a, "stride_eps");
+  p.clip_lo = get<double>(a, "clip_lo");
+  p.clip_hi = get<double>(a, "clip_hi");
+  p.packed = get<bool>(a, "packed");
+  p.chunk = get<int64_t>(a, "chunk");
+  p.splits = get<int64_t>(a, "splits");
+  return p;
+}
+
+void sample_forward(const py::dict& a) {
+  const gfn_fast::SamplingRows p = sampling_rows(a);
+  gfn_fast::SamplingOut o{};
+  o.seed = get<uint64_t>(a, "seed");
+  o.offset = get<uint64_t>(a, "offset");
+  o.actions = ptr<int64_t>(a, "actions");
+  o.log_pi = ptr<void>(a, "log_pi");
+  o.log_mu = ptr<void>(a, "log_mu");
+  o.entropy = ptr<void>(a, "entropy");
+  o.lse = ptr<void>(a, "lse");
+  o.part_f = ptr<void>(a, "part_f");
+  o.part_i = ptr<int64_t>(a, "part_i");
+  const int dtype = get<int>(a, "dtype");
+  const auto stream = get<std::uintptr_t>(a, "stream");
+  py::gil_scoped_release release;
+  gfn_fast::sample_actions_forward(p, o, dtype, stream);
+}
+
+void log_prob_forward(const py::dict& a) {
+  const gfn_fast::SamplingRows p = sampling_rows(a);
+  gfn_fast::LogProbOut o{};
+  o.actions = ptr<const int64_t>(a, "actions");
+  o.log_pi = ptr<void>(a, "log_pi");
+  o.lse = ptr<void>(a, "lse");
+  o.part = ptr<void>(a, "part");
+  const int dtype = get<int>(a, "dtype");
+  const auto stream = get<std::uintptr_t>(a, "stream");
+  py::gil_scoped_release release;
+  gfn_fast::action_log_prob_forward(p, o, dtype, stream);
+}
+
+void log_prob_backward(const py::dict& a) {
+  const gfn_fast::SamplingRows p = sampling_rows(a);
+  gfn_fast::LogProbGrad g{};
+  g.grad = ptr<const void>(a, "grad");
+  g.actions = ptr<const int64_t>(a, "actions");
+  g.lse = ptr<const void>(a, "lse");
+  g.grad_logits = ptr<void>(a, "grad_logits");
+  g.grad_scale = ptr<void>(a, "grad_scale");
+  g.stride_gr = get<int64_t>(a, "stride_gr");
+  g.stride_ga = get<int64_t>(a, "stride_ga");
+  const int dtype = get<int>(a, "dtype");
+  const auto stream = get<std::uintptr_t>(a, "stream");
+  py::gil_scoped_release release;
+  gfn_fast::action_log_prob_backward(p, g, dtype, stream);
+}
+
+void register_sampling(py::module_& m) {
+  m.def("sample_actions_forward", &sample_forward, "masked logit-scaled epsilon sampling, one pass");
+  m.def("action_log_prob_forward", &log_prob_forward, "log-probability of given actions");
+  m.def("action_log_prob_backward", &log_prob_backward, "gradient of action_log_prob");
+}
+
+}  // namespace
+// ---- end action sampling ----
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gfn_fast CUDA kernels (framework-free; called through gfn_fast.cuda)";
   m.def("balance_rows_forward", &rows_forward, "TB/VarGrad per-trajectory residuals and losses");
   m.def("balance_rows_backward", &rows_backward, "TB/VarGrad gradients of the per-trajectory sums");
+  register_sampling(m);  // action sampling
 }

@@ -15,3 +15,8 @@ __all__ = [
     "trajectory_balance",
     "validation",
 ]
+
+# ---- action sampling (ISSUE 4) ----
+from gfn_fast.sampling import action_log_prob, pack_mask, sample_actions  # noqa: E402
+
+__all__ += ["action_log_prob", "pack_mask", "sample_actions"]

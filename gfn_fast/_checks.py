@@ -264,3 +264,143 @@ def check_finite(op: str, layout: BalanceLayout, log_probs: dict, per_row: dict)
         if bool(bad.any()):
             fail(op, name, "contains NaN" + ("" if name == "log_reward" else " or infinite")
                  + " entries (check_finite=True)")
+
+
+# ---- action sampling (gfn_fast.sample_actions / gfn_fast.action_log_prob) ----
+
+SAMPLING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class SamplingInputs:
+    """Normalised sampling inputs: `mask` is None, bool [N, A] or packed uint8 [N, ceil(A/8)]
+    (`packed`); per-row values are 0-dim or [N] tensors of the compute dtype (`scale` keeps its
+    autograd graph; `inv_temperature` and `epsilon` are constants); `clip` is None or (lo, hi)."""
+
+    logits: torch.Tensor
+    mask: torch.Tensor | None
+    packed: bool
+    scale: torch.Tensor | None
+    inv_temperature: torch.Tensor | None
+    clip: tuple[float, float] | None
+    epsilon: torch.Tensor | None
+    dtype: torch.dtype
+
+
+def _sampling_row_value(op: str, arg: str, value, rows: int, logits: torch.Tensor,
+                        dtype: torch.dtype):
+    """None, a Python number or a 0-dim / [1] / [N] floating tensor -> None or a tensor."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        fail(op, arg, "must be a float or a floating tensor, got bool", TypeError)
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            fail(op, arg, f"must be finite, got {value}")
+        return torch.tensor(float(value), dtype=dtype, device=logits.device)
+    require_tensor(op, arg, value, floating=True)
+    same_device(op, "logits", logits, **{arg: value})
+    if value.dim() == 1 and value.shape[0] == 1 and rows != 1:
+        value = value.reshape(())
+    if value.dim() != 0 and value.shape != (rows,):
+        fail(op, arg, f"must be a scalar or shape [N] = [{rows}], got {_shape(value)}")
+    return value.to(dtype)
+
+
+def sampling_inputs(op: str, logits, mask, scale, temperature, clip, epsilon=None
+                    ) -> SamplingInputs:
+    require_tensor(op, "logits", logits, floating=True)
+    if logits.dtype not in SAMPLING_DTYPES:
+        fail(op, "logits", f"must be float16, bfloat16, float32 or float64, got {logits.dtype}",
+             TypeError)
+    if logits.dim() != 2:
+        fail(op, "logits", f"must be 2-D [N, A], got {_shape(logits)}")
+    rows, actions = logits.shape
+    if actions < 1:
+        fail(op, "logits", f"must have A >= 1 actions, got {_shape(logits)}")
+    if actions >= 2**31:
+        fail(op, "logits", f"must have fewer than 2^31 actions, got {actions}")
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    packed = False
+    if mask is not None:
+        require_tensor(op, "mask", mask)
+        same_device(op, "logits", logits, mask=mask)
+        if mask.dtype == torch.uint8:
+            packed = True
+            expected = (rows, (actions + 7) // 8)
+            if tuple(mask.shape) != expected:
+                fail(op, "mask", f"as a packed bitmask (uint8) must have shape [N, ceil(A/8)] = "
+                     f"[{expected[0]}, {expected[1]}], got {_shape(mask)}")
+        elif mask.dtype == torch.bool:
+            if mask.shape != logits.shape:
+                fail(op, "mask", f"must have the shape of `logits` {_shape(logits)}, "
+                     f"got {_shape(mask)}")
+        else:
+            fail(op, "mask", f"must be a bool tensor [N, A] or a packed uint8 bitmask, got "
+                 f"{mask.dtype}", TypeError)
+    scale = _sampling_row_value(op, "scale", scale, rows, logits, dtype)
+    inv_temperature = None
+    if temperature is not None:
+        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
+                and not temperature > 0:
+            fail(op, "temperature", f"must be > 0, got {temperature}")
+        temperature = _sampling_row_value(op, "temperature", temperature, rows, logits, dtype)
+        inv_temperature = 1.0 / temperature.detach()
+    if clip is not None:
+        if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+            fail(op, "clip", f"must be None or a (lo, hi) pair, got {clip!r}", TypeError)
+        for bound in clip:
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                fail(op, "clip", f"bounds must be Python floats, got {clip!r}", TypeError)
+        lo, hi = float(clip[0]), float(clip[1])
+        if not lo < hi:
+            fail(op, "clip", f"must satisfy lo < hi (no NaN), got {clip!r}")
+        clip = (lo, hi)
+    if epsilon is not None:
+        if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) \
+                and not 0.0 <= epsilon <= 1.0:
+            fail(op, "epsilon", f"must lie in [0, 1], got {epsilon}")
+        epsilon = _sampling_row_value(op, "epsilon", epsilon, rows, logits, dtype).detach()
+    if value_checks_enabled():
+        if inv_temperature is not None and not bool((temperature > 0).all()):
+            fail(op, "temperature", "must be > 0 everywhere, got a value <= 0 or NaN")
+        if epsilon is not None and not bool(
+                ((epsilon >= 0) & (epsilon <= 1)).all()):
+            fail(op, "epsilon", "must lie in [0, 1] everywhere, got a value outside it or NaN")
+        if mask is not None and rows > 0:
+            any_allowed = (mask != 0).any(dim=1) if packed else mask.any(dim=1)
+            if packed and actions % 8:
+                tail = mask[:, -1] & ((1 << (actions % 8)) - 1)
+                any_allowed = (mask[:, :-1] != 0).any(dim=1) | (tail != 0)
+            if not bool(any_allowed.all()):
+                bad = int((~any_allowed).nonzero()[0, 0])
+                fail(op, "mask", f"must allow at least one action in every row; row {bad} "
+                     "allows none")
+    return SamplingInputs(logits, mask, packed, scale, inv_temperature, clip, epsilon, dtype)
+
+
+def sampling_actions(op: str, actions, inputs: SamplingInputs) -> torch.Tensor:
+    """[N] integer actions -> int64, checked in range and allowed (a value check)."""
+    require_tensor(op, "actions", actions, integer=True)
+    same_device(op, "logits", inputs.logits, actions=actions)
+    rows, width = inputs.logits.shape
+    if actions.shape != (rows,):
+        fail(op, "actions", f"must have shape [N] = [{rows}], got {_shape(actions)}")
+    actions = actions.to(torch.int64)
+    if value_checks_enabled() and rows > 0:
+        low, high = int(actions.min()), int(actions.max())
+        if low < 0 or high >= width:
+            fail(op, "actions", f"must lie in [0, A) = [0, {width}), got values in "
+                 f"[{low}, {high}]")
+        if inputs.mask is not None:
+            index = actions[:, None]
+            if inputs.packed:
+                byte = inputs.mask.gather(1, index >> 3).squeeze(1).to(torch.int64)
+                allowed = ((byte >> (actions & 7)) & 1).bool()
+            else:
+                allowed = inputs.mask.gather(1, index).squeeze(1)
+            if not bool(allowed.all()):
+                bad = int((~allowed).nonzero()[0, 0])
+                fail(op, "actions", f"must point at allowed entries of `mask`; row {bad} takes "
+                     f"masked action {int(actions[bad])}")
+    return actions

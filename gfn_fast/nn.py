@@ -57,3 +57,92 @@ class LogPartitionVariance(nn.Module):
 
     def forward(self, log_pf, log_pb, log_reward, **kwargs):
         return log_partition_variance(log_pf, log_pb, log_reward, **{**self.defaults, **kwargs})
+
+
+# ---- logit-scaling GFlowNets (ISSUE 4: sampling) ----
+from gfn_fast.sampling import action_log_prob, sample_actions  # noqa: E402
+
+
+class LogitScaler(nn.Module):
+    """The learned scale g(beta) of logit-scaling GFlowNets: an MLP of the scalar inverse
+    temperature beta (no positivity constraint on the output).
+
+    Args:
+        hidden: widths of the hidden layers, e.g. (32, 32); () gives an affine map.
+        activation: module class placed after each hidden layer (default nn.GELU).
+        log_beta: feed log(beta) instead of beta (useful when beta spans decades).
+        init_identity_at: if given, initialise the output bias so g(beta) = 1 at this beta
+            (starting from the unscaled policy).
+
+    forward(beta): beta scalar, [N] or [N, 1] -> g(beta) [N] (or 0-dim for a scalar beta).
+    """
+
+    def __init__(self, hidden: tuple[int, ...] = (32, 32), activation: type[nn.Module] = nn.GELU,
+                 log_beta: bool = False, init_identity_at: float | None = 1.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 1
+        for size in hidden:
+            layers += [nn.Linear(width, size), activation()]
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+        self.log_beta = log_beta
+        if init_identity_at is not None:
+            with torch.no_grad():
+                probe = torch.tensor([[float(init_identity_at)]])
+                if log_beta:
+                    probe = probe.log()
+                self.mlp[-1].bias += 1.0 - self.mlp(probe).reshape(())
+
+    def forward(self, beta: torch.Tensor | float) -> torch.Tensor:
+        param = next(self.parameters())
+        beta = torch.as_tensor(beta, dtype=param.dtype, device=param.device)
+        shape = beta.shape[:-1] if beta.dim() == 2 else beta.shape
+        features = beta.reshape(-1, 1)
+        if self.log_beta:
+            features = features.log()
+        return self.mlp(features).reshape(shape)
+
+
+class LogitScaledPolicy(nn.Module):
+    """Policy head of a temperature-conditional GFlowNet by logit scaling:
+    z = clip(g(beta) * logits) / temperature on allowed actions, pi = softmax(z).
+
+    Args:
+        scaler: a LogitScaler (default: LogitScaler()).
+        clip: (lo, hi) bounds of the scaled logits ((-20, 20) in the Logit-GFN experiments),
+            or None.
+
+    Methods take the raw policy logits [N, A] and beta (scalar or [N]):
+        log_prob(logits, beta, actions, mask) -> log pi(actions) [N] (training; gradients reach
+            the logits and g's parameters)
+        sample(logits, beta, mask, epsilon=..., generator=/seed=, return_log_mu=...,
+            return_entropy=...) -> (actions, log_pi, ...) as gfn_fast.sample_actions.
+    """
+
+    def __init__(self, scaler: LogitScaler | None = None,
+                 clip: tuple[float, float] | None = (-20.0, 20.0)):
+        super().__init__()
+        self.scaler = scaler if scaler is not None else LogitScaler()
+        self.clip = clip
+
+    def _scale(self, logits: torch.Tensor, beta) -> torch.Tensor:
+        scale = self.scaler(beta)
+        return scale.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+
+    def log_prob(self, logits: torch.Tensor, beta, actions: torch.Tensor,
+                 mask: torch.Tensor | None = None, *, temperature=None,
+                 backend: str | None = None) -> torch.Tensor:
+        return action_log_prob(logits, actions, mask, scale=self._scale(logits, beta),
+                               temperature=temperature, clip=self.clip, backend=backend)
+
+    def forward(self, logits: torch.Tensor, beta, actions: torch.Tensor,
+                mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        return self.log_prob(logits, beta, actions, mask, **kwargs)
+
+    def sample(self, logits: torch.Tensor, beta, mask: torch.Tensor | None = None,
+               **kwargs) -> tuple[torch.Tensor, ...]:
+        return sample_actions(logits, mask, scale=self._scale(logits, beta), clip=self.clip,
+                              **kwargs)
+# ---- end logit-scaling GFlowNets ----

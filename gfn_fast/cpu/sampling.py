@@ -1,0 +1,249 @@
+"""Numba CPU kernels of masked, logit-scaled, epsilon-exploring action sampling.
+
+One thread per row (prange), one pass over the row: a streaming max / sum-of-exponentials /
+entropy accumulator, the Gumbel-max argmax of the policy branch and the uint32-key argmax of the
+uniform branch, then the per-row epsilon coin decides which index is returned. Randomness and
+the exact decision rules: gfn_fast/reference/sampling.py and gfn_fast/reference/_philox.py.
+
+The CPU cannot afford a logarithm per element, so the policy branch skips the Gumbel transform
+of an element that certainly cannot beat the current best key: with E = -log1p(-v) >= v, the
+key z + G = z - log E exceeds `best` only if E < exp(z - best), hence only if
+v < exp(z - best + slack). The slack (1e-3 plus a relative 1e-6 of the magnitudes) covers every
+float rounding, so a skipped element is one whose computed key would lose too: the result is
+exactly the argmax of the computed keys, as on the GPU backends, which compute every key.
+Sums of exponentials accumulate in float64.
+"""
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+from gfn_fast.cpu import _philox
+from gfn_fast.cpu._common import as_numpy
+
+_U64 = np.uint64
+_INF = math.inf
+
+
+@numba.njit(inline="always", cache=True)
+def _allowed(mask, has_mask, packed, r, a):
+    if not has_mask:
+        return True
+    if packed:
+        return (mask[r, a >> 3] >> (a & 7)) & 1 != 0
+    return mask[r, a] != 0
+
+
+@numba.njit(inline="always", cache=True)
+def _scaled(x, scale, lo, hi, inv_t):
+    """clip(scale * x) * inv_t, keeping NaN (each operation rounded like the other backends)."""
+    y = scale * x
+    if y < lo:
+        y = lo
+    elif y > hi:
+        y = hi
+    return y * inv_t
+
+
+@numba.njit(inline="always", cache=True)
+def log_mixture(log_pi, eps, count):
+    """log((1 - eps) exp(log_pi) + eps / count)."""
+    a = math.log1p(-eps) + log_pi if eps < 1.0 else -_INF
+    b = math.log(eps) - math.log(count) if eps > 0.0 else -_INF
+    if a == -_INF:
+        return b
+    if b == -_INF:
+        return a
+    high = a if a > b else b
+    low = b if a > b else a
+    return high + math.log1p(math.exp(low - high))
+
+
+@numba.njit(parallel=True, cache=True)
+def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo,
+                 off_hi, actions, log_pi, log_mu, want_log_mu, entropy, want_entropy, lse_out):
+    rows, width = logits.shape
+    key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
+    for r in numba.prange(rows):
+        s_r, it_r = scale[r], inv_t[r]
+        m = logits.dtype.type(-_INF)
+        total = 0.0
+        tilt = 0.0
+        count = 0
+        g_idx, g_key, g_z = -1, logits.dtype.type(-_INF), logits.dtype.type(0.0)
+        u_idx, u_key, u_z = -1, _U64(0), logits.dtype.type(0.0)
+        for pair in range((width + 1) >> 1):
+            w0, w1, w2, w3 = _philox.philox4x32(key0, key1, _U64(pair), _U64(r), o0, o1)
+            for j in range(2):
+                a = 2 * pair + j
+                if a >= width or not _allowed(mask, has_mask, packed, r, a):
+                    continue
+                count += 1
+                z = _scaled(logits[r, a], s_r, lo, hi, it_r)
+                if z > m:
+                    if total > 0.0:
+                        alpha = math.exp(float(m) - float(z))
+                        tilt = alpha * (tilt + (float(m) - float(z)) * total)
+                        total = total * alpha
+                    total += 1.0
+                    m = z
+                elif z != -_INF:
+                    delta = float(z) - float(m)
+                    e = math.exp(delta)
+                    total += e
+                    tilt += e * delta
+                bits = w0 if j == 0 else w2
+                try_gumbel = True
+                if g_idx >= 0:
+                    slack = 1e-3 + 1e-6 * (abs(float(z)) + abs(float(g_key)))
+                    v = min(_philox.open_unit(bits), _philox.ONE_MINUS_TWO_M24)
+                    try_gumbel = not v >= math.exp(float(z) - float(g_key) + slack)
+                if try_gumbel:
+                    key = z + _philox.gumbel(bits)
+                    if key != key:
+                        key = -_INF
+                    if g_idx < 0 or key > g_key:
+                        g_idx, g_key, g_z = a, key, z
+                ubits = w1 if j == 0 else w3
+                if u_idx < 0 or ubits > u_key:
+                    u_idx, u_key, u_z = a, ubits, z
+        lse = float(m) + math.log(total)
+        lse_out[r] = lse
+        coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
+        eps = float(epsilon[r])
+        explore = float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
+        chosen, z_a = (u_idx, u_z) if explore else (g_idx, g_z)
+        actions[r] = chosen if chosen >= 0 else 0
+        lp = float(z_a) - lse
+        log_pi[r] = lp
+        if want_log_mu:
+            log_mu[r] = log_mixture(lp, eps, float(count))
+        if want_entropy:
+            entropy[r] = math.log(total) - tilt / total
+
+
+@numba.njit(parallel=True, cache=True)
+def _log_prob_rows(logits, actions, mask, has_mask, packed, scale, inv_t, lo, hi, log_pi, lse_out):
+    rows, width = logits.shape
+    for r in numba.prange(rows):
+        s_r, it_r = scale[r], inv_t[r]
+        m = -_INF
+        total = 0.0
+        for a in range(width):
+            if not _allowed(mask, has_mask, packed, r, a):
+                continue
+            z = float(_scaled(logits[r, a], s_r, lo, hi, it_r))
+            if z > m:
+                total = total * math.exp(m - z) + 1.0 if total > 0.0 else 1.0
+                m = z
+            elif z != -_INF:
+                total += math.exp(z - m)
+        lse = m + math.log(total)
+        a = min(max(actions[r], 0), width - 1)
+        z_a = float(_scaled(logits[r, a], s_r, lo, hi, it_r))
+        if not _allowed(mask, has_mask, packed, r, a):
+            z_a = -_INF
+        lse_out[r] = lse
+        log_pi[r] = z_a - lse
+
+
+@numba.njit(parallel=True, cache=True)
+def _log_prob_backward_rows(grad, logits, actions, mask, has_mask, packed, scale, inv_t, lo, hi,
+                            lse, grad_logits, need_logits, grad_scale, need_scale):
+    rows, width = logits.shape
+    for r in numba.prange(rows):
+        g, s_r, it_r, lse_r = float(grad[r]), float(scale[r]), float(inv_t[r]), float(lse[r])
+        a_r = actions[r]
+        acc = 0.0
+        for a in range(width):
+            value = 0.0
+            if _allowed(mask, has_mask, packed, r, a):
+                y = scale[r] * logits[r, a]
+                if y >= lo and y <= hi:
+                    z = float(_scaled(logits[r, a], scale[r], lo, hi, inv_t[r]))
+                    d = (1.0 if a == a_r else 0.0) - math.exp(z - lse_r)
+                    value = g * it_r * d
+                    acc += value * float(logits[r, a])
+                    value *= s_r
+            if need_logits:
+                grad_logits[r, a] = value
+        if need_scale:
+            grad_scale[r] = acc
+
+
+def _row_view(value: torch.Tensor | None, rows: int, dtype: torch.dtype, default: float):
+    if value is None:
+        value = torch.full((), default, dtype=dtype)
+    return value.detach().to(dtype).reshape(-1).expand(rows).numpy()
+
+
+def _mask_view(mask: torch.Tensor | None) -> tuple[np.ndarray, bool]:
+    if mask is None:
+        return np.zeros((1, 1), dtype=np.uint8), False
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    return mask.numpy(), True
+
+
+def _clip(clip, dtype):
+    np_type = np.float64 if dtype == torch.float64 else np.float32
+    lo, hi = clip if clip is not None else (-_INF, _INF)
+    return np_type(lo), np_type(hi)
+
+
+def sample_forward(logits, mask, packed, scale, inv_temperature, clip, epsilon, seed_words,
+                   want_log_mu, want_entropy):
+    """(actions [N] int64, log_pi, log_mu, entropy, lse), log-probs in the compute dtype; log_mu
+    / entropy are empty tensors when not requested. `seed_words` = (seed_lo, seed_hi, off_lo,
+    off_hi)."""
+    rows = logits.shape[0]
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    actions = torch.empty(rows, dtype=torch.int64)
+    log_pi = torch.empty(rows, dtype=dtype)
+    log_mu = torch.empty(rows if want_log_mu else 0, dtype=dtype)
+    entropy = torch.empty(rows if want_entropy else 0, dtype=dtype)
+    lse = torch.empty(rows, dtype=dtype)
+    mask_np, has_mask = _mask_view(mask)
+    lo, hi = _clip(clip, dtype)
+    _sample_rows(as_numpy(logits, dtype), mask_np, has_mask, packed,
+                 _row_view(scale, rows, dtype, 1.0), _row_view(inv_temperature, rows, dtype, 1.0),
+                 lo, hi, _row_view(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(),
+                 log_pi.numpy(), log_mu.numpy(), want_log_mu, entropy.numpy(), want_entropy,
+                 lse.numpy())
+    return actions, log_pi, log_mu, entropy, lse
+
+
+def log_prob_forward(logits, actions, mask, packed, scale, inv_temperature, clip):
+    """(log_pi [N], lse [N]) in the compute dtype."""
+    rows = logits.shape[0]
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    log_pi = torch.empty(rows, dtype=dtype)
+    lse = torch.empty(rows, dtype=dtype)
+    mask_np, has_mask = _mask_view(mask)
+    lo, hi = _clip(clip, dtype)
+    _log_prob_rows(as_numpy(logits, dtype), actions.numpy(), mask_np, has_mask, packed,
+                   _row_view(scale, rows, dtype, 1.0), _row_view(inv_temperature, rows, dtype, 1.0),
+                   lo, hi, log_pi.numpy(), lse.numpy())
+    return log_pi, lse
+
+
+def log_prob_backward(grad, logits, actions, mask, packed, scale, inv_temperature, clip, lse,
+                      need_logits, need_scale):
+    """(grad_logits like logits or None, grad_scale [N] in the compute dtype or None)."""
+    rows = logits.shape[0]
+    dtype = lse.dtype
+    wide = logits.dtype if logits.dtype in (torch.float32, torch.float64) else dtype
+    grad_logits = torch.empty(logits.shape if need_logits else (1, 1), dtype=wide)
+    grad_scale = torch.empty(rows if need_scale else 1, dtype=dtype)
+    mask_np, has_mask = _mask_view(mask)
+    lo, hi = _clip(clip, dtype)
+    _log_prob_backward_rows(_row_view(grad, rows, dtype, 0.0), as_numpy(logits, dtype),
+                            actions.numpy(), mask_np, has_mask, packed,
+                            _row_view(scale, rows, dtype, 1.0),
+                            _row_view(inv_temperature, rows, dtype, 1.0), lo, hi, lse.numpy(),
+                            grad_logits.numpy(), need_logits, grad_scale.numpy(), need_scale)
+    if need_logits and wide != logits.dtype:
+        grad_logits = grad_logits.to(logits.dtype)
+    return (grad_logits if need_logits else None), (grad_scale if need_scale else None)
