@@ -1,5 +1,6 @@
 """Command line: `python -m gfn_fast info` prints the backends; `python -m gfn_fast bench`
-runs the benchmark (see gfn_fast.benchmark)."""
+runs the benchmark (see gfn_fast.benchmark); `python -m gfn_fast demo gflownet` trains the
+GFlowNet demo."""
 
 import argparse
 import sys
@@ -28,9 +29,18 @@ def main(argv=None) -> int:
     from gfn_fast import benchmark
 
     benchmark.add_arguments(bench)
+    demo = commands.add_parser("demo", help="end-to-end demos")
+    demos = demo.add_subparsers(dest="demo", required=True)
+    from gfn_fast.demos import gflownet
+
+    gflownet.add_arguments(demos.add_parser("gflownet", help="logit-scaling GFlowNet on "
+                                            "HyperGrid, trained with the fused ops"))
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
+    if args.command == "demo":
+        gflownet.run(args)
+        return 0
     if args.command == "bench" or args.command is None:
         return benchmark.main(args if args.command == "bench" else
                               bench.parse_args([]))

@@ -39,6 +39,8 @@ class Case:
     bytes_moved: int
     setup: Callable
     impls: dict = field(default_factory=dict)
+    items: int = 0           # work items per call (e.g. trajectories), reported as items/s
+    item_name: str = ""
 
 
 def _sync(device: torch.device) -> None:
@@ -205,6 +207,9 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
                 "gbps": case.bytes_moved / median / 1e9,
                 "pct_copy_bw": 100 * case.bytes_moved / median / bandwidth,
             })
+            if case.items:
+                rows[-1].update(items=case.items, item_name=case.item_name,
+                                items_per_s=case.items / median)
     eager = next((r for r in rows if r["impl"] == "eager" and "median_ms" in r), None)
     for row in rows:
         if eager is not None and "median_ms" in row:
@@ -216,17 +221,20 @@ def markdown(rows: list[dict], header: dict) -> str:
     lines = [f"Device: {header['device_name']} ({header['device']}); copy bandwidth "
              f"{header['copy_gbps']:.1f} GB/s; {header['date']}; torch {header['versions']['torch']}",
              "",
-             "| op | case | impl | median ms | p20-p80 ms | GB/s | % copy BW | peak MB | vs eager |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| op | case | impl | median ms | p20-p80 ms | GB/s | % copy BW | items/s | peak MB "
+             "| vs eager |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | error: {r['error'][:60]} "
-                         "| | | | | |")
+                         "| | | | | | |")
             continue
         lines.append(
             f"| {r['op']} | {r['case']} | {r['impl']} | {r['median_ms']:.3f} | "
-            f"{r['p20_ms']:.3f}-{r['p80_ms']:.3f} | {r['gbps']:.1f} | {r['pct_copy_bw']:.0f}% | "
-            f"{r['peak_mem_mb']:.1f} | {r.get('speedup_vs_eager', float('nan')):.2f}x |")
+            f"{r['p20_ms']:.3f}-{r['p80_ms']:.3f} | "
+            + (f"{r['gbps']:.1f} | {r['pct_copy_bw']:.0f}% | " if r["bytes_moved"] else "- | - | ")
+            + (f"{r['items_per_s']:.3g} {r['item_name']} | " if "items_per_s" in r else "- | ")
+            + f"{r['peak_mem_mb']:.1f} | {r.get('speedup_vs_eager', float('nan')):.2f}x |")
     return "\n".join(lines)
 
 
@@ -285,7 +293,72 @@ def balance_cases(device: torch.device, quick: bool) -> list[Case]:
     return cases
 
 
-CASE_FAMILIES = {"balance": balance_cases}
+class _AsFloat(torch.nn.Module):
+    """torchgfn's k-hot preprocessor yields integers; the shared network takes floats."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x.float())
+
+
+def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
+    """HyperGrid(4, 8) trajectories sampled by the same MLP policy: gfn_fast's rollout (fused
+    sampler; "eager" is the same loop on the reference sampler) and torchgfn's Sampler."""
+    from gfn_fast.envs import HyperGrid
+    from gfn_fast.rollout import sample_trajectories
+
+    sizes = [1024] if quick else ([4096, 65536] if device.type == "cpu" else [65536, 1_000_000])
+    cases = []
+    for n in sizes:
+        def setup(dev):
+            torch.manual_seed(0)
+            env = HyperGrid(ndim=4, height=8, device=dev)
+            net = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.LeakyReLU(),
+                                      torch.nn.Linear(128, 128), torch.nn.LeakyReLU(),
+                                      torch.nn.Linear(128, 5)).to(dev)
+            return {"env": env, "net": net}
+
+        def ours(backend, n=n):
+            def call(state):
+                with torch.no_grad():
+                    return sample_trajectories(lambda f, _: state["net"](f), state["env"], n,
+                                               seed=0, backend=backend).lengths
+            return call
+
+        impls = {"eager": ours("reference")}
+        for backend in ("cuda", "triton", "numba"):
+            if device.type in gfn_fast.backends()[backend]["devices"] and not (
+                    backend == "triton" and device.type == "cpu"):
+                impls[f"gfn_fast[{backend}]"] = ours(backend)
+        try:
+            from gfn.gym import HyperGrid as TorchgfnHyperGrid
+            from gfn.modules import DiscretePolicyEstimator
+            from gfn.preprocessors import KHotPreprocessor
+            from gfn.samplers import Sampler
+
+            def torchgfn(state, n=n):
+                if "sampler" not in state:
+                    env = TorchgfnHyperGrid(ndim=4, height=8, device=device)
+                    estimator = DiscretePolicyEstimator(
+                        _AsFloat(state["net"]), n_actions=env.n_actions,
+                        preprocessor=KHotPreprocessor(height=8, ndim=4))
+                    state["sampler"] = (Sampler(estimator=estimator), env)
+                sampler, env = state["sampler"]
+                with torch.no_grad():
+                    return sampler.sample_trajectories(env, n=n)
+            impls["torchgfn.Sampler"] = torchgfn
+        except ImportError:
+            pass
+        cases.append(Case("sample_trajectories", f"HyperGrid(4,8) N={n}",
+                          {"N": n, "ndim": 4, "height": 8}, 0, setup, impls, items=n,
+                          item_name="traj/s"))
+    return cases
+
+
+CASE_FAMILIES = {"balance": balance_cases, "rollout": rollout_cases}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,1 @@
+"""End-to-end demos run by `python -m gfn_fast demo ...`."""

@@ -1,0 +1,111 @@
+"""HyperGrid environment, exact terminal distribution, and large-batch rollouts."""
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import gfn_fast
+from gfn_fast import _png
+from gfn_fast.envs import HyperGrid, total_variation
+from gfn_fast.rollout import sample_trajectories
+
+
+def uniform_policy_probs(env):
+    mask = env.forward_mask(env.all_states()).double()
+    return mask / mask.sum(dim=1, keepdim=True)
+
+
+def test_hypergrid_reward_and_moves():
+    env = HyperGrid(ndim=2, height=8)
+    rewards = env.log_reward(env.all_states()).exp()
+    assert sorted(set(np.round(rewards.numpy(), 4))) == [0.1, 0.6, 2.6]
+    assert rewards[env.index(torch.tensor([[0, 0]]))].item() == pytest.approx(0.6)
+    states = torch.tensor([[0, 7], [3, 4]])
+    assert env.forward_mask(states).tolist() == [[True, False, True], [True, True, True]]
+    assert env.step(states, torch.tensor([0, 2])).tolist() == [[1, 7], [3, 4]]
+    log_pb = env.log_pb_uniform(torch.tensor([[1, 7], [3, 4]]), torch.tensor([0, 2]))
+    torch.testing.assert_close(log_pb, torch.tensor([-np.log(2.0), 0.0], dtype=torch.float32))
+    with pytest.raises(ValueError, match="height"):
+        HyperGrid(ndim=2, height=1)
+
+
+def test_exact_terminal_distribution_matches_monte_carlo():
+    env = HyperGrid(ndim=2, height=4)
+    exact = env.terminal_distribution(uniform_policy_probs(env))
+    assert exact.sum().item() == pytest.approx(1.0, abs=1e-12)
+    generator = torch.Generator().manual_seed(0)
+    states, done = env.reset(100_000), torch.zeros(100_000, dtype=torch.bool)
+    for _ in range(env.max_steps):
+        mask = env.forward_mask(states).double()
+        action = torch.multinomial(mask / mask.sum(1, keepdim=True), 1, generator=generator)[:, 0]
+        action = torch.where(done, torch.full_like(action, env.exit_action), action)
+        states, done = env.step(states, action), done | (action == env.exit_action)
+    empirical = torch.bincount(env.index(states), minlength=env.n_states).double() / 100_000
+    assert total_variation(exact, empirical) < 0.01
+
+
+def mlp_policy(env, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(env.ndim * env.height, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, env.n_actions))
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_rollout_buffers_are_consistent(compact):
+    env = HyperGrid(ndim=3, height=4)
+    net = mlp_policy(env)
+    beta = torch.rand(257) + 1.0
+    scale = beta * 0.5
+    traj = sample_trajectories(lambda features, b: (net(features), b * 0.5), env, 257,
+                               beta=beta, seed=3, compact=compact)
+    steps, n = traj.actions.shape
+    assert steps == env.max_steps and n == 257
+    assert bool((traj.lengths >= 1).all() and (traj.lengths <= steps).all())
+    rows = torch.arange(n)
+    assert torch.equal(traj.actions[traj.lengths - 1, rows], torch.full((n,), env.exit_action))
+    assert torch.equal(traj.terminal, traj.states[traj.lengths - 1, rows])
+    valid = torch.arange(steps)[:, None] < traj.lengths[None, :]
+    assert bool((traj.actions[:-1][valid[:-1]] != env.exit_action).sum() ==
+                (traj.lengths - 1).sum())
+    # the sampler's log-probabilities are those of the training op on the same states
+    visited = traj.states[:-1].reshape(-1, env.ndim)
+    recomputed = gfn_fast.action_log_prob(net(env.encode(visited)), traj.actions.reshape(-1),
+                                          env.forward_mask(visited), scale=scale.repeat(steps))
+    recomputed = recomputed.reshape(steps, n)
+    torch.testing.assert_close(traj.log_pf[valid], recomputed[valid], rtol=1e-5, atol=1e-5)
+    again = sample_trajectories(lambda features, b: (net(features), b * 0.5), env, 257,
+                                beta=beta, seed=3, compact=compact)
+    assert torch.equal(again.actions, traj.actions)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_rollout_terminal_distribution_matches_exact(compact):
+    env = HyperGrid(ndim=2, height=4)
+    net = mlp_policy(env, seed=1)
+    with torch.no_grad():
+        states = env.all_states()
+        logits = net(env.encode(states)).masked_fill(~env.forward_mask(states), -torch.inf)
+        exact = env.terminal_distribution(torch.softmax(logits.double(), dim=1))
+    traj = sample_trajectories(lambda features, _: net(features), env, 200_000, seed=11,
+                               compact=compact)
+    empirical = torch.bincount(env.index(traj.terminal), minlength=env.n_states).double()
+    assert total_variation(exact, empirical / 200_000) < 0.01
+
+
+def test_png_writer_round_trip(tmp_path):
+    image = _png.side_by_side([_png.heatmap(np.arange(6.0).reshape(2, 3), scale=2),
+                               _png.heatmap(np.ones((1, 1)), scale=3)])
+    path = tmp_path / "image.png"
+    _png.write_png(path, image)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (height, width) == image.shape[:2]
+    start = data.index(b"IDAT") + 4
+    length = int.from_bytes(data[start - 8:start - 4], "big")
+    raw = zlib.decompress(data[start:start + length])
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, 1 + width * 3)
+    assert (rows[:, 0] == 0).all()
+    assert np.array_equal(rows[:, 1:].reshape(image.shape), image)
