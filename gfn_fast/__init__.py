@@ -13,3 +13,8 @@ __all__ = [
     "trajectory_balance",
     "validation",
 ]
+
+# Bayesian Flow Networks: the public API lives in the module gfn_fast.bfn.
+from gfn_fast import bfn  # noqa: E402
+
+__all__ += ["bfn"]
