@@ -153,24 +153,17 @@ def _discretised_probs(mu_x, log_sigma_x, n_bins, out):
     for r in numba.prange(rows):
         mu = mu_x[r]
         sigma = _discretised_sigma(log_sigma_x[r])
-        # Differences of upper-tail probabilities where the bin lies right of the mean, so that
-        # far-tail bins do not cancel to 0.
-        lower = 0.0
-        upper_left = 1.0
         for k in range(n_bins):
-            if k < n_bins - 1:
-                z = ((k + 1) * width - 1.0 - mu) / sigma
-                upper = _phi_cdf(z)
-                tail = _phi_cdf(-z)
+            z_left = (k * width - 1.0 - mu) / sigma
+            z_right = ((k + 1) * width - 1.0 - mu) / sigma
+            if k > 0 and z_left > 0.0:
+                # Bin right of the mean: difference of upper tails, so far-tail bins keep
+                # their relative precision instead of cancelling to 0.
+                upper_right = _phi_cdf(-z_right) if k < n_bins - 1 else 0.0
+                out[r, k] = _phi_cdf(-z_left) - upper_right
             else:
-                upper = 1.0
-                tail = 0.0
-            if lower > 0.5:
-                out[r, k] = upper_left - tail
-            else:
-                out[r, k] = upper - lower
-            lower = upper
-            upper_left = tail
+                cdf_right = _phi_cdf(z_right) if k < n_bins - 1 else 1.0
+                out[r, k] = cdf_right - (_phi_cdf(z_left) if k > 0 else 0.0)
 
 
 @numba.njit(inline="always", cache=True)
