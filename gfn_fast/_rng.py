@@ -1,0 +1,68 @@
+"""(generator | seed, offset) -> the (seed, offset) pair of gfn_fast's Philox streams.
+
+Every random op of gfn_fast draws from Philox4x32-10 keyed by a 64-bit seed, with a 64-bit
+offset in the counter (contract: gfn_fast/reference/_philox.py). Callers either pass
+``seed=`` (and optionally ``offset=``, default 0) for an exactly reproducible call, or a
+``torch.Generator`` (default: the device's default generator), which is advanced so that
+successive calls give fresh draws and re-seeding the generator reproduces them:
+
+* CPU generator (Mersenne Twister, no offset): the seed is one 63-bit integer drawn from the
+  generator (one ``random_`` call on a CPU scalar, which advances it as any torch CPU sampling
+  op does), and the offset is 0. No device is involved.
+* CUDA generator (Philox): seed = ``generator.initial_seed()``, offset = its current Philox
+  offset, and the offset is then bumped by ``4 * increment`` (torch's own kernels advance it in
+  multiples of 4). Both are host-side fields: no device synchronisation. The offset is read when
+  the op is called, so a CUDA graph captured around the op replays the same draws; give graph
+  replays distinct (seed, offset) values explicitly if they need fresh randomness.
+"""
+
+import torch
+
+from gfn_fast import _checks
+
+_OFFSET_STEP = 4
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    return torch.default_generator
+
+
+def _as_int(op: str, arg: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _checks.fail(op, arg, f"must be a Python int, got {type(value).__name__}", TypeError)
+    return value
+
+
+def seed_offset(op: str, device: torch.device, generator: torch.Generator | None = None,
+                seed: int | None = None, offset: int | None = None,
+                increment: int = 1) -> tuple[int, int]:
+    """The (seed, offset) of one call, each reduced to [0, 2^64); advances `generator` (or the
+    default generator of `device`) when no explicit seed is given. `increment` is how many
+    offset values the call consumes (the sampler uses 1)."""
+    if seed is not None:
+        if generator is not None:
+            _checks.fail(op, "generator", "cannot be combined with `seed`: pass one of them")
+        seed = _as_int(op, "seed", seed)
+        offset = 0 if offset is None else _as_int(op, "offset", offset)
+        if offset < 0:
+            _checks.fail(op, "offset", f"must be >= 0, got {offset}")
+        return seed % (1 << 64), offset % (1 << 64)
+    if offset is not None:
+        _checks.fail(op, "offset", "needs `seed` (a generator supplies its own offset)")
+    if generator is None:
+        generator = _default_generator(device)
+    elif not isinstance(generator, torch.Generator):
+        _checks.fail(op, "generator", f"must be a torch.Generator, got "
+                     f"{type(generator).__name__}", TypeError)
+    if generator.device.type != device.type:
+        _checks.fail(op, "generator", f"must be a {device.type} generator for {device} "
+                     f"tensors, got a {generator.device.type} one")
+    if generator.device.type == "cpu":
+        drawn = torch.empty((), dtype=torch.int64).random_(generator=generator)
+        return int(drawn) % (1 << 64), 0
+    start = generator.get_offset()
+    generator.set_offset(start + _OFFSET_STEP * increment)
+    return generator.initial_seed() % (1 << 64), start % (1 << 64)
