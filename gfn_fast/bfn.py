@@ -13,12 +13,20 @@ are class indices [B, ...] with logits / log theta [B, ..., K]. Time `t` is a fl
 tensor, or one value per sample ([B] or [B, 1, ...]).
 """
 
+import math
+
 import torch
 
-from gfn_fast import _backends, _checks
+from gfn_fast import _backends, _checks, _rng
 from gfn_fast.reference import bfn as reference
 
 _NO_RANGE = (0.0, 0.0)
+
+
+def _signed(value: int) -> int:
+    """A [0, 2^64) seed/offset as the signed 64-bit int a torch op schema carries (backends
+    take the low 64 bits back)."""
+    return value - (1 << 64) if value >= (1 << 63) else value
 
 
 def _impl(backend: str):
@@ -472,9 +480,57 @@ def discrete_loss(x_index: torch.Tensor, logits_out: torch.Tensor, t, beta_1: fl
     return _discrete_loss_op(x_index, flat_logits, t, beta_1, name)
 
 
+@torch.library.custom_op("gfn_fast::bfn_discrete_nstep_loss_fwd", mutates_args=())
+def _discrete_nstep_op(x_index: torch.Tensor, logits: torch.Tensor, t: torch.Tensor,
+                       beta_1: float, n_steps: int, seed: int, offset: int, backend: str
+                       ) -> torch.Tensor:
+    return _impl(backend).discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps,
+                                                      seed, offset)
+
+
+@_discrete_nstep_op.register_fake
+def _(x_index, logits, t, beta_1, n_steps, seed, offset, backend):
+    return t.new_empty(logits.shape[0])
+
+
+@torch.library.custom_op("gfn_fast::bfn_discrete_nstep_loss_bwd", mutates_args=())
+def _discrete_nstep_bwd_op(grad: torch.Tensor, x_index: torch.Tensor, logits: torch.Tensor,
+                           t: torch.Tensor, beta_1: float, n_steps: int, seed: int, offset: int,
+                           backend: str) -> torch.Tensor:
+    return _impl(backend).discrete_nstep_loss_backward(grad.contiguous(), x_index, logits, t,
+                                                       beta_1, n_steps, seed, offset)
+
+
+@_discrete_nstep_bwd_op.register_fake
+def _(grad, x_index, logits, t, beta_1, n_steps, seed, offset, backend):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _discrete_nstep_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+    ctx.config = inputs[3:]
+
+
+def _discrete_nstep_backward(ctx, grad):
+    x_index, logits, t = ctx.saved_tensors
+    grad_logits = _discrete_nstep_bwd_op(grad.to(t.dtype), x_index, logits, t, *ctx.config)
+    return (None, grad_logits) + (None,) * 6
+
+
+_discrete_nstep_op.register_autograd(_discrete_nstep_backward,
+                                     setup_context=_discrete_nstep_setup)
+
+
 def _discrete_nstep_loss(op, x_index, logits, t, beta_1, n_steps, generator, seed, offset,
                          backend):
-    raise NotImplementedError(f"gfn_fast.{op}: the n-step loss needs the counter-based RNG")
+    """The n-step loss; the backward regenerates the sender noise from (seed, offset)."""
+    seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
+    name = _backends.resolve(op, backend, logits.device)
+    if name == "reference":
+        eps, _, _ = reference.philox_noise(seed, offset, logits.shape, logits.device)
+        return reference.discrete_nstep_loss(x_index, logits, t, beta_1, n_steps, eps)
+    return _discrete_nstep_op(x_index, logits, t, beta_1, n_steps, _signed(seed),
+                              _signed(offset), name)
 
 
 # ------------------------------------------------------------------------------ discrete update
@@ -512,8 +568,359 @@ def discrete_update(log_theta: torch.Tensor, y: torch.Tensor, *, backend: str | 
     return out.reshape(log_theta.shape)
 
 
+# ------------------------------------------------------------------------------------ flows
+
+@torch.library.custom_op("gfn_fast::bfn_continuous_flow", mutates_args=())
+def _continuous_flow_op(x: torch.Tensor, t: torch.Tensor, sigma_1: float, seed: int, offset: int,
+                        backend: str) -> torch.Tensor:
+    return _impl(backend).continuous_flow(x, t, sigma_1, seed, offset)
+
+
+@_continuous_flow_op.register_fake
+def _(x, t, sigma_1, seed, offset, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def continuous_flow(x: torch.Tensor, t, sigma_1: float, *,
+                    generator: torch.Generator | None = None, seed: int | None = None,
+                    offset: int | None = None, backend: str | None = None) -> torch.Tensor:
+    """Bayesian flow sample of continuous data: mu = gamma x + sqrt(gamma (1 - gamma)) eps.
+
+    x: [B, ...]; t: float, 0-dim or [B]. eps ~ N(0, I) comes from Philox counters: pass a
+    torch.Generator (default: the device's default generator, advanced per call) or an explicit
+    seed (and offset) for the same draws on every backend. Returns mu like x (no gradient).
+    """
+    op = "continuous_flow"
+    x = _batched(op, "x", x)
+    sigma_1 = _checks.open_unit(op, "sigma_1", sigma_1)
+    dtype = reference.compute_dtype(x)
+    t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
+    seed, offset = _rng.seed_offset(op, x.device, generator, seed, offset)
+    name = _backends.resolve(op, backend, x.device)
+    flat = _flat(x.detach())
+    if name == "reference":
+        eps, _, _ = reference.philox_noise(seed, offset, flat.shape, x.device)
+        return reference.continuous_flow(flat, t, sigma_1, eps).reshape(x.shape)
+    return _continuous_flow_op(flat, t, sigma_1, _signed(seed), _signed(offset),
+                               name).reshape(x.shape)
+
+
+@torch.library.custom_op("gfn_fast::bfn_discrete_flow", mutates_args=())
+def _discrete_flow_op(x_index: torch.Tensor, t: torch.Tensor, beta_1: float, n_classes: int,
+                      seed: int, offset: int, log: bool, backend: str) -> torch.Tensor:
+    return _impl(backend).discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log)
+
+
+@_discrete_flow_op.register_fake
+def _(x_index, t, beta_1, n_classes, seed, offset, log, backend):
+    return t.new_empty((*x_index.shape, n_classes))
+
+
+def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, log: bool = False,
+                  dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None,
+                  seed: int | None = None, offset: int | None = None,
+                  backend: str | None = None) -> torch.Tensor:
+    """Bayesian flow sample of discrete data: theta = softmax(y),
+    y ~ N(beta(t) (K e_x - 1), beta(t) K I), beta(t) = beta_1 t^2.
+
+    x_index: [B, ...] integer in [0, K); t: float, 0-dim or [B]. Returns theta (or log theta
+    when `log`, exact where theta underflows) [B, ..., K] in `dtype` (float32 or float64).
+    Randomness as in `continuous_flow`.
+    """
+    op = "discrete_flow"
+    beta_1 = _checks.positive_float(op, "beta_1", beta_1)
+    n_classes = _checks.positive_int(op, "n_classes", n_classes, minimum=2)
+    if dtype not in (torch.float32, torch.float64):
+        _checks.fail(op, "dtype", f"must be torch.float32 or torch.float64, got {dtype}",
+                     TypeError)
+    x_index = _batched(op, "x_index", x_index, floating=False)
+    shape = x_index.shape
+    x_index = _checks.class_indices(op, "x_index", x_index, n_classes).reshape(shape[0], -1)
+    t = _checks.per_sample(op, "t", t, shape[0], x_index, dtype, low=0.0, high=1.0)
+    seed, offset = _rng.seed_offset(op, x_index.device, generator, seed, offset)
+    name = _backends.resolve(op, backend, x_index.device)
+    if name == "reference":
+        eps, _, _ = reference.philox_noise(seed, offset, (*x_index.shape, n_classes),
+                                           x_index.device)
+        out = reference.discrete_flow(x_index, t, beta_1, n_classes, eps.to(dtype), log)
+    else:
+        out = _discrete_flow_op(x_index, t, beta_1, n_classes, _signed(seed), _signed(offset),
+                                bool(log), name)
+    return out.reshape(*shape, n_classes)
+
+
+# ------------------------------------------------------------------------- generation steps
+
+@torch.library.custom_op("gfn_fast::bfn_continuous_step", mutates_args=("mu",))
+def _continuous_step_op(mu: torch.Tensor, rho: torch.Tensor, eps_hat: torch.Tensor, a: float,
+                        c: float, alpha: float, x_min: float, x_max: float, clamp: bool,
+                        seed: int, offset: int, backend: str) -> None:
+    _impl(backend).continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed,
+                                   offset)
+
+
+@_continuous_step_op.register_fake
+def _(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset, backend):
+    return None
+
+
+@torch.library.custom_op("gfn_fast::bfn_discretised_step", mutates_args=("mu", "draw"))
+def _discretised_step_op(mu: torch.Tensor, rho: torch.Tensor, mu_x: torch.Tensor,
+                         log_sigma_x: torch.Tensor, n_bins: int, alpha: float, seed: int,
+                         offset: int, update: bool, draw: torch.Tensor, backend: str) -> None:
+    _impl(backend).discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset,
+                                    update, draw)
+
+
+@_discretised_step_op.register_fake
+def _(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw, backend):
+    return None
+
+
+@torch.library.custom_op("gfn_fast::bfn_discrete_step", mutates_args=("log_theta", "draw"))
+def _discrete_step_op(log_theta: torch.Tensor, logits: torch.Tensor, alpha: float, seed: int,
+                      offset: int, update: bool, draw: torch.Tensor, backend: str) -> None:
+    _impl(backend).discrete_step(log_theta, logits, alpha, seed, offset, update, draw)
+
+
+@_discrete_step_op.register_fake
+def _(log_theta, logits, alpha, seed, offset, update, draw, backend):
+    return None
+
+
+def _state(op: str, arg: str, tensor: torch.Tensor, shape=None) -> torch.Tensor:
+    """A contiguous floating state tensor updated in place."""
+    _checks.require_tensor(op, arg, tensor, floating=True)
+    if not tensor.is_contiguous():
+        _checks.fail(op, arg, "must be contiguous (it is updated in place)")
+    if shape is not None and tuple(tensor.shape) != tuple(shape):
+        _checks.fail(op, arg, f"must have shape {list(shape)}, got {list(tensor.shape)}")
+    return tensor
+
+
+def _step_rho(op: str, rho: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+    _checks.require_tensor(op, "rho", rho, floating=True)
+    _checks.same_device(op, "mu", like, rho=rho)
+    if rho.shape != (batch,) or not rho.is_contiguous():
+        _checks.fail(op, "rho", f"must be a contiguous [B] = [{batch}] tensor, got "
+                     f"{list(rho.shape)}")
+    return rho
+
+
+def continuous_step(mu: torch.Tensor, rho: torch.Tensor, eps_hat: torch.Tensor, t: float,
+                    alpha: float, sigma_1: float, *, t_min: float = 1e-6,
+                    x_range: tuple[float, float] | None = None,
+                    generator: torch.Generator | None = None, seed: int | None = None,
+                    offset: int | None = None, backend: str | None = None) -> None:
+    """One generation step after the network, in place: x_hat from eps_hat (as
+    `continuous_output` at time t), sender sample y = x_hat + eps / sqrt(alpha), Bayesian update
+    of mu [B, ...] (in place) and rho [B] (in place, rho += alpha)."""
+    op = "continuous_step"
+    mu = _state(op, "mu", mu)
+    _continuous_inputs(op, "mu", {"mu": mu, "eps_hat": eps_hat})
+    rho = _step_rho(op, rho, mu.shape[0], mu)
+    t = _checks.parse_float(op, "t", t)
+    if not 0.0 <= t <= 1.0:
+        _checks.fail(op, "t", f"must lie in [0, 1], got {t}")
+    alpha = _checks.positive_float(op, "alpha", alpha)
+    sigma_1 = _checks.open_unit(op, "sigma_1", sigma_1)
+    t_min = _t_min(op, t_min)
+    x_min, x_max, clamp = _x_range(op, x_range)
+    if t < t_min:
+        a = c = 0.0
+    else:
+        g = -math.expm1(2.0 * t * math.log(sigma_1))
+        a, c = 1.0 / g, math.sqrt(math.exp(2.0 * t * math.log(sigma_1)) / g)
+    seed, offset = _rng.seed_offset(op, mu.device, generator, seed, offset)
+    name = _backends.resolve(op, backend, mu.device)
+    flat_mu = mu.view(mu.shape[0], -1)
+    if name == "reference":
+        eps, _, _ = reference.philox_noise(seed, offset, flat_mu.shape, mu.device)
+        t_vec = torch.full((mu.shape[0],), t, dtype=rho.dtype, device=mu.device)
+        new_mu, _ = reference.continuous_step(flat_mu, rho, _flat(eps_hat), t_vec, alpha, sigma_1,
+                                              t_min, (x_min, x_max) if clamp else None, eps)
+        flat_mu.copy_(new_mu)
+    else:
+        _continuous_step_op(flat_mu, rho, _flat(eps_hat), a, c, alpha, x_min, x_max, clamp,
+                            _signed(seed), _signed(offset), name)
+    rho.add_(alpha)
+
+
+def discretised_step(mu: torch.Tensor | None, rho: torch.Tensor | None, mu_x: torch.Tensor,
+                     log_sigma_x: torch.Tensor, alpha: float, n_bins: int, *,
+                     draw: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                     seed: int | None = None, offset: int | None = None,
+                     backend: str | None = None) -> torch.Tensor:
+    """One generation step of discretised data after the network: draw a bin k ~ p_O (from the
+    network's mu_x, log_sigma_x; returned as its centre k_c), sender sample
+    y = k_c + eps / sqrt(alpha), Bayesian update of mu [B, ...] and rho [B] in place. With
+    mu = rho = None it only draws (the final sample). Returns the drawn centres (into `draw`
+    when given)."""
+    op = "discretised_step"
+    _continuous_inputs(op, "mu_x", {"mu_x": mu_x, "log_sigma_x": log_sigma_x})
+    n_bins = _checks.positive_int(op, "n_bins", n_bins, minimum=2)
+    alpha = _checks.positive_float(op, "alpha", alpha)
+    update = mu is not None
+    batch = mu_x.shape[0]
+    if update:
+        mu = _state(op, "mu", mu, mu_x.shape)
+        rho = _step_rho(op, rho, batch, mu)
+    if draw is None:
+        draw = torch.empty(mu_x.shape, dtype=mu_x.dtype, device=mu_x.device)
+    draw = _state(op, "draw", draw, mu_x.shape)
+    seed, offset = _rng.seed_offset(op, mu_x.device, generator, seed, offset)
+    name = _backends.resolve(op, backend, mu_x.device)
+    flat_draw = draw.view(batch, -1)
+    if name == "reference":
+        first, second, _ = reference.philox_noise(seed, offset, flat_draw.shape, mu_x.device)
+        dummy = torch.zeros(batch, dtype=reference.compute_dtype(mu_x), device=mu_x.device)
+        mu_in = mu.view(batch, -1) if update else torch.zeros_like(flat_draw)
+        new_mu, _ = reference.discretised_step(mu_in, rho if update else dummy, _flat(mu_x),
+                                               _flat(log_sigma_x), alpha, n_bins, first, second)
+        flat_draw.copy_(reference.discretised_draw(_flat(mu_x), _flat(log_sigma_x), n_bins,
+                                                   first))
+        if update:
+            mu.view(batch, -1).copy_(new_mu)
+    else:
+        mu_arg = mu.view(batch, -1) if update else flat_draw.new_empty((batch, 0))
+        rho_arg = rho if update else torch.ones(batch, dtype=reference.compute_dtype(mu_x),
+                                                device=mu_x.device)
+        _discretised_step_op(mu_arg, rho_arg, _flat(mu_x), _flat(log_sigma_x), n_bins, alpha,
+                             _signed(seed), _signed(offset), update, flat_draw, name)
+    if update:
+        rho.add_(alpha)
+    return draw
+
+
+def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: float, *,
+                  draw: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                  seed: int | None = None, offset: int | None = None,
+                  backend: str | None = None) -> torch.Tensor:
+    """One generation step of discrete data after the network: draw k ~ p_O = softmax(logits)
+    per dimension, sender sample y ~ N(alpha (K e_k - 1), alpha K I), and the log-space Bayesian
+    update of log_theta [B, ..., K] in place. With log_theta = None it only draws (the final
+    sample). Returns the drawn classes [B, ...] int64 (into `draw` when given). The draw uses one
+    float32 uniform (23 bits) per dimension by inverse CDF."""
+    op = "discrete_step"
+    _checks.require_tensor(op, "logits", logits, floating=True)
+    if logits.dim() < 2 or logits.shape[-1] < 2:
+        _checks.fail(op, "logits", f"must be [B, ..., K] with K >= 2, got {list(logits.shape)}")
+    alpha = _checks.positive_float(op, "alpha", alpha)
+    update = log_theta is not None
+    if update:
+        log_theta = _state(op, "log_theta", log_theta, logits.shape)
+        _checks.same_device(op, "logits", logits, log_theta=log_theta)
+    batch, n_classes = logits.shape[0], logits.shape[-1]
+    if draw is None:
+        draw = torch.empty(logits.shape[:-1], dtype=torch.int64, device=logits.device)
+    _checks.require_tensor(op, "draw", draw, integer=True)
+    if draw.dtype != torch.int64 or tuple(draw.shape) != tuple(logits.shape[:-1]) \
+            or not draw.is_contiguous():
+        _checks.fail(op, "draw", f"must be a contiguous int64 tensor of shape "
+                     f"{list(logits.shape[:-1])}")
+    seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
+    name = _backends.resolve(op, backend, logits.device)
+    flat_logits = logits.reshape(batch, -1, n_classes).contiguous()
+    flat_draw = draw.view(batch, -1)
+    if name == "reference":
+        eps, _, uniform = reference.philox_noise(seed, offset, flat_logits.shape, logits.device)
+        theta = log_theta.view(flat_logits.shape) if update else flat_logits
+        new_theta, k = reference.discrete_step(theta, flat_logits, alpha, uniform[..., 0], eps)
+        flat_draw.copy_(k)
+        if update:
+            theta.copy_(new_theta)
+    else:
+        theta = log_theta.view(flat_logits.shape) if update else flat_logits
+        _discrete_step_op(theta, flat_logits, alpha, _signed(seed), _signed(offset), update,
+                          flat_draw, name)
+    return draw
+
+
+# ------------------------------------------------------------------------------ generation
+
+def generate(model, shape, n_steps: int, *, kind: str = "continuous", sigma_1: float = 1e-3,
+             beta_1: float = 0.5625, n_bins: int = 256, n_classes: int | None = None,
+             t_min: float = 1e-6, x_range: tuple[float, float] | None = None,
+             device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+             generator: torch.Generator | None = None, seed: int | None = None,
+             offset: int | None = None, backend: str | None = None) -> torch.Tensor:
+    """Sample from a BFN with n_steps steps (spec: "Generation").
+
+    shape: data shape [B, ...] (discrete: [B, ...] positions; the K classes are added).
+    model(theta, t) is called with t a [B] tensor and theta
+      - kind="continuous": mu [B, ...]; returns eps_hat [B, ...];
+      - kind="discretised": mu [B, ...]; returns (mu_x, log_sigma_x), each [B, ...];
+      - kind="discrete": the probabilities theta [B, ..., K]; returns logits [B, ..., K].
+    Starts from the prior (mu = 0, rho = 1 / theta uniform); step i = 1..n runs the network at
+    t = (i-1)/n then one fused step kernel with alpha_i; a final network call at t = 1 gives the
+    sample (continuous: x_hat; discretised: bin centres drawn from p_O; discrete: classes drawn
+    from p_O, int64). Buffers are allocated once; steps read no device value on the host.
+    Step i draws its noise at (seed, offset + 4 i) of one (seed, offset) taken at the start.
+    """
+    op = "generate"
+    n_steps = _checks.positive_int(op, "n_steps", n_steps)
+    if kind not in ("continuous", "discretised", "discrete"):
+        _checks.fail(op, "kind", f"must be 'continuous', 'discretised' or 'discrete', got {kind!r}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or shape[0] < 1:
+        _checks.fail(op, "shape", f"must be [B, ...] with B >= 1, got {list(shape)}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    seed, offset = _rng.seed_offset(op, device, generator, seed, offset, increment=n_steps + 1)
+    batch = shape[0]
+    t_vec = torch.empty(batch, dtype=dtype, device=device)
+    if kind == "discrete":
+        beta_1 = _checks.positive_float(op, "beta_1", beta_1)
+        if n_classes is None:
+            _checks.fail(op, "n_classes", "is required for kind='discrete'", TypeError)
+        n_classes = _checks.positive_int(op, "n_classes", n_classes, minimum=2)
+        log_theta = torch.full((*shape, n_classes), -math.log(n_classes), dtype=dtype,
+                               device=device)
+        theta = torch.empty_like(log_theta)
+        draw = torch.empty(shape, dtype=torch.int64, device=device)
+        for i in range(1, n_steps + 1):
+            t_vec.fill_((i - 1) / n_steps)
+            torch.exp(log_theta, out=theta)
+            alpha = beta_1 * (2 * i - 1) / n_steps ** 2
+            discrete_step(log_theta, model(theta, t_vec), alpha, draw=draw, seed=seed,
+                          offset=offset + 4 * i, backend=backend)
+        t_vec.fill_(1.0)
+        torch.exp(log_theta, out=theta)
+        return discrete_step(None, model(theta, t_vec), 1.0, draw=draw, seed=seed,
+                             offset=offset + 4 * (n_steps + 1), backend=backend)
+    sigma_1 = _checks.open_unit(op, "sigma_1", sigma_1)
+    mu = torch.zeros(shape, dtype=dtype, device=device)
+    rho = torch.ones(batch, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
+                     device=device)
+    draw = torch.empty(shape, dtype=dtype, device=device) if kind == "discretised" else None
+    log_s = math.log(sigma_1)
+    for i in range(1, n_steps + 1):
+        t = (i - 1) / n_steps
+        t_vec.fill_(t)
+        alpha = math.exp(-2.0 * i * log_s / n_steps) * -math.expm1(2.0 * log_s / n_steps)
+        if kind == "continuous":
+            continuous_step(mu, rho, model(mu, t_vec), t, alpha, sigma_1, t_min=t_min,
+                            x_range=x_range, seed=seed, offset=offset + 4 * i, backend=backend)
+        else:
+            mu_x, log_sigma_x = model(mu, t_vec)
+            discretised_step(mu, rho, mu_x, log_sigma_x, alpha, n_bins, draw=draw, seed=seed,
+                             offset=offset + 4 * i, backend=backend)
+    t_vec.fill_(1.0)
+    if kind == "continuous":
+        return continuous_output(mu, model(mu, t_vec), 1.0, sigma_1, t_min=t_min,
+                                 x_range=x_range, backend=backend)
+    mu_x, log_sigma_x = model(mu, t_vec)
+    return discretised_step(None, None, mu_x, log_sigma_x, 1.0, n_bins, draw=draw, seed=seed,
+                            offset=offset + 4 * (n_steps + 1), backend=backend)
+
+
 __all__ = [
     "beta",
+    "continuous_flow",
+    "continuous_step",
+    "discrete_flow",
+    "discrete_step",
+    "discretised_step",
+    "generate",
     "continuous_alpha",
     "continuous_loss",
     "continuous_output",

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gfn_fast.kernels import _philox as px
 from gfn_fast.kernels._common import accumulator, expm1, interpret
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
@@ -253,6 +254,205 @@ def _discrete_update_kernel(log_theta_ptr, y_ptr, out_ptr, n_rows, n_classes, AC
     tl.store(out_ptr + offsets, (z - lse[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# ------------------------------------------------------------------------------- noisy ops
+# Noise contract: gfn_fast/reference/bfn.py ("noise"). Seeds and offsets arrive as 32-bit halves.
+
+@triton.jit
+def _noise(index, seed_lo, seed_hi, off_lo, off_hi):
+    """Words (0, 1, 2) of the Philox block of each flat noise index (int64 tensor)."""
+    k0, k1 = px.seed_key(seed_lo, seed_hi)
+    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (index >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + off_lo.to(tl.uint32)
+    c3 = tl.zeros_like(c0) + off_hi.to(tl.uint32)
+    w0, w1, w2, _ = px.philox4x32(k0, k1, c0, c1, c2, c3)
+    return w0, w1, w2
+
+
+@triton.jit
+def _first_normal(index, seed_lo, seed_hi, off_lo, off_hi):
+    w0, w1, _ = _noise(index, seed_lo, seed_hi, off_lo, off_hi)
+    n0, _ = px.normal_pair(w0, w1)
+    return n0
+
+
+@triton.jit
+def _continuous_flow_kernel(x_ptr, t_ptr, out_ptr, n_elements, dims, log_s, seed_lo, seed_hi,
+                            off_lo, off_hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    t = tl.load(t_ptr + idx // dims, mask=mask, other=0.0).to(ACC)
+    g = -expm1(2.0 * t * log_s)
+    spread = tl.sqrt(g * tl.exp(2.0 * t * log_s))
+    eps = _first_normal(idx, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC)
+    tl.store(out_ptr + idx, (g * x + spread * eps).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sender(target, k, alpha, spread, index, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+            ACC: tl.constexpr):
+    """y = alpha (K e_target - 1) + sqrt(alpha K) eps for a [R, BLOCK_K] tile."""
+    eps = _first_normal(index, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    hot = tl.where(k[None, :] == target[:, None], n_classes * 1.0, 0.0)
+    return alpha[:, None] * (hot - 1.0) + spread[:, None] * eps
+
+
+@triton.jit
+def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes, beta_1, seed_lo,
+                          seed_hi, off_lo, off_hi, LOG: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    k = tl.arange(0, BLOCK_K)
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    t = tl.load(t_ptr + rows // dims, mask=row_mask, other=0.0).to(ACC)
+    beta_t = beta_1 * t * t
+    target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
+    y = _sender(target, k, beta_t, tl.sqrt(beta_t * n_classes), offsets, n_classes, seed_lo,
+                seed_hi, off_lo, off_hi, ACC)
+    y = tl.where(mask, y, float("-inf"))
+    m = tl.max(y, axis=1)
+    m = tl.where(row_mask, m, 0.0)
+    lse = m + tl.log(tl.sum(tl.where(mask, tl.exp(y - m[:, None]), 0.0), axis=1))
+    if LOG:
+        out = y - lse[:, None]
+    else:
+        out = tl.exp(y - lse[:, None])
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes, seed_lo, seed_hi,
+                off_lo, off_hi, ACC: tl.constexpr):
+    """For a tile of (b, d) rows: (p_O [R, BLOCK_K], z = ln p_O + y, logsumexp(z) [R],
+    y_target [R])."""
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    logits = tl.load(logits_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
+    m_l = tl.where(row_mask, tl.max(logits, axis=1), 0.0)
+    e = tl.where(mask, tl.exp(logits - m_l[:, None]), 0.0)
+    s_l = tl.sum(e, axis=1)
+    s_l = tl.where(row_mask, s_l, 1.0)
+    p = e / s_l[:, None]
+    target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
+    y = _sender(target, k, alpha, tl.sqrt(alpha * n_classes), offsets, n_classes, seed_lo,
+                seed_hi, off_lo, off_hi, ACC)
+    z = tl.where(mask, logits - (m_l + tl.log(s_l))[:, None] + y, float("-inf"))
+    m = tl.where(row_mask, tl.max(z, axis=1), 0.0)
+    lse = m + tl.log(tl.sum(tl.where(mask, tl.exp(z - m[:, None]), 0.0), axis=1))
+    y_target = tl.sum(tl.where(k[None, :] == target[:, None], y, 0.0), axis=1)
+    return p, z, lse, y_target
+
+
+@triton.jit
+def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes, beta_1,
+                               n_steps, seed_lo, seed_hi, off_lo, off_hi, ACC: tl.constexpr,
+                               BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    k = tl.arange(0, BLOCK_K)
+    t = tl.load(t_ptr + b).to(ACC)
+    alpha_b = beta_1 * (2.0 * t * n_steps + 1.0) / (n_steps * n_steps)
+    total = tl.zeros([BLOCK_D], dtype=ACC)
+    for d0 in range(0, dims, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        row_mask = d < dims
+        alpha = tl.zeros([BLOCK_D], dtype=ACC) + alpha_b
+        _, _, lse, y_target = _nstep_tile(x_index_ptr, logits_ptr, b * dims + d, row_mask, k,
+                                          alpha, n_classes, seed_lo, seed_hi, off_lo, off_hi, ACC)
+        total += tl.where(row_mask, y_target - lse, 0.0)
+    tl.store(out_ptr + b, n_steps * tl.sum(total, axis=0))
+
+
+@triton.jit
+def _discrete_nstep_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr, n_rows, dims,
+                               n_classes, beta_1, n_steps, seed_lo, seed_hi, off_lo, off_hi,
+                               ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    k = tl.arange(0, BLOCK_K)
+    b = rows // dims
+    t = tl.load(t_ptr + b, mask=row_mask, other=0.0).to(ACC)
+    alpha = beta_1 * (2.0 * t * n_steps + 1.0) / (n_steps * n_steps)
+    p, z, lse, _ = _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes,
+                               seed_lo, seed_hi, off_lo, off_hi, ACC)
+    scale = n_steps * tl.load(grad_ptr + b, mask=row_mask, other=0.0).to(ACC)
+    g = scale[:, None] * (p - tl.exp(z - lse[:, None]))
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    tl.store(out_ptr + rows[:, None] * n_classes + k[None, :],
+             g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _continuous_step_kernel(mu_ptr, rho_ptr, eps_hat_ptr, n_elements, dims, a, c,
+                            inv_sqrt_alpha, alpha, x_min, x_max, seed_lo, seed_hi, off_lo, off_hi,
+                            CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    rho = tl.load(rho_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
+    mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
+    x_hat = a * mu - c * tl.load(eps_hat_ptr + idx, mask=mask, other=0.0).to(ACC)
+    if CLAMP:
+        x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
+    y = x_hat + inv_sqrt_alpha * _first_normal(idx, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    gain = alpha / (rho + alpha)
+    tl.store(mu_ptr + idx, (mu + gain * (y - mu)).to(mu_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr, n_elements, dims,
+                             n_bins, inv_sqrt_alpha, alpha, seed_lo, seed_hi, off_lo, off_hi,
+                             UPDATE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    w0, w1, _ = _noise(idx, seed_lo, seed_hi, off_lo, off_hi)
+    eps_draw, eps_send = px.normal_pair(w0, w1)
+    sigma = _discretised_sigma(tl.load(log_sigma_ptr + idx, mask=mask, other=0.0).to(ACC))
+    value = tl.load(mu_x_ptr + idx, mask=mask, other=0.0).to(ACC) + sigma * eps_draw.to(ACC)
+    k = tl.minimum(tl.maximum(tl.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
+    centre = (2.0 * k + 1.0) / n_bins - 1.0
+    tl.store(draw_ptr + idx, centre.to(draw_ptr.dtype.element_ty), mask=mask)
+    if UPDATE:
+        rho = tl.load(rho_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
+        mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
+        y = centre + inv_sqrt_alpha * eps_send.to(ACC)
+        tl.store(mu_ptr + idx, (mu + alpha / (rho + alpha) * (y - mu)).to(mu_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes, alpha, spread,
+                          seed_lo, seed_hi, off_lo, off_hi, UPDATE: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    k = tl.arange(0, BLOCK_K)
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    logits = tl.load(logits_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
+    m_l = tl.where(row_mask, tl.max(logits, axis=1), 0.0)
+    e = tl.where(mask, tl.exp(logits - m_l[:, None]), 0.0)
+    w0, w1, w2 = _noise(offsets, seed_lo, seed_hi, off_lo, off_hi)
+    # Inverse CDF with the uniform of class 0's block: the first k whose running sum exceeds
+    # u * total (counted as the number of running sums <= the target).
+    u = tl.sum(tl.where(k[None, :] == 0, px.uniform(w2), 0.0), axis=1).to(ACC)
+    target = u * tl.sum(e, axis=1)
+    below = tl.where(mask & (tl.cumsum(e, axis=1) <= target[:, None]), 1, 0)
+    chosen = tl.minimum(tl.sum(below, axis=1), n_classes - 1)
+    tl.store(draw_ptr + rows, chosen.to(tl.int64), mask=row_mask)
+    if UPDATE:
+        eps, _ = px.normal_pair(w0, w1)
+        hot = tl.where(k[None, :] == chosen[:, None], n_classes * 1.0, 0.0)
+        z = tl.load(log_theta_ptr + offsets, mask=mask, other=0.0).to(ACC) \
+            + alpha * (hot - 1.0) + spread * eps.to(ACC)
+        z = tl.where(mask, z, float("-inf"))
+        m = tl.where(row_mask, tl.max(z, axis=1), 0.0)
+        lse = m + tl.log(tl.sum(tl.where(mask, tl.exp(z - m[:, None]), 0.0), axis=1))
+        tl.store(log_theta_ptr + offsets, (z - lse[:, None]).to(log_theta_ptr.dtype.element_ty),
+                 mask=mask)
+
+
 # --------------------------------------------------------------------------------- launchers
 
 def _acc(*tensors) -> torch.dtype:
@@ -383,3 +583,80 @@ def discrete_update(log_theta, y):
         log_theta, y, out, n_rows, n_classes, ACC=accumulator(_acc(log_theta, y)),
         BLOCK_R=block_r, BLOCK_K=block_k)
     return out
+
+
+def _key(seed: int, offset: int) -> tuple[int, int, int, int]:
+    """(seed_lo, seed_hi, off_lo, off_hi) 32-bit halves; seed/offset may be signed 64-bit."""
+    mask = 0xFFFFFFFF
+    return seed & mask, (seed >> 32) & mask, offset & mask, (offset >> 32) & mask
+
+
+def continuous_flow(x, t, sigma_1, seed, offset):
+    out = torch.empty_like(x)
+    n = x.numel()
+    block = _block(n)
+    _continuous_flow_kernel[(triton.cdiv(n, block),)](
+        x, t, out, n, x.shape[1], math.log(sigma_1), *_key(seed, offset),
+        ACC=accumulator(_acc(x)), BLOCK=block)
+    return out
+
+
+def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
+    batch, dims = x_index.shape
+    out = torch.empty((batch, dims, n_classes), dtype=t.dtype, device=t.device)
+    n_rows = batch * dims
+    block_r, block_k = _row_block(n_classes)
+    _discrete_flow_kernel[(triton.cdiv(n_rows, block_r),)](
+        x_index, t, out, n_rows, dims, n_classes, beta_1, *_key(seed, offset), LOG=bool(log),
+        ACC=accumulator(t.dtype), BLOCK_R=block_r, BLOCK_K=block_k)
+    return out
+
+
+def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits)
+    batch, dims, n_classes = logits.shape
+    out = torch.empty(batch, dtype=acc, device=logits.device)
+    block_d, block_k = _row_block(n_classes)
+    _discrete_nstep_fwd_kernel[(batch,)](
+        x_index, logits, t, out, dims, n_classes, beta_1, n_steps, *_key(seed, offset),
+        ACC=accumulator(acc), BLOCK_D=min(block_d, triton.next_power_of_2(dims)),
+        BLOCK_K=block_k)
+    return out
+
+
+def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed, offset):
+    batch, dims, n_classes = logits.shape
+    out = torch.empty_like(logits)
+    n_rows = batch * dims
+    block_r, block_k = _row_block(n_classes)
+    _discrete_nstep_bwd_kernel[(triton.cdiv(n_rows, block_r),)](
+        grad, x_index, logits, t, out, n_rows, dims, n_classes, beta_1, n_steps,
+        *_key(seed, offset), ACC=accumulator(_acc(logits)), BLOCK_R=block_r, BLOCK_K=block_k)
+    return out
+
+
+def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset):
+    n = mu.numel()
+    block = _block(n)
+    _continuous_step_kernel[(triton.cdiv(n, block),)](
+        mu, rho, eps_hat, n, mu.shape[1], a, c, 1.0 / math.sqrt(alpha), alpha, x_min, x_max,
+        *_key(seed, offset), CLAMP=bool(clamp), ACC=accumulator(_acc(mu, eps_hat)), BLOCK=block)
+
+
+def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
+    n = mu_x.numel()
+    block = _block(n)
+    _discretised_step_kernel[(triton.cdiv(n, block),)](
+        mu, rho, mu_x, log_sigma_x, draw, n, mu_x.shape[1], n_bins, 1.0 / math.sqrt(alpha),
+        alpha, *_key(seed, offset), UPDATE=bool(update),
+        ACC=accumulator(_acc(mu_x, log_sigma_x)), BLOCK=block)
+
+
+def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
+    n_classes = logits.shape[-1]
+    n_rows = logits.numel() // n_classes
+    block_r, block_k = _row_block(n_classes)
+    _discrete_step_kernel[(triton.cdiv(n_rows, block_r),)](
+        log_theta, logits, draw, n_rows, n_classes, alpha, math.sqrt(alpha * n_classes),
+        *_key(seed, offset), UPDATE=bool(update), ACC=accumulator(_acc(logits)),
+        BLOCK_R=block_r, BLOCK_K=block_k)

@@ -12,6 +12,7 @@ import numba
 import numpy as np
 import torch
 
+from gfn_fast.cpu import _philox as px
 from gfn_fast.cpu._common import as_numpy
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
@@ -320,3 +321,263 @@ def discrete_update(log_theta, y):
     out = torch.empty(log_theta.shape, dtype=acc)
     _discrete_update(_np(log_theta, acc), _np(y, acc), out.numpy())
     return out.to(log_theta.dtype)
+
+
+# ------------------------------------------------------------------------------- noisy ops
+# Noise contract: gfn_fast/reference/bfn.py ("noise"). Keys and offsets arrive as np.uint64.
+
+@numba.njit(inline="always", cache=True)
+def _block(k0, k1, o0, o1, index):
+    """Words (0, 1, 2) of the Philox block of flat noise index `index`."""
+    i = np.uint64(index)
+    w0, w1, w2, _ = px.philox4x32(k0, k1, i & px.MASK32, i >> px.SHIFT32, o0, o1)
+    return w0, w1, w2
+
+
+@numba.njit(inline="always", cache=True)
+def _first_normal(k0, k1, o0, o1, index):
+    w0, w1, _ = _block(k0, k1, o0, o1, index)
+    n0, _ = px.normal_pair(w0, w1)
+    return n0
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_flow(x, t, log_s, k0, k1, o0, o1, out):
+    batch, dims = x.shape
+    for b in numba.prange(batch):
+        g = -math.expm1(2.0 * t[b] * log_s)
+        spread = math.sqrt(g * math.exp(2.0 * t[b] * log_s))
+        for d in range(dims):
+            out[b, d] = g * x[b, d] + spread * _first_normal(k0, k1, o0, o1, b * dims + d)
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
+    batch, dims, n_classes = out.shape
+    for b in numba.prange(batch):
+        beta_t = beta_1 * t[b] * t[b]
+        spread = math.sqrt(beta_t * n_classes)
+        for d in range(dims):
+            base = (b * dims + d) * n_classes
+            target = x_index[b, d]
+            m = -math.inf
+            for k in range(n_classes):
+                y = beta_t * ((n_classes if k == target else 0.0) - 1.0) \
+                    + spread * _first_normal(k0, k1, o0, o1, base + k)
+                out[b, d, k] = y
+                m = max(m, y)
+            s = 0.0
+            for k in range(n_classes):
+                s += math.exp(out[b, d, k] - m)
+            lse = m + math.log(s)
+            for k in range(n_classes):
+                out[b, d, k] = out[b, d, k] - lse if log else math.exp(out[b, d, k] - lse)
+
+
+@numba.njit(inline="always", cache=True)
+def _nstep_row(logits, b, d, target, alpha, n_classes, k0, k1, o0, o1, scratch, noise_row):
+    """For one (b, d) (noise row b D + d): writes z_k = ln p_O(k) + y_k into scratch[0, :] and
+    returns (y_x - logsumexp_k z_k, logsumexp_k z_k)."""
+    m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+    log_norm = m_l + math.log(s_l)
+    spread = math.sqrt(alpha * n_classes)
+    base = noise_row * n_classes
+    m = -math.inf
+    s = 0.0
+    y_target = 0.0
+    for k in range(n_classes):
+        y = alpha * ((n_classes if k == target else 0.0) - 1.0) \
+            + spread * _first_normal(k0, k1, o0, o1, base + k)
+        if k == target:
+            y_target = y
+        z = logits[b, d, k] - log_norm + y
+        scratch[0, k] = z
+        if z > m:
+            s = s * math.exp(m - z) + 1.0
+            m = z
+        else:
+            s += math.exp(z - m)
+    lse = m + math.log(s)
+    return y_target - lse, lse
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, k0, k1, o0, o1, out):
+    batch, dims, n_classes = logits.shape
+    for b in numba.prange(batch):
+        alpha = beta_1 * (2.0 * t[b] * n_steps + 1.0) / (n_steps * n_steps)
+        scratch = np.empty((1, n_classes))
+        total = 0.0
+        for d in range(dims):
+            per_dim, _ = _nstep_row(logits, b, d, x_index[b, d], alpha, n_classes, k0, k1, o0,
+                                    o1, scratch, b * dims + d)
+            total += per_dim
+        out[b] = n_steps * total
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, k0, k1, o0, o1,
+                                  grad_logits):
+    batch, dims, n_classes = logits.shape
+    for b in numba.prange(batch):
+        alpha = beta_1 * (2.0 * t[b] * n_steps + 1.0) / (n_steps * n_steps)
+        scale = n_steps * grad[b]
+        scratch = np.empty((1, n_classes))
+        for d in range(dims):
+            _, lse = _nstep_row(logits, b, d, x_index[b, d], alpha, n_classes, k0, k1, o0, o1,
+                                scratch, b * dims + d)
+            m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+            for k in range(n_classes):
+                p = math.exp(logits[b, d, k] - m_l) / s_l
+                grad_logits[b, d, k] = scale * (p - math.exp(scratch[0, k] - lse))
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_step(mu, rho, eps_hat, a, c, inv_sqrt_alpha, alpha, x_min, x_max, clamp,
+                     k0, k1, o0, o1):
+    batch, dims = mu.shape
+    for b in numba.prange(batch):
+        gain = alpha / (rho[b] + alpha)
+        for d in range(dims):
+            m = mu[b, d]
+            x_hat = a * m - c * eps_hat[b, d]
+            if clamp:
+                x_hat = min(max(x_hat, x_min), x_max)
+            y = x_hat + inv_sqrt_alpha * _first_normal(k0, k1, o0, o1, b * dims + d)
+            mu[b, d] = m + gain * (y - m)
+
+
+@numba.njit(parallel=True, cache=True)
+def _discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, inv_sqrt_alpha, alpha, k0, k1, o0,
+                      o1, update, draw):
+    batch, dims = mu_x.shape
+    for b in numba.prange(batch):
+        gain = alpha / (rho[b] + alpha) if update else 0.0
+        for d in range(dims):
+            w0, w1, _ = _block(k0, k1, o0, o1, b * dims + d)
+            eps_draw, eps_send = px.normal_pair(w0, w1)
+            value = mu_x[b, d] + _discretised_sigma(log_sigma_x[b, d]) * eps_draw
+            k = min(max(math.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
+            centre = (2.0 * k + 1.0) / n_bins - 1.0
+            draw[b, d] = centre
+            if update:
+                m = mu[b, d]
+                mu[b, d] = m + gain * (centre + inv_sqrt_alpha * eps_send - m)
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
+    batch, dims, n_classes = logits.shape
+    spread = math.sqrt(alpha * n_classes)
+    for b in numba.prange(batch):
+        for d in range(dims):
+            base = (b * dims + d) * n_classes
+            _, _, w2 = _block(k0, k1, o0, o1, base)
+            m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+            # Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
+            target = px.uniform(w2) * s_l
+            chosen = n_classes - 1
+            running = 0.0
+            for k in range(n_classes):
+                running += math.exp(logits[b, d, k] - m_l)
+                if running > target:
+                    chosen = k
+                    break
+            draw[b, d] = chosen
+            if update:
+                m = -math.inf
+                for k in range(n_classes):
+                    z = log_theta[b, d, k] + alpha * ((n_classes if k == chosen else 0.0) - 1.0) \
+                        + spread * _first_normal(k0, k1, o0, o1, base + k)
+                    log_theta[b, d, k] = z
+                    m = max(m, z)
+                s = 0.0
+                for k in range(n_classes):
+                    s += math.exp(log_theta[b, d, k] - m)
+                lse = m + math.log(s)
+                for k in range(n_classes):
+                    log_theta[b, d, k] -= lse
+
+
+def _key(seed: int, offset: int):
+    """(k0, k1, o0, o1) as np.uint64; seed and offset may arrive as signed 64-bit ints."""
+    mask = 0xFFFFFFFF
+    return (np.uint64(seed & mask), np.uint64((seed >> 32) & mask), np.uint64(offset & mask),
+            np.uint64((offset >> 32) & mask))
+
+
+def continuous_flow(x, t, sigma_1, seed, offset):
+    acc = _acc(x)
+    out = torch.empty(x.shape, dtype=acc)
+    _continuous_flow(_np(x, acc), _np(t, acc), math.log(sigma_1), *_key(seed, offset),
+                     out.numpy())
+    return out.to(x.dtype)
+
+
+def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
+    """theta (or log theta) [B, D, K] in t's dtype."""
+    out = torch.empty((*x_index.shape, n_classes), dtype=t.dtype)
+    _discrete_flow(x_index.numpy(), t.numpy(), float(beta_1), *_key(seed, offset), bool(log),
+                   out.numpy())
+    return out
+
+
+def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits)
+    out = torch.empty(logits.shape[0], dtype=acc)
+    _discrete_nstep_loss_forward(x_index.numpy(), _np(logits, acc), _np(t, acc), float(beta_1),
+                                 int(n_steps), *_key(seed, offset), out.numpy())
+    return out
+
+
+def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits)
+    out = torch.empty(logits.shape, dtype=acc)
+    _discrete_nstep_loss_backward(_np(grad, acc), x_index.numpy(), _np(logits, acc),
+                                  _np(t, acc), float(beta_1), int(n_steps), *_key(seed, offset),
+                                  out.numpy())
+    return out.to(logits.dtype)
+
+
+def _inplace(tensor: torch.Tensor):
+    """(NumPy array the kernel writes, tensor to copy back into `tensor` or None)."""
+    if tensor.dtype in (torch.float32, torch.float64):
+        return tensor.numpy(), None
+    wide = tensor.to(torch.float32)
+    return wide.numpy(), wide
+
+
+def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset):
+    """mu [B, D] updated in place; rho [B] (compute dtype), a, c the x_hat coefficients."""
+    acc = _acc(mu, eps_hat)
+    mu_np, wide = _inplace(mu)
+    _continuous_step(mu_np, _np(rho, acc), _np(eps_hat, acc), float(a), float(c),
+                     1.0 / math.sqrt(alpha), float(alpha), float(x_min), float(x_max),
+                     bool(clamp), *_key(seed, offset))
+    if wide is not None:
+        mu.copy_(wide)
+
+
+def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
+    """Draw bin centres into `draw` [B, D]; when `update`, mu [B, D] is updated in place."""
+    acc = _acc(mu_x, log_sigma_x)
+    mu_np, wide = _inplace(mu)
+    draw_np, draw_wide = _inplace(draw)
+    _discretised_step(mu_np, _np(rho, acc), _np(mu_x, acc), _np(log_sigma_x, acc), int(n_bins),
+                      1.0 / math.sqrt(alpha), float(alpha), *_key(seed, offset), bool(update),
+                      draw_np)
+    if wide is not None and update:
+        mu.copy_(wide)
+    if draw_wide is not None:
+        draw.copy_(draw_wide)
+
+
+def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
+    """Draw k ~ softmax(logits) into `draw` [B, D] (int64); when `update`, log_theta [B, D, K]
+    is updated in place."""
+    acc = _acc(logits)
+    theta_np, wide = _inplace(log_theta)
+    _discrete_step(theta_np, _np(logits, acc), float(alpha), *_key(seed, offset), bool(update),
+                   draw.numpy())
+    if wide is not None and update:
+        log_theta.copy_(wide)

@@ -70,8 +70,10 @@ def continuous_flow(x: torch.Tensor, t: torch.Tensor, sigma_1: float, eps: torch
                     ) -> torch.Tensor:
     """mu = gamma x + sqrt(gamma (1 - gamma)) eps, computed in the compute dtype."""
     dtype = compute_dtype(x)
-    g = _col(gamma(t.to(dtype), sigma_1))
-    mu = g * x.to(dtype) + torch.sqrt(g * (1.0 - g)) * eps.to(dtype)
+    t = _col(t.to(dtype))
+    g = gamma(t, sigma_1)
+    # 1 - gamma = sigma_1^(2t) directly: the subtraction loses all digits as gamma -> 1.
+    mu = g * x.to(dtype) + torch.sqrt(g * torch.exp(2.0 * t * math.log(sigma_1))) * eps.to(dtype)
     return mu.to(x.dtype)
 
 
@@ -82,7 +84,8 @@ def continuous_output(mu, eps_hat, t, sigma_1: float, t_min: float, x_range):
     t = _col(t.to(dtype))
     safe_t = torch.clamp(t, min=t_min) if t_min > 0 else t
     g = gamma(safe_t, sigma_1)
-    x_hat = mu.to(dtype) / g - torch.sqrt((1.0 - g) / g) * eps_hat.to(dtype)
+    x_hat = mu.to(dtype) / g - torch.sqrt(torch.exp(2.0 * safe_t * math.log(sigma_1)) / g) \
+        * eps_hat.to(dtype)
     x_hat = torch.where(t < t_min, torch.zeros_like(x_hat), x_hat)
     if x_range is not None:
         x_hat = torch.clamp(x_hat, x_range[0], x_range[1])
@@ -225,3 +228,51 @@ def categorical_draw(logits, uniform):
     target = uniform.to(dtype).unsqueeze(-1) * cdf[..., -1:]
     k = (cdf <= target).sum(dim=-1)
     return torch.clamp(k, max=logits.shape[-1] - 1)
+
+
+# --------------------------------------------------------------------------------------- noise
+# Contract (on top of gfn_fast/reference/_philox.py): noise element i (the flat index over
+# [B, D], or over [B, D, K] for per-class noise) reads Philox block (row = i >> 32,
+# col = i mod 2^32); its first normal is the cosine branch of words (0, 1), its second normal
+# (an op needing two per element) the sine branch, and its uniform is uniform(word 2).
+# Per-class ops that draw one uniform per (b, d) use the block of class 0, i = (b D + d) K.
+
+def philox_noise(seed: int, offset: int, shape, device) -> tuple:
+    """(first normal, second normal, uniform) float32 tensors of `shape` for flat indices
+    0..prod(shape)-1 (the exact draws every backend makes)."""
+    from gfn_fast.reference import _philox
+
+    index = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    words = _philox.philox4x32(seed, offset, index >> 32, index & _philox.MASK32)
+    first, second = _philox.normal_pair(words[..., 0], words[..., 1])
+    return (first.reshape(shape), second.reshape(shape),
+            _philox.uniform(words[..., 2]).reshape(shape))
+
+
+def continuous_step(mu, rho, eps_hat, t, alpha: float, sigma_1: float, t_min: float, x_range,
+                    eps):
+    """One generation step after the network: x_hat from eps_hat, sender y = x_hat +
+    eps / sqrt(alpha), Bayesian update. Returns (mu', rho') (mu' in the compute dtype)."""
+    x_hat = continuous_output(mu, eps_hat, t, sigma_1, t_min, x_range)
+    y = x_hat + eps.to(x_hat.dtype) / math.sqrt(alpha)
+    alpha_t = torch.full_like(rho, alpha)
+    return continuous_update(mu, rho.reshape(-1, 1), y, alpha_t.reshape(-1, 1))
+
+
+def discretised_step(mu, rho, mu_x, log_sigma_x, alpha: float, n_bins: int, eps_draw, eps):
+    """Draw k ~ p_O (as its bin centre), sender y = k_c + eps / sqrt(alpha), update."""
+    centre = discretised_draw(mu_x, log_sigma_x, n_bins, eps_draw)
+    y = centre + eps.to(centre.dtype) / math.sqrt(alpha)
+    alpha_t = torch.full_like(rho, alpha)
+    return continuous_update(mu, rho.reshape(-1, 1), y, alpha_t.reshape(-1, 1))
+
+
+def discrete_step(log_theta, logits, alpha: float, uniform, eps):
+    """Draw k ~ p_O = softmax(logits) (uniform [B, D]), sender y ~ N(alpha (K e_k - 1),
+    alpha K I) from eps [B, D, K], log-space update. Returns (log theta', k)."""
+    n_classes = logits.shape[-1]
+    k = categorical_draw(logits, uniform)
+    alpha_t = torch.full(logits.shape[:1], alpha, dtype=compute_dtype(logits),
+                         device=logits.device)
+    y = discrete_sender_logits(k, alpha_t, n_classes, eps.to(alpha_t.dtype))
+    return discrete_update(log_theta, y), k
