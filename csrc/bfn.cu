@@ -35,6 +35,13 @@ GFN_FAST_BFN_LAUNCH(bfn_discretised_probs, discretised_probs_kernel, elementwise
 GFN_FAST_BFN_LAUNCH(bfn_discrete_loss_forward, discrete_loss_forward_kernel, static_cast<unsigned int>(p.batch))
 GFN_FAST_BFN_LAUNCH(bfn_discrete_loss_backward, discrete_loss_backward_kernel, elementwise_blocks(p.batch * p.dims))
 GFN_FAST_BFN_LAUNCH(bfn_discrete_update, discrete_update_kernel, elementwise_blocks(p.batch * p.dims))
+GFN_FAST_BFN_LAUNCH(bfn_continuous_flow, continuous_flow_kernel, elementwise_blocks(p.batch * p.dims))
+GFN_FAST_BFN_LAUNCH(bfn_discrete_flow, discrete_flow_kernel, elementwise_blocks(p.batch * p.dims))
+GFN_FAST_BFN_LAUNCH(bfn_discrete_nstep_loss_forward, discrete_nstep_loss_forward_kernel, static_cast<unsigned int>(p.batch))
+GFN_FAST_BFN_LAUNCH(bfn_discrete_nstep_loss_backward, discrete_nstep_loss_backward_kernel, elementwise_blocks(p.batch * p.dims))
+GFN_FAST_BFN_LAUNCH(bfn_continuous_step, continuous_step_kernel, elementwise_blocks(p.batch * p.dims))
+GFN_FAST_BFN_LAUNCH(bfn_discretised_step, discretised_step_kernel, elementwise_blocks(p.batch * p.dims))
+GFN_FAST_BFN_LAUNCH(bfn_discrete_step, discrete_step_kernel, elementwise_blocks(p.batch * p.dims))
 
 #undef GFN_FAST_BFN_LAUNCH
 

@@ -126,6 +126,17 @@ void bfn_call(const py::dict& a) {
   maybe(a, "x_max", p.x_max);
   maybe(a, "beta_1", p.beta_1);
   maybe(a, "clamp", p.clamp);
+  maybe(a, "seed", p.seed);
+  maybe(a, "offset", p.offset);
+  maybe(a, "n_steps", p.n_steps);
+  maybe(a, "coef_a", p.coef_a);
+  maybe(a, "coef_c", p.coef_c);
+  maybe(a, "alpha_value", p.alpha_value);
+  maybe(a, "inv_sqrt_alpha", p.inv_sqrt_alpha);
+  maybe_ptr(a, "state", p.state);
+  maybe_ptr(a, "draw", p.draw);
+  maybe(a, "update", p.update);
+  maybe(a, "log_output", p.log_output);
   const int dtype = get<int>(a, "dtype");
   const auto stream = get<std::uintptr_t>(a, "stream");
   py::gil_scoped_release release;
@@ -143,6 +154,13 @@ void register_bfn(py::module_& m) {
   m.def("bfn_discrete_loss_forward", &bfn_call<gfn_fast::bfn_discrete_loss_forward>);
   m.def("bfn_discrete_loss_backward", &bfn_call<gfn_fast::bfn_discrete_loss_backward>);
   m.def("bfn_discrete_update", &bfn_call<gfn_fast::bfn_discrete_update>);
+  m.def("bfn_continuous_flow", &bfn_call<gfn_fast::bfn_continuous_flow>);
+  m.def("bfn_discrete_flow", &bfn_call<gfn_fast::bfn_discrete_flow>);
+  m.def("bfn_discrete_nstep_loss_forward", &bfn_call<gfn_fast::bfn_discrete_nstep_loss_forward>);
+  m.def("bfn_discrete_nstep_loss_backward", &bfn_call<gfn_fast::bfn_discrete_nstep_loss_backward>);
+  m.def("bfn_continuous_step", &bfn_call<gfn_fast::bfn_continuous_step>);
+  m.def("bfn_discretised_step", &bfn_call<gfn_fast::bfn_discretised_step>);
+  m.def("bfn_discrete_step", &bfn_call<gfn_fast::bfn_discrete_step>);
 }
 
 }  // namespace

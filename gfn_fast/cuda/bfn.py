@@ -31,7 +31,7 @@ def _weight_scale(sigma_1: float, n_steps: int) -> float:
 
 def _call(name: str, data: torch.Tensor, **args) -> None:
     """Launch; tensor arguments become pointers while `args` keeps them alive through the call."""
-    values = {key: ptr(value) if isinstance(value, torch.Tensor) else value
+    values = {key: ptr(value) if value is None or isinstance(value, torch.Tensor) else value
               for key, value in args.items()}
     getattr(ext(), name)(dict(dtype=dtype_code(data), stream=stream(data.device), **values))
 
@@ -139,3 +139,73 @@ def discrete_update(log_theta, y):
     _call("bfn_discrete_update", theta_c, logits=(theta_c), eps=(y_c), out=(out),
           batch=batch, dims=dims, classes=n_classes)
     return out.to(log_theta.dtype)
+
+
+def _key(seed: int, offset: int) -> dict:
+    """Seed and offset as unsigned 64-bit values (they may arrive as signed ints)."""
+    mask = (1 << 64) - 1
+    return dict(seed=seed & mask, offset=offset & mask)
+
+
+def continuous_flow(x, t, sigma_1, seed, offset):
+    out = torch.empty_like(x)
+    _call("bfn_continuous_flow", x, x=x, t=t.to(_acc(x.dtype)).contiguous(), out=out,
+          batch=x.shape[0], dims=x.shape[1], log_sigma_1=math.log(sigma_1), **_key(seed, offset))
+    return out
+
+
+def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
+    batch, dims = x_index.shape
+    out = torch.empty((batch, dims, n_classes), dtype=t.dtype, device=t.device)
+    _call("bfn_discrete_flow", out, index=x_index, t=t, out=out, batch=batch, dims=dims,
+          classes=n_classes, beta_1=float(beta_1), log_output=bool(log), **_key(seed, offset))
+    return out
+
+
+def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits.dtype)
+    batch, dims, n_classes = logits.shape
+    out = torch.empty(batch, dtype=acc, device=logits.device)
+    _call("bfn_discrete_nstep_loss_forward", logits, index=x_index, logits=logits,
+          t=t.to(acc).contiguous(), out=out, batch=batch, dims=dims, classes=n_classes,
+          beta_1=float(beta_1), n_steps=int(n_steps), **_key(seed, offset))
+    return out
+
+
+def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits.dtype)
+    batch, dims, n_classes = logits.shape
+    out = torch.empty_like(logits)
+    _call("bfn_discrete_nstep_loss_backward", logits, index=x_index, logits=logits,
+          t=t.to(acc).contiguous(), grad=grad.to(acc).contiguous(), out=out, batch=batch,
+          dims=dims, classes=n_classes, beta_1=float(beta_1), n_steps=int(n_steps),
+          **_key(seed, offset))
+    return out
+
+
+def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset):
+    eps_c = eps_hat.to(mu.dtype).contiguous()
+    _call("bfn_continuous_step", mu, state=mu, eps=eps_c, rho=rho.to(_acc(mu.dtype)),
+          batch=mu.shape[0], dims=mu.shape[1], coef_a=float(a), coef_c=float(c),
+          alpha_value=float(alpha), inv_sqrt_alpha=1.0 / math.sqrt(alpha), x_min=float(x_min),
+          x_max=float(x_max), clamp=bool(clamp), **_key(seed, offset))
+
+
+def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
+    dtype = draw.dtype
+    mu_c, ls_c = mu_x.to(dtype).contiguous(), log_sigma_x.to(dtype).contiguous()
+    if update and mu.dtype != dtype:
+        raise TypeError("gfn_fast.discretised_step: `mu` must have the dtype of `draw` on the "
+                        f"cuda backend, got {mu.dtype} and {dtype}")
+    _call("bfn_discretised_step", draw, state=mu if update else None, mu=mu_c, eps=ls_c,
+          rho=rho.to(_acc(dtype)), draw=draw, batch=mu_x.shape[0], dims=mu_x.shape[1],
+          bins=int(n_bins), alpha_value=float(alpha), inv_sqrt_alpha=1.0 / math.sqrt(alpha),
+          update=bool(update), **_key(seed, offset))
+
+
+def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
+    logits_c = logits.to(log_theta.dtype).contiguous() if update else logits
+    batch, dims, n_classes = logits.shape
+    _call("bfn_discrete_step", logits_c, state=log_theta if update else None, logits=logits_c,
+          draw=draw, batch=batch, dims=dims, classes=n_classes, alpha_value=float(alpha),
+          update=bool(update), **_key(seed, offset))

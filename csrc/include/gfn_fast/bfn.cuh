@@ -8,6 +8,7 @@
 
 #include "gfn_fast/bfn.h"
 #include "gfn_fast/common.cuh"
+#include "gfn_fast/philox.cuh"
 
 namespace gfn_fast {
 namespace bfn {
@@ -306,6 +307,216 @@ __global__ void discrete_update_kernel(BfnArgs p) {
     const acc_t lse = m + log(s);
     for (int64_t k = 0; k < p.classes; ++k)
       out[base + k] = from_acc<scalar_t>(to_acc<acc_t>(log_theta[base + k]) + to_acc<acc_t>(y[base + k]) - lse);
+  }
+}
+
+// ---- noisy ops. Noise element i reads Philox block (i >> 32, i mod 2^32): first normal = cosine
+// branch of words (0, 1), second = sine branch, uniform = word 2 (gfn_fast/reference/bfn.py).
+
+__device__ __forceinline__ Words4 noise_block(const BfnArgs& p, int64_t index) {
+  return philox_at(philox_key(p.seed), p.offset, static_cast<uint32_t>(uint64_t(index) >> 32),
+                   static_cast<uint32_t>(uint64_t(index)));
+}
+
+__device__ __forceinline__ float first_normal(const BfnArgs& p, int64_t index) {
+  const Words4 w = noise_block(p, index);
+  float n0, n1;
+  normal_pair_from_bits(w.w[0], w.w[1], n0, n1);
+  return n0;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void continuous_flow_kernel(BfnArgs p) {
+  const acc_t* t = static_cast<const acc_t*>(p.t);
+  const scalar_t* x = static_cast<const scalar_t*>(p.x);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  const acc_t log_s = acc_t(p.log_sigma_1);
+  const int64_t n = p.batch * p.dims;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const acc_t tb = t[i / p.dims];
+    const acc_t g = -expm1(acc_t(2) * tb * log_s);
+    const acc_t spread = sqrt(g * exp(acc_t(2) * tb * log_s));
+    out[i] = from_acc<scalar_t>(g * to_acc<acc_t>(x[i]) + spread * acc_t(first_normal(p, i)));
+  }
+}
+
+// y_k = alpha (K [k == target] - 1) + sqrt(alpha K) eps_k, noise index base + k.
+template <typename acc_t>
+__device__ __forceinline__ acc_t sender_logit(const BfnArgs& p, int64_t base, int64_t k, int64_t target,
+                                              acc_t alpha, acc_t spread) {
+  return alpha * ((k == target ? acc_t(p.classes) : acc_t(0)) - acc_t(1)) + spread * acc_t(first_normal(p, base + k));
+}
+
+// Output in acc_t (theta or log theta); scalar_t == acc_t here (dtype is the output's).
+template <typename scalar_t, typename acc_t>
+__global__ void discrete_flow_kernel(BfnArgs p) {
+  const acc_t* t = static_cast<const acc_t*>(p.t);
+  acc_t* out = static_cast<acc_t*>(p.out);
+  const int64_t rows = p.batch * p.dims;
+  for (int64_t row = global_thread(); row < rows; row += grid_threads()) {
+    const acc_t tb = t[row / p.dims];
+    const acc_t beta_t = acc_t(p.beta_1) * tb * tb;
+    const acc_t spread = sqrt(beta_t * acc_t(p.classes));
+    const int64_t base = row * p.classes, target = p.index[row];
+    acc_t m = -INFINITY;
+    for (int64_t k = 0; k < p.classes; ++k) {
+      const acc_t y = sender_logit(p, base, k, target, beta_t, spread);
+      out[base + k] = y;
+      m = max(m, y);
+    }
+    acc_t s = 0;
+    for (int64_t k = 0; k < p.classes; ++k) s += exp(out[base + k] - m);
+    const acc_t lse = m + log(s);
+    for (int64_t k = 0; k < p.classes; ++k)
+      out[base + k] = p.log_output ? out[base + k] - lse : exp(out[base + k] - lse);
+  }
+}
+
+// One (b, d) row of the n-step loss: (y_x - logsumexp_k z_k, logsumexp_k z_k), z = ln p_O + y.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t nstep_row(const BfnArgs& p, int64_t row, acc_t alpha, acc_t& lse, acc_t& m_l,
+                                           acc_t& s_l) {
+  const scalar_t* l = static_cast<const scalar_t*>(p.logits) + row * p.classes;
+  softmax_stats(l, p.classes, m_l, s_l);
+  const acc_t log_norm = m_l + log(s_l);
+  const acc_t spread = sqrt(alpha * acc_t(p.classes));
+  const int64_t base = row * p.classes, target = p.index[row];
+  acc_t m = -INFINITY, s = 0, y_target = 0;
+  for (int64_t k = 0; k < p.classes; ++k) {
+    const acc_t y = sender_logit(p, base, k, target, alpha, spread);
+    if (k == target) y_target = y;
+    const acc_t z = to_acc<acc_t>(l[k]) - log_norm + y;
+    if (z > m) {
+      s = s * exp(m - z) + acc_t(1);
+      m = z;
+    } else {
+      s += exp(z - m);
+    }
+  }
+  lse = m + log(s);
+  return y_target - lse;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t nstep_alpha(const BfnArgs& p, acc_t t) {
+  const acc_t n = acc_t(p.n_steps);
+  return acc_t(p.beta_1) * (acc_t(2) * t * n + acc_t(1)) / (n * n);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void discrete_nstep_loss_forward_kernel(BfnArgs p) {
+  const int64_t b = blockIdx.x;
+  const acc_t alpha = nstep_alpha(p, static_cast<const acc_t*>(p.t)[b]);
+  acc_t total = 0, lse, m_l, s_l;
+  for (int64_t d = threadIdx.x; d < p.dims; d += blockDim.x)
+    total += nstep_row<scalar_t, acc_t>(p, b * p.dims + d, alpha, lse, m_l, s_l);
+  total = block_sum(total);
+  if (threadIdx.x == 0) static_cast<acc_t*>(p.out)[b] = acc_t(p.n_steps) * total;
+}
+
+// d/d logits_k = n grad (p_k - w_k), w = softmax(ln p_O + y): the noise is drawn again for w.
+template <typename scalar_t, typename acc_t>
+__global__ void discrete_nstep_loss_backward_kernel(BfnArgs p) {
+  const acc_t* t = static_cast<const acc_t*>(p.t);
+  const acc_t* grad = static_cast<const acc_t*>(p.grad);
+  scalar_t* out = static_cast<scalar_t*>(p.out);
+  const int64_t rows = p.batch * p.dims;
+  for (int64_t row = global_thread(); row < rows; row += grid_threads()) {
+    const int64_t b = row / p.dims;
+    const acc_t alpha = nstep_alpha(p, t[b]);
+    acc_t lse, m_l, s_l;
+    nstep_row<scalar_t, acc_t>(p, row, alpha, lse, m_l, s_l);
+    const scalar_t* l = static_cast<const scalar_t*>(p.logits) + row * p.classes;
+    const acc_t log_norm = m_l + log(s_l);
+    const acc_t spread = sqrt(alpha * acc_t(p.classes));
+    const acc_t scale = acc_t(p.n_steps) * grad[b];
+    const int64_t base = row * p.classes, target = p.index[row];
+    for (int64_t k = 0; k < p.classes; ++k) {
+      const acc_t lk = to_acc<acc_t>(l[k]);
+      const acc_t z = lk - log_norm + sender_logit(p, base, k, target, alpha, spread);
+      out[base + k] = from_acc<scalar_t>(scale * (exp(lk - m_l) / s_l - exp(z - lse)));
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void continuous_step_kernel(BfnArgs p) {
+  scalar_t* mu = static_cast<scalar_t*>(p.state);
+  const scalar_t* eps_hat = static_cast<const scalar_t*>(p.eps);
+  const acc_t* rho = static_cast<const acc_t*>(p.rho);
+  const acc_t alpha = acc_t(p.alpha_value);
+  const int64_t n = p.batch * p.dims;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const acc_t m = to_acc<acc_t>(mu[i]);
+    acc_t x_hat = acc_t(p.coef_a) * m - acc_t(p.coef_c) * to_acc<acc_t>(eps_hat[i]);
+    if (p.clamp) x_hat = clamp_to(x_hat, acc_t(p.x_min), acc_t(p.x_max));
+    const acc_t y = x_hat + acc_t(p.inv_sqrt_alpha) * acc_t(first_normal(p, i));
+    mu[i] = from_acc<scalar_t>(m + alpha / (rho[i / p.dims] + alpha) * (y - m));
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void discretised_step_kernel(BfnArgs p) {
+  scalar_t* mu = static_cast<scalar_t*>(p.state);
+  const scalar_t* mu_x = static_cast<const scalar_t*>(p.mu);
+  const scalar_t* log_sigma = static_cast<const scalar_t*>(p.eps);
+  const acc_t* rho = static_cast<const acc_t*>(p.rho);
+  scalar_t* draw = static_cast<scalar_t*>(p.draw);
+  const acc_t alpha = acc_t(p.alpha_value), bins = acc_t(p.bins);
+  const int64_t n = p.batch * p.dims;
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) {
+    const Words4 w = noise_block(p, i);
+    float eps_draw, eps_send;
+    normal_pair_from_bits(w.w[0], w.w[1], eps_draw, eps_send);
+    const acc_t value = to_acc<acc_t>(mu_x[i]) + discretised_sigma(to_acc<acc_t>(log_sigma[i])) * acc_t(eps_draw);
+    const acc_t k = clamp_to(floor((value + acc_t(1)) * (acc_t(0.5) * bins)), acc_t(0), bins - acc_t(1));
+    const acc_t centre = (acc_t(2) * k + acc_t(1)) / bins - acc_t(1);
+    draw[i] = from_acc<scalar_t>(centre);
+    if (p.update) {
+      const acc_t m = to_acc<acc_t>(mu[i]);
+      const acc_t y = centre + acc_t(p.inv_sqrt_alpha) * acc_t(eps_send);
+      mu[i] = from_acc<scalar_t>(m + alpha / (rho[i / p.dims] + alpha) * (y - m));
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void discrete_step_kernel(BfnArgs p) {
+  scalar_t* log_theta = static_cast<scalar_t*>(p.state);
+  const scalar_t* logits = static_cast<const scalar_t*>(p.logits);
+  int64_t* draw = static_cast<int64_t*>(p.draw);
+  const acc_t alpha = acc_t(p.alpha_value);
+  const acc_t spread = sqrt(alpha * acc_t(p.classes));
+  const int64_t rows = p.batch * p.dims;
+  for (int64_t row = global_thread(); row < rows; row += grid_threads()) {
+    const int64_t base = row * p.classes;
+    const scalar_t* l = logits + base;
+    acc_t m_l, s_l;
+    softmax_stats(l, p.classes, m_l, s_l);
+    // Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
+    const acc_t target = acc_t(uniform_from_bits(noise_block(p, base).w[2])) * s_l;
+    int64_t chosen = p.classes - 1;
+    acc_t running = 0;
+    for (int64_t k = 0; k < p.classes; ++k) {
+      running += exp(to_acc<acc_t>(l[k]) - m_l);
+      if (running > target) {
+        chosen = k;
+        break;
+      }
+    }
+    draw[row] = chosen;
+    if (!p.update) continue;
+    acc_t m = -INFINITY;
+    for (int64_t k = 0; k < p.classes; ++k) {
+      const acc_t z = to_acc<acc_t>(log_theta[base + k]) + sender_logit(p, base, k, chosen, alpha, spread);
+      log_theta[base + k] = from_acc<scalar_t>(z);
+      m = max(m, z);
+    }
+    acc_t s = 0;
+    for (int64_t k = 0; k < p.classes; ++k) s += exp(to_acc<acc_t>(log_theta[base + k]) - m);
+    const acc_t lse = m + log(s);
+    for (int64_t k = 0; k < p.classes; ++k)
+      log_theta[base + k] = from_acc<scalar_t>(to_acc<acc_t>(log_theta[base + k]) - lse);
   }
 }
 

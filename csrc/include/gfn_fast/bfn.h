@@ -24,6 +24,13 @@ struct BfnArgs {
   int64_t stride_rho_b = 0, stride_rho_d = 0;
   double log_sigma_1 = 0, weight_scale = 0, t_min = 0, x_min = 0, x_max = 0, beta_1 = 0;
   bool clamp = false;
+  // Noisy ops: Philox (seed, offset) (contract: gfn_fast/reference/bfn.py, "noise").
+  uint64_t seed = 0, offset = 0;
+  int64_t n_steps = 0;
+  double coef_a = 0, coef_c = 0, alpha_value = 0, inv_sqrt_alpha = 0;
+  void* state = nullptr;            // generation state updated in place (mu or log theta)
+  void* draw = nullptr;             // drawn bin centres (scalar_t) or classes (int64)
+  bool update = false, log_output = false;
 };
 
 // Launchers (csrc/bfn.cu). `dtype` is the element type of the data arrays (gfn_fast::DType);
@@ -38,5 +45,12 @@ void bfn_discretised_probs(const BfnArgs& p, int dtype, std::uintptr_t stream);
 void bfn_discrete_loss_forward(const BfnArgs& p, int dtype, std::uintptr_t stream);
 void bfn_discrete_loss_backward(const BfnArgs& p, int dtype, std::uintptr_t stream);
 void bfn_discrete_update(const BfnArgs& p, int dtype, std::uintptr_t stream);
+void bfn_continuous_flow(const BfnArgs& p, int dtype, std::uintptr_t stream);
+void bfn_discrete_flow(const BfnArgs& p, int dtype, std::uintptr_t stream);
+void bfn_discrete_nstep_loss_forward(const BfnArgs& p, int dtype, std::uintptr_t stream);
+void bfn_discrete_nstep_loss_backward(const BfnArgs& p, int dtype, std::uintptr_t stream);
+void bfn_continuous_step(const BfnArgs& p, int dtype, std::uintptr_t stream);
+void bfn_discretised_step(const BfnArgs& p, int dtype, std::uintptr_t stream);
+void bfn_discrete_step(const BfnArgs& p, int dtype, std::uintptr_t stream);
 
 }  // namespace gfn_fast
