@@ -33,6 +33,13 @@ def _impl(backend: str):
     return _backends.module(backend, "bfn")
 
 
+@torch._dynamo.assume_constant_result
+def _resolve(op: str, backend: str | None, device: torch.device) -> str:
+    """_backends.resolve, evaluated eagerly while torch.compile traces (it imports modules,
+    which Dynamo refuses to trace; its answer is a constant of the call site)."""
+    return _backends.resolve(op, backend, device)
+
+
 # ------------------------------------------------------------------------------------- schedules
 
 def gamma(t, sigma_1: float):
@@ -145,7 +152,7 @@ def continuous_output(mu: torch.Tensor, eps_hat: torch.Tensor, t, sigma_1: float
     x_min, x_max, clamp = _x_range(op, x_range)
     dtype = reference.compute_dtype(mu, eps_hat)
     t = _checks.per_sample(op, "t", t, mu.shape[0], mu, dtype, low=0.0, high=1.0)
-    name = _backends.resolve(op, backend, mu.device)
+    name = _resolve(op, backend, mu.device)
     if name == "reference":
         out = reference.continuous_output(_flat(mu), _flat(eps_hat), t, sigma_1, t_min,
                                           (x_min, x_max) if clamp else None)
@@ -222,7 +229,7 @@ def continuous_loss(x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor, t,
     x_min, x_max, clamp = _x_range(op, x_range)
     dtype = reference.compute_dtype(x, mu, eps_hat)
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
-    name = _backends.resolve(op, backend, x.device)
+    name = _resolve(op, backend, x.device)
     if name == "reference":
         return reference.continuous_loss(_flat(x), _flat(mu.detach()), _flat(eps_hat), t,
                                          sigma_1, steps, t_min, (x_min, x_max) if clamp else None)
@@ -277,7 +284,7 @@ def continuous_update(mu: torch.Tensor, rho, y: torch.Tensor, alpha, *,
     alpha = _checks.per_sample(op, "alpha", alpha, mu.shape[0], mu, dtype, positive=True)
     full = _full_precision(rho, mu)
     rho_2d = _precision(op, rho, mu, dtype)
-    name = _backends.resolve(op, backend, mu.device)
+    name = _resolve(op, backend, mu.device)
     if name == "reference":
         mu_new, _ = reference.continuous_update(_flat(mu), rho_2d, _flat(y), alpha.reshape(-1, 1))
         mu_new = mu_new.to(mu.dtype)
@@ -356,7 +363,7 @@ def discretised_loss(x: torch.Tensor, mu_x: torch.Tensor, log_sigma_x: torch.Ten
     steps = _n_steps(op, n_steps)
     dtype = reference.compute_dtype(x, mu_x, log_sigma_x)
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
-    name = _backends.resolve(op, backend, x.device)
+    name = _resolve(op, backend, x.device)
     if name == "reference":
         return reference.discretised_loss(_flat(x), _flat(mu_x), _flat(log_sigma_x), t, sigma_1,
                                           n_bins, steps)
@@ -387,7 +394,7 @@ def discretised_probs(mu_x: torch.Tensor, log_sigma_x: torch.Tensor, n_bins: int
     _checks.same_shape(op, "mu_x", mu_x, log_sigma_x=log_sigma_x)
     _checks.same_device(op, "mu_x", mu_x, log_sigma_x=log_sigma_x)
     n_bins = _checks.positive_int(op, "n_bins", n_bins, minimum=2)
-    name = _backends.resolve(op, backend, mu_x.device)
+    name = _resolve(op, backend, mu_x.device)
     flat_mu, flat_ls = mu_x.reshape(-1).contiguous(), log_sigma_x.reshape(-1).contiguous()
     if name == "reference":
         probs = reference.discretised_probs(flat_mu, flat_ls, n_bins)
@@ -474,7 +481,7 @@ def discrete_loss(x_index: torch.Tensor, logits_out: torch.Tensor, t, beta_1: fl
     if steps:
         return _discrete_nstep_loss(op, x_index, flat_logits, t, beta_1, steps, generator, seed,
                                     offset, backend)
-    name = _backends.resolve(op, backend, logits_out.device)
+    name = _resolve(op, backend, logits_out.device)
     if name == "reference":
         return reference.discrete_loss(x_index, flat_logits, t, beta_1)
     return _discrete_loss_op(x_index, flat_logits, t, beta_1, name)
@@ -525,7 +532,7 @@ def _discrete_nstep_loss(op, x_index, logits, t, beta_1, n_steps, generator, see
                          backend):
     """The n-step loss; the backward regenerates the sender noise from (seed, offset)."""
     seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
-    name = _backends.resolve(op, backend, logits.device)
+    name = _resolve(op, backend, logits.device)
     if name == "reference":
         eps, _, _ = reference.philox_noise(seed, offset, logits.shape, logits.device)
         return reference.discrete_nstep_loss(x_index, logits, t, beta_1, n_steps, eps)
@@ -560,7 +567,7 @@ def discrete_update(log_theta: torch.Tensor, y: torch.Tensor, *, backend: str | 
     n_classes = log_theta.shape[-1]
     flat_theta = log_theta.reshape(-1, 1, n_classes).contiguous()
     flat_y = y.reshape(-1, 1, n_classes).contiguous()
-    name = _backends.resolve(op, backend, log_theta.device)
+    name = _resolve(op, backend, log_theta.device)
     if name == "reference":
         out = reference.discrete_update(flat_theta, flat_y).to(log_theta.dtype)
     else:
@@ -596,7 +603,7 @@ def continuous_flow(x: torch.Tensor, t, sigma_1: float, *,
     dtype = reference.compute_dtype(x)
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
     seed, offset = _rng.seed_offset(op, x.device, generator, seed, offset)
-    name = _backends.resolve(op, backend, x.device)
+    name = _resolve(op, backend, x.device)
     flat = _flat(x.detach())
     if name == "reference":
         eps, _, _ = reference.philox_noise(seed, offset, flat.shape, x.device)
@@ -638,7 +645,7 @@ def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, lo
     x_index = _checks.class_indices(op, "x_index", x_index, n_classes).reshape(shape[0], -1)
     t = _checks.per_sample(op, "t", t, shape[0], x_index, dtype, low=0.0, high=1.0)
     seed, offset = _rng.seed_offset(op, x_index.device, generator, seed, offset)
-    name = _backends.resolve(op, backend, x_index.device)
+    name = _resolve(op, backend, x_index.device)
     if name == "reference":
         eps, _, _ = reference.philox_noise(seed, offset, (*x_index.shape, n_classes),
                                            x_index.device)
@@ -732,7 +739,7 @@ def continuous_step(mu: torch.Tensor, rho: torch.Tensor, eps_hat: torch.Tensor, 
         g = -math.expm1(2.0 * t * math.log(sigma_1))
         a, c = 1.0 / g, math.sqrt(math.exp(2.0 * t * math.log(sigma_1)) / g)
     seed, offset = _rng.seed_offset(op, mu.device, generator, seed, offset)
-    name = _backends.resolve(op, backend, mu.device)
+    name = _resolve(op, backend, mu.device)
     flat_mu = mu.view(mu.shape[0], -1)
     if name == "reference":
         eps, _, _ = reference.philox_noise(seed, offset, flat_mu.shape, mu.device)
@@ -769,7 +776,7 @@ def discretised_step(mu: torch.Tensor | None, rho: torch.Tensor | None, mu_x: to
         draw = torch.empty(mu_x.shape, dtype=mu_x.dtype, device=mu_x.device)
     draw = _state(op, "draw", draw, mu_x.shape)
     seed, offset = _rng.seed_offset(op, mu_x.device, generator, seed, offset)
-    name = _backends.resolve(op, backend, mu_x.device)
+    name = _resolve(op, backend, mu_x.device)
     flat_draw = draw.view(batch, -1)
     if name == "reference":
         first, second, _ = reference.philox_noise(seed, offset, flat_draw.shape, mu_x.device)
@@ -819,7 +826,7 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
         _checks.fail(op, "draw", f"must be a contiguous int64 tensor of shape "
                      f"{list(logits.shape[:-1])}")
     seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
-    name = _backends.resolve(op, backend, logits.device)
+    name = _resolve(op, backend, logits.device)
     flat_logits = logits.reshape(batch, -1, n_classes).contiguous()
     flat_draw = draw.view(batch, -1)
     if name == "reference":

@@ -234,12 +234,18 @@ def _acc(*tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _like(value: float, dtype: torch.dtype):
+    """A threshold rounded to the compute dtype, so `t < t_min` is decided as on the GPU
+    backends and the reference (a float32 t is compared with float32(t_min))."""
+    return np.float32(value) if dtype == torch.float32 else float(value)
+
+
 def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
     """x_hat [B, D] in mu's dtype (mu, eps_hat [B, D] contiguous; t [B])."""
     acc = _acc(mu, eps_hat)
     out = torch.empty(mu.shape, dtype=acc)
     _continuous_output(_np(mu, acc), _np(eps_hat, acc), _np(t, acc), math.log(sigma_1),
-                       float(t_min), float(x_min), float(x_max), bool(clamp), out.numpy())
+                       _like(t_min, acc), float(x_min), float(x_max), bool(clamp), out.numpy())
     return out.to(mu.dtype)
 
 
@@ -248,7 +254,7 @@ def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x
     acc = _acc(x, mu, eps_hat)
     out = torch.empty(x.shape[0], dtype=acc)
     _continuous_loss_forward(_np(x, acc), _np(mu, acc), _np(eps_hat, acc), _np(t, acc),
-                             math.log(sigma_1), int(n_steps), float(t_min), float(x_min),
+                             math.log(sigma_1), int(n_steps), _like(t_min, acc), float(x_min),
                              float(x_max), bool(clamp), out.numpy())
     return out
 
@@ -259,7 +265,7 @@ def continuous_loss_backward(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x
     acc = _acc(x, mu, eps_hat)
     out = torch.empty(eps_hat.shape, dtype=acc)
     _continuous_loss_backward(_np(grad, acc), _np(x, acc), _np(mu, acc), _np(eps_hat, acc),
-                              _np(t, acc), math.log(sigma_1), int(n_steps), float(t_min),
+                              _np(t, acc), math.log(sigma_1), int(n_steps), _like(t_min, acc),
                               float(x_min), float(x_max), bool(clamp), out.numpy())
     return out.to(eps_hat.dtype)
 
