@@ -179,34 +179,59 @@ def _softmax_stats(logits, b, d, n_classes):
     return m, s
 
 
+@numba.njit(inline="always", cache=True)
+def _row_max(logits, b, d, n_classes):
+    m = -math.inf
+    for k in range(n_classes):
+        m = max(m, logits[b, d, k])
+    return m
+
+
 @numba.njit(parallel=True, cache=True)
 def _discrete_loss_forward(x_index, logits, t, beta_1, out):
+    """sum_k (p_k - e_x)^2 = (sum e_k^2) / s^2 - 2 e_x / s + 1 with e = exp(l - max), s = sum e:
+    one exp per logit (NumPy-free Numba cannot vectorise exp, so exps dominate)."""
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
         total = 0.0
         for d in range(dims):
-            m, s = _softmax_stats(logits, b, d, n_classes)
+            m = _row_max(logits, b, d, n_classes)
             target = x_index[b, d]
+            s = 0.0
+            s2 = 0.0
+            e_target = 0.0
             for k in range(n_classes):
-                r = math.exp(logits[b, d, k] - m) / s - (1.0 if k == target else 0.0)
-                total += r * r
+                e = math.exp(logits[b, d, k] - m)
+                s += e
+                s2 += e * e
+                if k == target:
+                    e_target = e
+            total += s2 / (s * s) - 2.0 * e_target / s + 1.0
         out[b] = n_classes * beta_1 * t[b] * total
 
 
 @numba.njit(parallel=True, cache=True)
 def _discrete_loss_backward(grad, x_index, logits, t, beta_1, grad_logits):
+    """d/d l_j = c p_j (r_j - sum_k r_k p_k), r = p - e_x; exp(l - max) is kept in the output
+    row between passes (one exp per logit)."""
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
         c = 2.0 * n_classes * beta_1 * t[b] * grad[b]
+        row = np.empty(n_classes)
         for d in range(dims):
-            m, s = _softmax_stats(logits, b, d, n_classes)
+            m = _row_max(logits, b, d, n_classes)
             target = x_index[b, d]
-            dot = 0.0
+            s = 0.0
+            s2 = 0.0
             for k in range(n_classes):
-                p = math.exp(logits[b, d, k] - m) / s
-                dot += (p - (1.0 if k == target else 0.0)) * p
+                e = math.exp(logits[b, d, k] - m)
+                row[k] = e
+                s += e
+                s2 += e * e
+            inv = 1.0 / s
+            dot = s2 * inv * inv - row[target] * inv
             for k in range(n_classes):
-                p = math.exp(logits[b, d, k] - m) / s
+                p = row[k] * inv
                 grad_logits[b, d, k] = c * p * (p - (1.0 if k == target else 0.0) - dot)
 
 
@@ -373,11 +398,20 @@ def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
                 out[b, d, k] = y
                 m = max(m, y)
             s = 0.0
-            for k in range(n_classes):
-                s += math.exp(out[b, d, k] - m)
-            lse = m + math.log(s)
-            for k in range(n_classes):
-                out[b, d, k] = out[b, d, k] - lse if log else math.exp(out[b, d, k] - lse)
+            if log:
+                for k in range(n_classes):
+                    s += math.exp(out[b, d, k] - m)
+                lse = m + math.log(s)
+                for k in range(n_classes):
+                    out[b, d, k] -= lse
+            else:
+                for k in range(n_classes):
+                    e = math.exp(out[b, d, k] - m)
+                    out[b, d, k] = e
+                    s += e
+                inv = 1.0 / s
+                for k in range(n_classes):
+                    out[b, d, k] *= inv
 
 
 @numba.njit(inline="always", cache=True)
