@@ -20,3 +20,7 @@ __all__ = [
 from gfn_fast.sampling import action_log_prob, pack_mask, sample_actions  # noqa: E402
 
 __all__ += ["action_log_prob", "pack_mask", "sample_actions"]
+# Bayesian Flow Networks: the public API lives in the module gfn_fast.bfn.
+from gfn_fast import bfn  # noqa: E402
+
+__all__ += ["bfn"]
