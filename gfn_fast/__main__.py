@@ -1,6 +1,6 @@
 """Command line: `python -m gfn_fast info` prints the backends; `python -m gfn_fast bench`
 runs the benchmark (see gfn_fast.benchmark); `python -m gfn_fast demo gflownet` trains the
-GFlowNet demo."""
+GFlowNet demo and `python -m gfn_fast demo bfn` the BFN demo."""
 
 import argparse
 import sys
@@ -31,15 +31,16 @@ def main(argv=None) -> int:
     benchmark.add_arguments(bench)
     demo = commands.add_parser("demo", help="end-to-end demos")
     demos = demo.add_subparsers(dest="demo", required=True)
-    from gfn_fast.demos import gflownet
+    from gfn_fast.demos import bfn, gflownet
 
     gflownet.add_arguments(demos.add_parser("gflownet", help="logit-scaling GFlowNet on "
                                             "HyperGrid, trained with the fused ops"))
+    bfn.add_arguments(demos.add_parser("bfn", help="discrete BFN on scikit-learn's 8x8 digits"))
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
     if args.command == "demo":
-        gflownet.run(args)
+        {"gflownet": gflownet, "bfn": bfn}[args.demo].run(args)
         return 0
     if args.command == "bench" or args.command is None:
         return benchmark.main(args if args.command == "bench" else

@@ -361,6 +361,35 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
 CASE_FAMILIES = {"balance": balance_cases, "rollout": rollout_cases}
 
 
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def results_summary(directory: str | Path) -> str:
+    """One markdown table over every recorded run under `directory` (*/results.jsonl): for each
+    op, case and device, each implementation's median time and its speed-up against eager."""
+    lines = ["| run | device | op | case | impl | median ms | vs eager | peak MB |",
+             "|---|---|---|---|---|---:|---:|---:|"]
+    for path in sorted(Path(directory).glob("*/results.jsonl")):
+        for text in path.read_text().splitlines():
+            row = json.loads(text)
+            if "median_ms" not in row:
+                continue
+            speedup = row.get("speedup_vs_eager")
+            lines.append(
+                f"| {path.parent.name} | {row['device_name']} | {row['op']} | {row['case']} | "
+                f"{row['impl']} | {row['median_ms']:.3f} | "
+                f"{'' if speedup is None else f'{speedup:.2f}x'} | {row['peak_mem_mb']:.1f} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, directory: str | Path) -> None:
+    """Replace the README's results section (between the results markers) with the summary."""
+    readme = Path(readme)
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + "\n" + results_summary(directory) + "\n" + text[end:])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--ops", default=",".join(CASE_FAMILIES),
@@ -369,9 +398,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="directory for results.jsonl and results.md")
     parser.add_argument("--min-seconds", type=float, default=None,
                         help="minimum timing per row (default 1.0, --quick 0.2)")
+    parser.add_argument("--update-readme", nargs=2, metavar=("README", "RESULTS_DIR"),
+                        help="only rewrite README's results table from RESULTS_DIR/*/results.jsonl")
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "update_readme", None):
+        update_readme(*args.update_readme)
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     min_seconds = args.min_seconds if args.min_seconds is not None else (
         0.2 if args.quick else 1.0)

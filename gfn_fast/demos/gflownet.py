@@ -94,12 +94,12 @@ def _progress(step: int, total: int, loss: float, started: float) -> None:
 
 
 def train(model: ConditionalGFlowNet, steps: int, batch: int, seed: int, backend: str | None,
-          beta_range=(1.0, 2.0), progress: bool = True) -> float:
+          lr: float = 1e-3, lr_log_z: float = 1e-2, beta_range=(1.0, 2.0),
+          progress: bool = True) -> float:
     """Train in place; returns the seconds taken."""
     optimiser = torch.optim.Adam([
-        {"params": list(model.trunk.parameters()) + list(model.scaler.parameters()),
-         "lr": 1e-3},
-        {"params": model.log_z.parameters(), "lr": 1e-2},
+        {"params": list(model.trunk.parameters()) + list(model.scaler.parameters()), "lr": lr},
+        {"params": model.log_z.parameters(), "lr": lr_log_z},
     ])
     generator = torch.Generator().manual_seed(seed)
     started = time.perf_counter()
@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> dict:
     print(f"HyperGrid ndim={env.ndim} height={env.height} ({env.n_states} objects), "
           f"backends: {', '.join(k for k, v in gfn_fast.backends().items() if v['available'])}")
     print(f"training {args.steps} steps of {args.batch} trajectories, beta ~ U[1, 2]")
-    train_seconds = train(model, args.steps, args.batch, args.seed, args.backend)
+    train_seconds = train(model, args.steps, args.batch, args.seed, args.backend, args.lr,
+                          args.lr_log_z)
     metrics = {"train_seconds": train_seconds, "steps": args.steps, "batch": args.batch}
     images = []
     for beta in (1.0, 2.0):
@@ -178,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1500, help="training steps")
     parser.add_argument("--batch", type=int, default=64, help="trajectories per step")
     parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3, help="policy and g(beta) learning rate")
+    parser.add_argument("--lr-log-z", type=float, default=1e-2, help="log Z(beta) learning rate")
     parser.add_argument("--compare-steps", type=int, default=20,
                         help="steps timed on each path for the speed ratio")
     parser.add_argument("--seed", type=int, default=0)
