@@ -20,3 +20,8 @@ __all__ = [
 from gfn_fast.sampling import action_log_prob, pack_mask, sample_actions  # noqa: E402
 
 __all__ += ["action_log_prob", "pack_mask", "sample_actions"]
+
+# ---- reliability (ISSUE 7): per-rank sampling streams ----
+from gfn_fast._rng import rank_seed  # noqa: E402
+
+__all__ += ["rank_seed"]
