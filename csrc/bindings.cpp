@@ -6,6 +6,7 @@
 #include <string>
 
 #include "gfn_fast/balance.h"
+#include "gfn_fast/bfn.h"
 
 namespace py = pybind11;
 
@@ -169,10 +170,90 @@ void register_sampling(py::module_& m) {
 
 }  // namespace
 // ---- end action sampling ----
+// ---- Bayesian Flow Networks: one argument struct for every op; keys absent from the dict keep
+// the struct's defaults (nullptr / 0 / false).
+namespace {
+
+template <typename T>
+void maybe(const py::dict& args, const char* key, T& field) {
+  if (args.contains(key)) field = args[key].cast<T>();
+}
+
+template <typename T>
+void maybe_ptr(const py::dict& args, const char* key, T*& field) {
+  if (args.contains(key)) field = reinterpret_cast<T*>(args[key].cast<std::uintptr_t>());
+}
+
+template <void (*Launch)(const gfn_fast::BfnArgs&, int, std::uintptr_t)>
+void bfn_call(const py::dict& a) {
+  gfn_fast::BfnArgs p{};
+  maybe_ptr(a, "x", p.x);
+  maybe_ptr(a, "mu", p.mu);
+  maybe_ptr(a, "eps", p.eps);
+  maybe_ptr(a, "rho", p.rho);
+  maybe_ptr(a, "t", p.t);
+  maybe_ptr(a, "alpha", p.alpha);
+  maybe_ptr(a, "grad", p.grad);
+  maybe_ptr(a, "index", p.index);
+  maybe_ptr(a, "logits", p.logits);
+  maybe_ptr(a, "out", p.out);
+  maybe_ptr(a, "out2", p.out2);
+  maybe(a, "batch", p.batch);
+  maybe(a, "dims", p.dims);
+  maybe(a, "classes", p.classes);
+  maybe(a, "bins", p.bins);
+  maybe(a, "stride_rho_b", p.stride_rho_b);
+  maybe(a, "stride_rho_d", p.stride_rho_d);
+  maybe(a, "log_sigma_1", p.log_sigma_1);
+  maybe(a, "weight_scale", p.weight_scale);
+  maybe(a, "t_min", p.t_min);
+  maybe(a, "x_min", p.x_min);
+  maybe(a, "x_max", p.x_max);
+  maybe(a, "beta_1", p.beta_1);
+  maybe(a, "clamp", p.clamp);
+  maybe(a, "seed", p.seed);
+  maybe(a, "offset", p.offset);
+  maybe(a, "n_steps", p.n_steps);
+  maybe(a, "coef_a", p.coef_a);
+  maybe(a, "coef_c", p.coef_c);
+  maybe(a, "alpha_value", p.alpha_value);
+  maybe(a, "inv_sqrt_alpha", p.inv_sqrt_alpha);
+  maybe_ptr(a, "state", p.state);
+  maybe_ptr(a, "draw", p.draw);
+  maybe(a, "update", p.update);
+  maybe(a, "log_output", p.log_output);
+  const int dtype = get<int>(a, "dtype");
+  const auto stream = get<std::uintptr_t>(a, "stream");
+  py::gil_scoped_release release;
+  Launch(p, dtype, stream);
+}
+
+void register_bfn(py::module_& m) {
+  m.def("bfn_continuous_output", &bfn_call<gfn_fast::bfn_continuous_output>);
+  m.def("bfn_continuous_loss_forward", &bfn_call<gfn_fast::bfn_continuous_loss_forward>);
+  m.def("bfn_continuous_loss_backward", &bfn_call<gfn_fast::bfn_continuous_loss_backward>);
+  m.def("bfn_continuous_update", &bfn_call<gfn_fast::bfn_continuous_update>);
+  m.def("bfn_discretised_loss_forward", &bfn_call<gfn_fast::bfn_discretised_loss_forward>);
+  m.def("bfn_discretised_loss_backward", &bfn_call<gfn_fast::bfn_discretised_loss_backward>);
+  m.def("bfn_discretised_probs", &bfn_call<gfn_fast::bfn_discretised_probs>);
+  m.def("bfn_discrete_loss_forward", &bfn_call<gfn_fast::bfn_discrete_loss_forward>);
+  m.def("bfn_discrete_loss_backward", &bfn_call<gfn_fast::bfn_discrete_loss_backward>);
+  m.def("bfn_discrete_update", &bfn_call<gfn_fast::bfn_discrete_update>);
+  m.def("bfn_continuous_flow", &bfn_call<gfn_fast::bfn_continuous_flow>);
+  m.def("bfn_discrete_flow", &bfn_call<gfn_fast::bfn_discrete_flow>);
+  m.def("bfn_discrete_nstep_loss_forward", &bfn_call<gfn_fast::bfn_discrete_nstep_loss_forward>);
+  m.def("bfn_discrete_nstep_loss_backward", &bfn_call<gfn_fast::bfn_discrete_nstep_loss_backward>);
+  m.def("bfn_continuous_step", &bfn_call<gfn_fast::bfn_continuous_step>);
+  m.def("bfn_discretised_step", &bfn_call<gfn_fast::bfn_discretised_step>);
+  m.def("bfn_discrete_step", &bfn_call<gfn_fast::bfn_discrete_step>);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "gfn_fast CUDA kernels (framework-free; called through gfn_fast.cuda)";
   m.def("balance_rows_forward", &rows_forward, "TB/VarGrad per-trajectory residuals and losses");
   m.def("balance_rows_backward", &rows_backward, "TB/VarGrad gradients of the per-trajectory sums");
   register_sampling(m);  // action sampling
+  register_bfn(m);  // Bayesian Flow Networks
 }

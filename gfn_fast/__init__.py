@@ -20,6 +20,10 @@ __all__ = [
 from gfn_fast.sampling import action_log_prob, pack_mask, sample_actions  # noqa: E402
 
 __all__ += ["action_log_prob", "pack_mask", "sample_actions"]
+# Bayesian Flow Networks: the public API lives in the module gfn_fast.bfn.
+from gfn_fast import bfn  # noqa: E402
+
+__all__ += ["bfn"]
 
 # ---- reliability (ISSUE 7): per-rank sampling streams ----
 from gfn_fast._rng import rank_seed  # noqa: E402

@@ -404,3 +404,80 @@ def sampling_actions(op: str, actions, inputs: SamplingInputs) -> torch.Tensor:
                 fail(op, "actions", f"must point at allowed entries of `mask`; row {bad} takes "
                      f"masked action {int(actions[bad])}")
     return actions
+# ---------------------------------------------------------------- Bayesian Flow Networks (bfn)
+
+def open_unit(op: str, arg: str, value) -> float:
+    """A Python float in (0, 1) (sigma_1)."""
+    value = parse_float(op, arg, value)
+    if not 0.0 < value < 1.0:
+        fail(op, arg, f"must lie in (0, 1), got {value}")
+    return value
+
+
+def positive_float(op: str, arg: str, value) -> float:
+    """A finite Python float > 0 (beta_1, a scalar alpha)."""
+    value = parse_float(op, arg, value)
+    if not value > 0.0:
+        fail(op, arg, f"must be > 0, got {value}")
+    return value
+
+
+def positive_int(op: str, arg: str, value, *, minimum: int = 1) -> int:
+    """A Python int >= minimum (n_steps, n_bins, n_classes)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(op, arg, f"must be a Python int, got {type(value).__name__}", TypeError)
+    if value < minimum:
+        fail(op, arg, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def same_shape(op: str, reference_arg: str, reference: torch.Tensor, **others) -> None:
+    for arg, value in others.items():
+        if value is not None and value.shape != reference.shape:
+            fail(op, arg, f"must have the shape of `{reference_arg}` {_shape(reference)}, "
+                 f"got {_shape(value)}")
+
+
+def per_sample(op: str, arg: str, value, batch: int, like: torch.Tensor, dtype: torch.dtype, *,
+               low: float | None = None, high: float | None = None, positive: bool = False
+               ) -> torch.Tensor:
+    """A float, 0-dim, [B] or [B, 1, ..., 1] floating tensor -> contiguous [B] in `dtype`.
+    Value checks (tier 2): within [low, high], or > 0 when `positive`."""
+    if isinstance(value, bool):
+        fail(op, arg, "must be a float or a floating tensor, got bool", TypeError)
+    if isinstance(value, (int, float)):
+        value = parse_float(op, arg, value)
+        if low is not None and not low <= value <= high:
+            fail(op, arg, f"must lie in [{low}, {high}], got {value}")
+        if positive and not value > 0:
+            fail(op, arg, f"must be > 0, got {value}")
+        return torch.full((batch,), value, dtype=dtype, device=like.device)
+    require_tensor(op, arg, value, floating=True)
+    same_device(op, "the data", like, **{arg: value})
+    if value.numel() == 1 and value.dim() <= 1:
+        value = value.reshape(()).expand(batch)
+    elif value.dim() == 0 or value.shape[0] != batch or value.numel() != batch:
+        fail(op, arg, f"must be a scalar, [B] or [B, 1, ...] with B = {batch}, got "
+             f"{_shape(value)}")
+    value = value.reshape(batch).to(dtype).contiguous()
+    if value_checks_enabled():
+        if low is not None:
+            bad = (value < low) | (value > high) | torch.isnan(value)
+            if bool(bad.any()):
+                fail(op, arg, f"must lie in [{low}, {high}], got values in "
+                     f"[{float(value.min())}, {float(value.max())}]")
+        if positive and not bool((value > 0).all()):
+            fail(op, arg, f"must be > 0, got a minimum of {float(value.min())}")
+    return value
+
+
+def class_indices(op: str, arg: str, value, n_classes: int) -> torch.Tensor:
+    """Integer class indices; tier 2: within [0, n_classes). Returned as contiguous int64."""
+    require_tensor(op, arg, value, integer=True)
+    value = value.to(torch.int64).contiguous()
+    if value_checks_enabled() and value.numel() > 0:
+        low, high = int(value.min()), int(value.max())
+        if low < 0 or high >= n_classes:
+            fail(op, arg, f"must lie in [0, K) = [0, {n_classes}), got values in "
+                 f"[{low}, {high}]")
+    return value

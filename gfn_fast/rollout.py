@@ -30,25 +30,27 @@ class Trajectories:
     lengths: torch.Tensor     # [N] int64: transitions up to and including the exit
     log_pf: torch.Tensor      # [T, N] float32: log pi of each taken action at sampling time
     terminal: torch.Tensor    # [N, D] int64: the objects x
-    beta: torch.Tensor | None  # [N] conditioning, if any
+    conditioning: torch.Tensor | None  # [N, ...] per-trajectory data given to the policy
 
 
-def _policy_outputs(policy: Callable, features: torch.Tensor, beta):
-    out = policy(features, beta)
+def _policy_outputs(policy: Callable, features: torch.Tensor, conditioning):
+    out = policy(features, conditioning)
     return out if isinstance(out, tuple) else (out, None)
 
 
 @torch.no_grad()
-def sample_trajectories(policy: Callable, env, n: int, *, beta: torch.Tensor | None = None,
+def sample_trajectories(policy: Callable, env, n: int, *,
+                        conditioning: torch.Tensor | None = None,
                         epsilon: float | torch.Tensor = 0.0,
                         generator: torch.Generator | None = None, seed: int | None = None,
                         offset: int = 0, temperature=None, clip=None, compact: bool | None = None,
                         backend: str | None = None) -> Trajectories:
     """Sample n trajectories of `env` with `policy`.
 
-    policy(features [M, F], beta [M] or None) -> logits [M, A], or (logits, scale) where scale
-    is the logit-scaling g(beta) [M] applied by the fused sampler (M = n, or the live rows when
-    compacting). Randomness: with `seed`, step t uses (seed, offset + t), reproducible on every
+    policy(features [M, F], conditioning [M, ...] or None) -> logits [M, A], or (logits, scale)
+    where scale is the logit-scaling g(beta) [M] applied by the fused sampler; M = n, or the
+    live rows when compacting (`conditioning`, e.g. beta or g(beta) per trajectory, is
+    compacted with them). Randomness: with `seed`, step t uses (seed, offset + t), reproducible on every
     backend; otherwise `generator` (default: the device's) is advanced by each step. `compact`:
     evaluate only live rows (default: on CPU only, see the module docstring).
     """
@@ -74,11 +76,11 @@ def sample_trajectories(policy: Callable, env, n: int, *, beta: torch.Tensor | N
             if live.numel() == 0:
                 continue
             current = states[t, live]
-            row_beta = beta[live] if beta is not None else None
+            row_condition = conditioning[live] if conditioning is not None else None
         else:
             current = states[t]
-            row_beta = beta
-        logits, scale = _policy_outputs(policy, env.encode(current), row_beta)
+            row_condition = conditioning
+        logits, scale = _policy_outputs(policy, env.encode(current), row_condition)
         action, log_pi = sample_actions(logits, env.forward_mask(current), scale=scale,
                                         temperature=temperature, clip=clip, epsilon=epsilon,
                                         backend=backend, **rng)
@@ -95,4 +97,4 @@ def sample_trajectories(policy: Callable, env, n: int, *, beta: torch.Tensor | N
             lengths += (~done).to(torch.int64)
             states[t + 1] = env.step(current, action)
             done |= action == env.exit_action
-    return Trajectories(states, actions, lengths, log_pf, states[steps], beta)
+    return Trajectories(states, actions, lengths, log_pf, states[steps], conditioning)

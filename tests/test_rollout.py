@@ -59,7 +59,7 @@ def test_rollout_buffers_are_consistent(compact):
     beta = torch.rand(257) + 1.0
     scale = beta * 0.5
     traj = sample_trajectories(lambda features, b: (net(features), b * 0.5), env, 257,
-                               beta=beta, seed=3, compact=compact)
+                               conditioning=beta, seed=3, compact=compact)
     steps, n = traj.actions.shape
     assert steps == env.max_steps and n == 257
     assert bool((traj.lengths >= 1).all() and (traj.lengths <= steps).all())
@@ -76,7 +76,7 @@ def test_rollout_buffers_are_consistent(compact):
     recomputed = recomputed.reshape(steps, n)
     torch.testing.assert_close(traj.log_pf[valid], recomputed[valid], rtol=1e-5, atol=1e-5)
     again = sample_trajectories(lambda features, b: (net(features), b * 0.5), env, 257,
-                                beta=beta, seed=3, compact=compact)
+                                conditioning=beta, seed=3, compact=compact)
     assert torch.equal(again.actions, traj.actions)
 
 

@@ -52,9 +52,9 @@ class ConditionalGFlowNet(nn.Module):
         batch = beta.shape[0]
         scale = self.scaler(beta)
         with torch.no_grad():
-            fixed_scale = scale.detach()  # g(beta) is constant along a trajectory
-            traj = sample_trajectories(lambda features, _: (self.trunk(features), fixed_scale),
-                                       env, batch, beta=beta, epsilon=epsilon,
+            # g(beta) is constant along a trajectory: computed once, carried as conditioning
+            traj = sample_trajectories(lambda features, g: (self.trunk(features), g), env, batch,
+                                       conditioning=scale.detach(), epsilon=epsilon,
                                        generator=generator, clip=CLIP, backend=backend)
         steps = env.max_steps
         visited = traj.states[:-1].reshape(steps * batch, env.ndim)  # time-major rows

@@ -1,0 +1,623 @@
+"""Numba CPU kernels of the Bayesian Flow Network ops, parallel over samples (rows of B).
+
+Every kernel reads [B, D] (or [B, D, K]) NumPy views of contiguous tensors and keeps its
+per-element chain (x_hat, bin probabilities, softmax) in registers; arithmetic runs in float64
+(Python-float constants promote), outputs are stored in the output array's dtype.
+Signatures mirror gfn_fast.kernels.bfn and gfn_fast.cuda.bfn.
+"""
+
+import math
+
+import numba
+import numpy as np
+import torch
+
+from gfn_fast.cpu import _philox as px
+from gfn_fast.cpu._common import as_numpy
+
+_SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@numba.njit(inline="always", cache=True)
+def _loss_weight(t, log_s, n_steps):
+    scale = math.exp(-2.0 * t * log_s)
+    if n_steps == 0:
+        return -log_s * scale
+    return 0.5 * n_steps * scale * math.expm1(-2.0 * log_s / n_steps)
+
+
+@numba.njit(inline="always", cache=True)
+def _output_coefficients(t, log_s, t_min):
+    """(a, c) with x_hat = a mu - c eps_hat; both 0 below t_min."""
+    if t < t_min:
+        return 0.0, 0.0
+    g = -math.expm1(2.0 * t * log_s)
+    return 1.0 / g, math.sqrt(math.exp(2.0 * t * log_s) / g)
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_output(mu, eps_hat, t, log_s, t_min, x_min, x_max, clamp, out):
+    batch, dims = mu.shape
+    for b in numba.prange(batch):
+        a, c = _output_coefficients(t[b], log_s, t_min)
+        for d in range(dims):
+            x_hat = a * mu[b, d] - c * eps_hat[b, d]
+            if clamp:
+                x_hat = min(max(x_hat, x_min), x_max)
+            out[b, d] = x_hat
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_loss_forward(x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_max, clamp,
+                             out):
+    batch, dims = x.shape
+    for b in numba.prange(batch):
+        a, c = _output_coefficients(t[b], log_s, t_min)
+        total = 0.0
+        for d in range(dims):
+            x_hat = a * mu[b, d] - c * eps_hat[b, d]
+            if clamp:
+                x_hat = min(max(x_hat, x_min), x_max)
+            diff = x[b, d] - x_hat
+            total += diff * diff
+        out[b] = _loss_weight(t[b], log_s, n_steps) * total
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_loss_backward(grad, x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_max,
+                              clamp, grad_eps_hat):
+    batch, dims = x.shape
+    for b in numba.prange(batch):
+        a, c = _output_coefficients(t[b], log_s, t_min)
+        scale = -2.0 * c * grad[b] * _loss_weight(t[b], log_s, n_steps)
+        for d in range(dims):
+            x_hat = a * mu[b, d] - c * eps_hat[b, d]
+            g = scale * (x_hat - x[b, d])
+            if clamp and (x_hat < x_min or x_hat > x_max):
+                g = 0.0
+            grad_eps_hat[b, d] = g
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_update(mu, rho, y, alpha, out):
+    batch, dims = mu.shape
+    for b in numba.prange(batch):
+        a = alpha[b]
+        for d in range(dims):
+            m = mu[b, d]
+            out[b, d] = m + a / (rho[b, d] + a) * (y[b, d] - m)
+
+
+@numba.njit(inline="always", cache=True)
+def _phi_cdf(z):
+    return 0.5 * math.erfc(-z * _INV_SQRT2)
+
+
+@numba.njit(inline="always", cache=True)
+def _discretised_sigma(log_sigma):
+    return min(max(math.exp(log_sigma), _SIGMA_MIN), _SIGMA_MAX)
+
+
+@numba.njit(inline="always", cache=True)
+def _discretised_mean(mu, sigma, n_bins):
+    """x_hat = sum_k p(k) k_c telescoped over interior edges e_j = -1 + 2j/K:
+    x_hat = k_c(K) - (2/K) sum_{j<K} Phi((e_j - mu)/sigma). Also returns sum phi(z_j) and
+    sum phi(z_j) z_j for the gradients."""
+    width = 2.0 / n_bins
+    cdf_sum = 0.0
+    pdf_sum = 0.0
+    pdf_z_sum = 0.0
+    for j in range(1, n_bins):
+        z = (j * width - 1.0 - mu) / sigma
+        cdf_sum += _phi_cdf(z)
+        pdf = _INV_SQRT_2PI * math.exp(-0.5 * z * z)
+        pdf_sum += pdf
+        pdf_z_sum += pdf * z
+    return 1.0 - 0.5 * width - width * cdf_sum, width * pdf_sum, width * pdf_z_sum
+
+
+@numba.njit(parallel=True, cache=True)
+def _discretised_loss_forward(x, mu_x, log_sigma_x, t, log_s, n_steps, n_bins, out):
+    batch, dims = x.shape
+    for b in numba.prange(batch):
+        total = 0.0
+        for d in range(dims):
+            x_hat, _, _ = _discretised_mean(mu_x[b, d], _discretised_sigma(log_sigma_x[b, d]),
+                                            n_bins)
+            diff = x[b, d] - x_hat
+            total += diff * diff
+        out[b] = _loss_weight(t[b], log_s, n_steps) * total
+
+
+@numba.njit(parallel=True, cache=True)
+def _discretised_loss_backward(grad, x, mu_x, log_sigma_x, t, log_s, n_steps, n_bins, grad_mu,
+                               grad_log_sigma):
+    batch, dims = x.shape
+    for b in numba.prange(batch):
+        scale = 2.0 * grad[b] * _loss_weight(t[b], log_s, n_steps)
+        for d in range(dims):
+            raw_sigma = math.exp(log_sigma_x[b, d])
+            sigma = min(max(raw_sigma, _SIGMA_MIN), _SIGMA_MAX)
+            x_hat, pdf_sum, pdf_z_sum = _discretised_mean(mu_x[b, d], sigma, n_bins)
+            g = scale * (x_hat - x[b, d])
+            grad_mu[b, d] = g * pdf_sum / sigma
+            inside = _SIGMA_MIN <= raw_sigma <= _SIGMA_MAX
+            grad_log_sigma[b, d] = g * pdf_z_sum if inside else 0.0 * g
+
+
+@numba.njit(parallel=True, cache=True)
+def _discretised_probs(mu_x, log_sigma_x, n_bins, out):
+    rows = mu_x.shape[0]
+    width = 2.0 / n_bins
+    for r in numba.prange(rows):
+        mu = mu_x[r]
+        sigma = _discretised_sigma(log_sigma_x[r])
+        for k in range(n_bins):
+            z_left = (k * width - 1.0 - mu) / sigma
+            z_right = ((k + 1) * width - 1.0 - mu) / sigma
+            if k > 0 and z_left > 0.0:
+                # Bin right of the mean: difference of upper tails, so far-tail bins keep
+                # their relative precision instead of cancelling to 0.
+                upper_right = _phi_cdf(-z_right) if k < n_bins - 1 else 0.0
+                out[r, k] = _phi_cdf(-z_left) - upper_right
+            else:
+                cdf_right = _phi_cdf(z_right) if k < n_bins - 1 else 1.0
+                out[r, k] = cdf_right - (_phi_cdf(z_left) if k > 0 else 0.0)
+
+
+@numba.njit(inline="always", cache=True)
+def _softmax_stats(logits, b, d, n_classes):
+    """(max, sum exp(l - max)) of one [K] row."""
+    m = -math.inf
+    for k in range(n_classes):
+        m = max(m, logits[b, d, k])
+    s = 0.0
+    for k in range(n_classes):
+        s += math.exp(logits[b, d, k] - m)
+    return m, s
+
+
+@numba.njit(inline="always", cache=True)
+def _row_max(logits, b, d, n_classes):
+    m = -math.inf
+    for k in range(n_classes):
+        m = max(m, logits[b, d, k])
+    return m
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_loss_forward(x_index, logits, t, beta_1, out):
+    """sum_k (p_k - e_x)^2 = (sum e_k^2) / s^2 - 2 e_x / s + 1 with e = exp(l - max), s = sum e:
+    one exp per logit (NumPy-free Numba cannot vectorise exp, so exps dominate)."""
+    batch, dims, n_classes = logits.shape
+    for b in numba.prange(batch):
+        total = 0.0
+        for d in range(dims):
+            m = _row_max(logits, b, d, n_classes)
+            target = x_index[b, d]
+            s = 0.0
+            s2 = 0.0
+            e_target = 0.0
+            for k in range(n_classes):
+                e = math.exp(logits[b, d, k] - m)
+                s += e
+                s2 += e * e
+                if k == target:
+                    e_target = e
+            total += s2 / (s * s) - 2.0 * e_target / s + 1.0
+        out[b] = n_classes * beta_1 * t[b] * total
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_loss_backward(grad, x_index, logits, t, beta_1, grad_logits):
+    """d/d l_j = c p_j (r_j - sum_k r_k p_k), r = p - e_x; exp(l - max) is kept in the output
+    row between passes (one exp per logit)."""
+    batch, dims, n_classes = logits.shape
+    for b in numba.prange(batch):
+        c = 2.0 * n_classes * beta_1 * t[b] * grad[b]
+        row = np.empty(n_classes)
+        for d in range(dims):
+            m = _row_max(logits, b, d, n_classes)
+            target = x_index[b, d]
+            s = 0.0
+            s2 = 0.0
+            for k in range(n_classes):
+                e = math.exp(logits[b, d, k] - m)
+                row[k] = e
+                s += e
+                s2 += e * e
+            inv = 1.0 / s
+            dot = s2 * inv * inv - row[target] * inv
+            for k in range(n_classes):
+                p = row[k] * inv
+                grad_logits[b, d, k] = c * p * (p - (1.0 if k == target else 0.0) - dot)
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_update(log_theta, y, out):
+    batch, dims, n_classes = log_theta.shape
+    for b in numba.prange(batch):
+        for d in range(dims):
+            m = -math.inf
+            for k in range(n_classes):
+                m = max(m, log_theta[b, d, k] + y[b, d, k])
+            s = 0.0
+            for k in range(n_classes):
+                s += math.exp(log_theta[b, d, k] + y[b, d, k] - m)
+            lse = m + math.log(s)
+            for k in range(n_classes):
+                out[b, d, k] = log_theta[b, d, k] + y[b, d, k] - lse
+
+
+def _np(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    return as_numpy(tensor, dtype)
+
+
+def _acc(*tensors) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _like(value: float, dtype: torch.dtype):
+    """A threshold rounded to the compute dtype, so `t < t_min` is decided as on the GPU
+    backends and the reference (a float32 t is compared with float32(t_min))."""
+    return np.float32(value) if dtype == torch.float32 else float(value)
+
+
+def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
+    """x_hat [B, D] in mu's dtype (mu, eps_hat [B, D] contiguous; t [B])."""
+    acc = _acc(mu, eps_hat)
+    out = torch.empty(mu.shape, dtype=acc)
+    _continuous_output(_np(mu, acc), _np(eps_hat, acc), _np(t, acc), math.log(sigma_1),
+                       _like(t_min, acc), float(x_min), float(x_max), bool(clamp), out.numpy())
+    return out.to(mu.dtype)
+
+
+def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp):
+    """Per-sample loss [B] in the compute dtype."""
+    acc = _acc(x, mu, eps_hat)
+    out = torch.empty(x.shape[0], dtype=acc)
+    _continuous_loss_forward(_np(x, acc), _np(mu, acc), _np(eps_hat, acc), _np(t, acc),
+                             math.log(sigma_1), int(n_steps), _like(t_min, acc), float(x_min),
+                             float(x_max), bool(clamp), out.numpy())
+    return out
+
+
+def continuous_loss_backward(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max,
+                             clamp):
+    """d loss / d eps_hat [B, D] in eps_hat's dtype; grad is [B] in the compute dtype."""
+    acc = _acc(x, mu, eps_hat)
+    out = torch.empty(eps_hat.shape, dtype=acc)
+    _continuous_loss_backward(_np(grad, acc), _np(x, acc), _np(mu, acc), _np(eps_hat, acc),
+                              _np(t, acc), math.log(sigma_1), int(n_steps), _like(t_min, acc),
+                              float(x_min), float(x_max), bool(clamp), out.numpy())
+    return out.to(eps_hat.dtype)
+
+
+def continuous_update(mu, rho, y, alpha):
+    """mu' [B, D] in mu's dtype; rho [B, D] (may be an expanded view), alpha [B]."""
+    acc = _acc(mu, rho, y, alpha)
+    out = torch.empty(mu.shape, dtype=acc)
+    _continuous_update(_np(mu, acc), _np(rho, acc), _np(y, acc), _np(alpha, acc), out.numpy())
+    return out.to(mu.dtype)
+
+
+def discretised_loss_forward(x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
+    acc = _acc(x, mu_x, log_sigma_x)
+    out = torch.empty(x.shape[0], dtype=acc)
+    _discretised_loss_forward(_np(x, acc), _np(mu_x, acc), _np(log_sigma_x, acc), _np(t, acc),
+                              math.log(sigma_1), int(n_steps), int(n_bins), out.numpy())
+    return out
+
+
+def discretised_loss_backward(grad, x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
+    """(d loss / d mu_x, d loss / d log_sigma_x), [B, D] each in their input dtypes."""
+    acc = _acc(x, mu_x, log_sigma_x)
+    grad_mu = torch.empty(mu_x.shape, dtype=acc)
+    grad_log_sigma = torch.empty(mu_x.shape, dtype=acc)
+    _discretised_loss_backward(_np(grad, acc), _np(x, acc), _np(mu_x, acc),
+                               _np(log_sigma_x, acc), _np(t, acc), math.log(sigma_1),
+                               int(n_steps), int(n_bins), grad_mu.numpy(),
+                               grad_log_sigma.numpy())
+    return grad_mu.to(mu_x.dtype), grad_log_sigma.to(log_sigma_x.dtype)
+
+
+def discretised_probs(mu_x, log_sigma_x, n_bins):
+    """[N, K] bin probabilities (compute dtype) of flat [N] mu_x / log_sigma_x."""
+    acc = _acc(mu_x, log_sigma_x)
+    out = torch.empty((mu_x.shape[0], n_bins), dtype=acc)
+    _discretised_probs(_np(mu_x, acc), _np(log_sigma_x, acc), int(n_bins), out.numpy())
+    return out
+
+
+def discrete_loss_forward(x_index, logits, t, beta_1):
+    acc = _acc(logits)
+    out = torch.empty(logits.shape[0], dtype=acc)
+    _discrete_loss_forward(x_index.numpy(), _np(logits, acc), _np(t, acc), float(beta_1),
+                           out.numpy())
+    return out
+
+
+def discrete_loss_backward(grad, x_index, logits, t, beta_1):
+    acc = _acc(logits)
+    out = torch.empty(logits.shape, dtype=acc)
+    _discrete_loss_backward(_np(grad, acc), x_index.numpy(), _np(logits, acc), _np(t, acc),
+                            float(beta_1), out.numpy())
+    return out.to(logits.dtype)
+
+
+def discrete_update(log_theta, y):
+    acc = _acc(log_theta, y)
+    out = torch.empty(log_theta.shape, dtype=acc)
+    _discrete_update(_np(log_theta, acc), _np(y, acc), out.numpy())
+    return out.to(log_theta.dtype)
+
+
+# ------------------------------------------------------------------------------- noisy ops
+# Noise contract: gfn_fast/reference/bfn.py ("noise"). Keys and offsets arrive as np.uint64.
+
+@numba.njit(inline="always", cache=True)
+def _block(k0, k1, o0, o1, index):
+    """Words (0, 1, 2) of the Philox block of flat noise index `index`."""
+    i = np.uint64(index)
+    w0, w1, w2, _ = px.philox4x32(k0, k1, i & px.MASK32, i >> px.SHIFT32, o0, o1)
+    return w0, w1, w2
+
+
+@numba.njit(inline="always", cache=True)
+def _first_normal(k0, k1, o0, o1, index):
+    w0, w1, _ = _block(k0, k1, o0, o1, index)
+    n0, _ = px.normal_pair(w0, w1)
+    return n0
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_flow(x, t, log_s, k0, k1, o0, o1, out):
+    batch, dims = x.shape
+    for b in numba.prange(batch):
+        g = -math.expm1(2.0 * t[b] * log_s)
+        spread = math.sqrt(g * math.exp(2.0 * t[b] * log_s))
+        for d in range(dims):
+            out[b, d] = g * x[b, d] + spread * _first_normal(k0, k1, o0, o1, b * dims + d)
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
+    batch, dims, n_classes = out.shape
+    for b in numba.prange(batch):
+        beta_t = beta_1 * t[b] * t[b]
+        spread = math.sqrt(beta_t * n_classes)
+        for d in range(dims):
+            base = (b * dims + d) * n_classes
+            target = x_index[b, d]
+            m = -math.inf
+            for k in range(n_classes):
+                y = beta_t * ((n_classes if k == target else 0.0) - 1.0) \
+                    + spread * _first_normal(k0, k1, o0, o1, base + k)
+                out[b, d, k] = y
+                m = max(m, y)
+            s = 0.0
+            if log:
+                for k in range(n_classes):
+                    s += math.exp(out[b, d, k] - m)
+                lse = m + math.log(s)
+                for k in range(n_classes):
+                    out[b, d, k] -= lse
+            else:
+                for k in range(n_classes):
+                    e = math.exp(out[b, d, k] - m)
+                    out[b, d, k] = e
+                    s += e
+                inv = 1.0 / s
+                for k in range(n_classes):
+                    out[b, d, k] *= inv
+
+
+@numba.njit(inline="always", cache=True)
+def _nstep_row(logits, b, d, target, alpha, n_classes, k0, k1, o0, o1, scratch, noise_row):
+    """For one (b, d) (noise row b D + d): writes z_k = ln p_O(k) + y_k into scratch[0, :] and
+    returns (y_x - logsumexp_k z_k, logsumexp_k z_k)."""
+    m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+    log_norm = m_l + math.log(s_l)
+    spread = math.sqrt(alpha * n_classes)
+    base = noise_row * n_classes
+    m = -math.inf
+    s = 0.0
+    y_target = 0.0
+    for k in range(n_classes):
+        y = alpha * ((n_classes if k == target else 0.0) - 1.0) \
+            + spread * _first_normal(k0, k1, o0, o1, base + k)
+        if k == target:
+            y_target = y
+        z = logits[b, d, k] - log_norm + y
+        scratch[0, k] = z
+        if z > m:
+            s = s * math.exp(m - z) + 1.0
+            m = z
+        else:
+            s += math.exp(z - m)
+    lse = m + math.log(s)
+    return y_target - lse, lse
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, k0, k1, o0, o1, out):
+    batch, dims, n_classes = logits.shape
+    for b in numba.prange(batch):
+        alpha = beta_1 * (2.0 * t[b] * n_steps + 1.0) / (n_steps * n_steps)
+        scratch = np.empty((1, n_classes))
+        total = 0.0
+        for d in range(dims):
+            per_dim, _ = _nstep_row(logits, b, d, x_index[b, d], alpha, n_classes, k0, k1, o0,
+                                    o1, scratch, b * dims + d)
+            total += per_dim
+        out[b] = n_steps * total
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, k0, k1, o0, o1,
+                                  grad_logits):
+    batch, dims, n_classes = logits.shape
+    for b in numba.prange(batch):
+        alpha = beta_1 * (2.0 * t[b] * n_steps + 1.0) / (n_steps * n_steps)
+        scale = n_steps * grad[b]
+        scratch = np.empty((1, n_classes))
+        for d in range(dims):
+            _, lse = _nstep_row(logits, b, d, x_index[b, d], alpha, n_classes, k0, k1, o0, o1,
+                                scratch, b * dims + d)
+            m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+            for k in range(n_classes):
+                p = math.exp(logits[b, d, k] - m_l) / s_l
+                grad_logits[b, d, k] = scale * (p - math.exp(scratch[0, k] - lse))
+
+
+@numba.njit(parallel=True, cache=True)
+def _continuous_step(mu, rho, eps_hat, a, c, inv_sqrt_alpha, alpha, x_min, x_max, clamp,
+                     k0, k1, o0, o1):
+    batch, dims = mu.shape
+    for b in numba.prange(batch):
+        gain = alpha / (rho[b] + alpha)
+        for d in range(dims):
+            m = mu[b, d]
+            x_hat = a * m - c * eps_hat[b, d]
+            if clamp:
+                x_hat = min(max(x_hat, x_min), x_max)
+            y = x_hat + inv_sqrt_alpha * _first_normal(k0, k1, o0, o1, b * dims + d)
+            mu[b, d] = m + gain * (y - m)
+
+
+@numba.njit(parallel=True, cache=True)
+def _discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, inv_sqrt_alpha, alpha, k0, k1, o0,
+                      o1, update, draw):
+    batch, dims = mu_x.shape
+    for b in numba.prange(batch):
+        gain = alpha / (rho[b] + alpha) if update else 0.0
+        for d in range(dims):
+            w0, w1, _ = _block(k0, k1, o0, o1, b * dims + d)
+            eps_draw, eps_send = px.normal_pair(w0, w1)
+            value = mu_x[b, d] + _discretised_sigma(log_sigma_x[b, d]) * eps_draw
+            k = min(max(math.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
+            centre = (2.0 * k + 1.0) / n_bins - 1.0
+            draw[b, d] = centre
+            if update:
+                m = mu[b, d]
+                mu[b, d] = m + gain * (centre + inv_sqrt_alpha * eps_send - m)
+
+
+@numba.njit(parallel=True, cache=True)
+def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
+    batch, dims, n_classes = logits.shape
+    spread = math.sqrt(alpha * n_classes)
+    for b in numba.prange(batch):
+        for d in range(dims):
+            base = (b * dims + d) * n_classes
+            _, _, w2 = _block(k0, k1, o0, o1, base)
+            m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+            # Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
+            target = px.uniform(w2) * s_l
+            chosen = n_classes - 1
+            running = 0.0
+            for k in range(n_classes):
+                running += math.exp(logits[b, d, k] - m_l)
+                if running > target:
+                    chosen = k
+                    break
+            draw[b, d] = chosen
+            if update:
+                m = -math.inf
+                for k in range(n_classes):
+                    z = log_theta[b, d, k] + alpha * ((n_classes if k == chosen else 0.0) - 1.0) \
+                        + spread * _first_normal(k0, k1, o0, o1, base + k)
+                    log_theta[b, d, k] = z
+                    m = max(m, z)
+                s = 0.0
+                for k in range(n_classes):
+                    s += math.exp(log_theta[b, d, k] - m)
+                lse = m + math.log(s)
+                for k in range(n_classes):
+                    log_theta[b, d, k] -= lse
+
+
+def _key(seed: int, offset: int):
+    """(k0, k1, o0, o1) as np.uint64; seed and offset may arrive as signed 64-bit ints."""
+    mask = 0xFFFFFFFF
+    return (np.uint64(seed & mask), np.uint64((seed >> 32) & mask), np.uint64(offset & mask),
+            np.uint64((offset >> 32) & mask))
+
+
+def continuous_flow(x, t, sigma_1, seed, offset):
+    acc = _acc(x)
+    out = torch.empty(x.shape, dtype=acc)
+    _continuous_flow(_np(x, acc), _np(t, acc), math.log(sigma_1), *_key(seed, offset),
+                     out.numpy())
+    return out.to(x.dtype)
+
+
+def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
+    """theta (or log theta) [B, D, K] in t's dtype."""
+    out = torch.empty((*x_index.shape, n_classes), dtype=t.dtype)
+    _discrete_flow(x_index.numpy(), t.numpy(), float(beta_1), *_key(seed, offset), bool(log),
+                   out.numpy())
+    return out
+
+
+def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits)
+    out = torch.empty(logits.shape[0], dtype=acc)
+    _discrete_nstep_loss_forward(x_index.numpy(), _np(logits, acc), _np(t, acc), float(beta_1),
+                                 int(n_steps), *_key(seed, offset), out.numpy())
+    return out
+
+
+def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits)
+    out = torch.empty(logits.shape, dtype=acc)
+    _discrete_nstep_loss_backward(_np(grad, acc), x_index.numpy(), _np(logits, acc),
+                                  _np(t, acc), float(beta_1), int(n_steps), *_key(seed, offset),
+                                  out.numpy())
+    return out.to(logits.dtype)
+
+
+def _inplace(tensor: torch.Tensor):
+    """(NumPy array the kernel writes, tensor to copy back into `tensor` or None)."""
+    if tensor.dtype in (torch.float32, torch.float64):
+        return tensor.numpy(), None
+    wide = tensor.to(torch.float32)
+    return wide.numpy(), wide
+
+
+def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset):
+    """mu [B, D] updated in place; rho [B] (compute dtype), a, c the x_hat coefficients."""
+    acc = _acc(mu, eps_hat)
+    mu_np, wide = _inplace(mu)
+    _continuous_step(mu_np, _np(rho, acc), _np(eps_hat, acc), float(a), float(c),
+                     1.0 / math.sqrt(alpha), float(alpha), float(x_min), float(x_max),
+                     bool(clamp), *_key(seed, offset))
+    if wide is not None:
+        mu.copy_(wide)
+
+
+def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
+    """Draw bin centres into `draw` [B, D]; when `update`, mu [B, D] is updated in place."""
+    acc = _acc(mu_x, log_sigma_x)
+    mu_np, wide = _inplace(mu)
+    draw_np, draw_wide = _inplace(draw)
+    _discretised_step(mu_np, _np(rho, acc), _np(mu_x, acc), _np(log_sigma_x, acc), int(n_bins),
+                      1.0 / math.sqrt(alpha), float(alpha), *_key(seed, offset), bool(update),
+                      draw_np)
+    if wide is not None and update:
+        mu.copy_(wide)
+    if draw_wide is not None:
+        draw.copy_(draw_wide)
+
+
+def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
+    """Draw k ~ softmax(logits) into `draw` [B, D] (int64); when `update`, log_theta [B, D, K]
+    is updated in place."""
+    acc = _acc(logits)
+    theta_np, wide = _inplace(log_theta)
+    _discrete_step(theta_np, _np(logits, acc), float(alpha), *_key(seed, offset), bool(update),
+                   draw.numpy())
+    if wide is not None and update:
+        log_theta.copy_(wide)

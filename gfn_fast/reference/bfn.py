@@ -1,0 +1,278 @@
+"""Bayesian Flow Networks in plain PyTorch: the executable form of ../shared/spec/bfn.md.
+
+Inputs are validated and normalised by gfn_fast.bfn: continuous data is [B, D], discrete data is
+class indices [B, D] (int64) with network logits / log theta [B, D, K], and `t` is a [B] tensor
+in the compute dtype. Noise enters as explicit standard-normal tensors (`eps`) so the same math
+can be checked against the kernels, which draw the same normals from counters (Philox).
+Everything is differentiable by autograd; this module materialises whatever the spec's formulas
+materialise (the [B, D, K] bin probabilities, for example), which is what the kernels avoid.
+"""
+
+import math
+
+import torch
+
+SIGMA_MIN, SIGMA_MAX = 1e-3, 10.0
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any floating input is float64, else float32 (also for half inputs)."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def _col(t: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B, 1] for broadcasting over dimensions."""
+    return t.reshape(-1, 1)
+
+
+# ----------------------------------------------------------------------------------- schedules
+
+def gamma(t: torch.Tensor, sigma_1: float) -> torch.Tensor:
+    """gamma(t) = 1 - sigma_1^(2t), as -expm1(2 t ln sigma_1) (no cancellation at small t)."""
+    return -torch.expm1(2.0 * t * math.log(sigma_1))
+
+
+def continuous_alpha(i: torch.Tensor, n_steps: int, sigma_1: float) -> torch.Tensor:
+    """alpha_i = sigma_1^(-2i/n) (1 - sigma_1^(2/n)) for step i in 1..n."""
+    log_s = math.log(sigma_1)
+    return torch.exp(-2.0 * i * log_s / n_steps) * -math.expm1(2.0 * log_s / n_steps)
+
+
+def beta(t: torch.Tensor, beta_1: float) -> torch.Tensor:
+    """beta(t) = beta_1 t^2."""
+    return beta_1 * t * t
+
+
+def discrete_alpha(i: torch.Tensor, n_steps: int, beta_1: float) -> torch.Tensor:
+    """alpha_i = beta_1 (2i - 1) / n^2 for step i in 1..n."""
+    return beta_1 * (2.0 * i - 1.0) / (n_steps * n_steps)
+
+
+def continuous_loss_weight(t: torch.Tensor, sigma_1: float, n_steps: int) -> torch.Tensor:
+    """Per-sample weight w of the loss w ||x - x_hat||^2.
+
+    n_steps = 0 (continuous time): w = -ln(sigma_1) sigma_1^(-2t). Otherwise, with t = (i-1)/n,
+    w = (n/2) alpha_i = (n/2) sigma_1^(-2t) (sigma_1^(-2/n) - 1), the same alpha_i as
+    `continuous_alpha` written in t, so no rounding of t n is needed.
+    """
+    log_s = math.log(sigma_1)
+    scale = torch.exp(-2.0 * t * log_s)
+    if n_steps == 0:
+        return -log_s * scale
+    return 0.5 * n_steps * scale * math.expm1(-2.0 * log_s / n_steps)
+
+
+# ----------------------------------------------------------------------------- continuous data
+
+def continuous_flow(x: torch.Tensor, t: torch.Tensor, sigma_1: float, eps: torch.Tensor
+                    ) -> torch.Tensor:
+    """mu = gamma x + sqrt(gamma (1 - gamma)) eps, computed in the compute dtype."""
+    dtype = compute_dtype(x)
+    t = _col(t.to(dtype))
+    g = gamma(t, sigma_1)
+    # 1 - gamma = sigma_1^(2t) directly: the subtraction loses all digits as gamma -> 1.
+    mu = g * x.to(dtype) + torch.sqrt(g * torch.exp(2.0 * t * math.log(sigma_1))) * eps.to(dtype)
+    return mu.to(x.dtype)
+
+
+def continuous_output(mu, eps_hat, t, sigma_1: float, t_min: float, x_range):
+    """x_hat = mu / gamma - sqrt((1 - gamma) / gamma) eps_hat, 0 where t < t_min, optionally
+    clamped to x_range = (x_min, x_max). Returned in the compute dtype."""
+    dtype = compute_dtype(mu, eps_hat)
+    t = _col(t.to(dtype))
+    safe_t = torch.clamp(t, min=t_min) if t_min > 0 else t
+    g = gamma(safe_t, sigma_1)
+    x_hat = mu.to(dtype) / g - torch.sqrt(torch.exp(2.0 * safe_t * math.log(sigma_1)) / g) \
+        * eps_hat.to(dtype)
+    x_hat = torch.where(t < t_min, torch.zeros_like(x_hat), x_hat)
+    if x_range is not None:
+        x_hat = torch.clamp(x_hat, x_range[0], x_range[1])
+    return x_hat
+
+
+def continuous_loss(x, mu, eps_hat, t, sigma_1: float, n_steps: int, t_min: float, x_range):
+    """Per-sample loss w(t) ||x - x_hat||^2 over dimensions, [B] in the compute dtype."""
+    dtype = compute_dtype(x, mu, eps_hat)
+    x_hat = continuous_output(mu, eps_hat, t, sigma_1, t_min, x_range)
+    sq = ((x.to(dtype) - x_hat) ** 2).sum(dim=1)
+    return continuous_loss_weight(t.to(dtype), sigma_1, n_steps) * sq
+
+
+def continuous_update(mu, rho, y, alpha):
+    """Bayesian update with accuracy alpha and sender sample y: rho' = rho + alpha,
+    mu' = mu + (alpha / rho') (y - mu) (= (rho mu + alpha y) / rho'). mu, y: [B, D]; rho, alpha:
+    [B, 1] or [B, D] (broadcast). Returned in the compute dtype."""
+    dtype = compute_dtype(mu, rho, y, alpha)
+    rho_new = rho.to(dtype) + alpha.to(dtype)
+    mu = mu.to(dtype)
+    return mu + alpha.to(dtype) / rho_new * (y.to(dtype) - mu), rho_new
+
+
+# ----------------------------------------------------------------------------- discretised data
+
+def bin_centres(n_bins: int, dtype, device) -> torch.Tensor:
+    """k_c = (2k - 1)/K - 1 for k = 1..K."""
+    k = torch.arange(1, n_bins + 1, dtype=dtype, device=device)
+    return (2.0 * k - 1.0) / n_bins - 1.0
+
+
+def normal_cdf(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.erfc(-z / math.sqrt(2.0))
+
+
+def discretised_sigma(log_sigma_x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.exp(log_sigma_x), SIGMA_MIN, SIGMA_MAX)
+
+
+def discretised_probs(mu_x, log_sigma_x, n_bins: int):
+    """[B, D, K] bin probabilities p(k) = Phi((k_r - mu)/sigma) - Phi((k_l - mu)/sigma), first
+    left edge -inf, last right edge +inf, sigma = clamp(exp(log_sigma_x), 1e-3, 10)."""
+    dtype = compute_dtype(mu_x, log_sigma_x)
+    mu = mu_x.to(dtype).unsqueeze(-1)
+    sigma = discretised_sigma(log_sigma_x.to(dtype)).unsqueeze(-1)
+    edges = torch.arange(0, n_bins + 1, dtype=dtype, device=mu_x.device) * (2.0 / n_bins) - 1.0
+    cdf = normal_cdf((edges - mu) / sigma)
+    cdf = torch.cat([torch.zeros_like(cdf[..., :1]), cdf[..., 1:-1], torch.ones_like(cdf[..., :1])],
+                    dim=-1)
+    return cdf[..., 1:] - cdf[..., :-1]
+
+
+def discretised_output(mu_x, log_sigma_x, n_bins: int):
+    """x_hat = sum_k p(k) k_c, [B, D] (through the materialised probabilities)."""
+    probs = discretised_probs(mu_x, log_sigma_x, n_bins)
+    return (probs * bin_centres(n_bins, probs.dtype, probs.device)).sum(dim=-1)
+
+
+def discretised_loss(x, mu_x, log_sigma_x, t, sigma_1: float, n_bins: int, n_steps: int):
+    """Per-sample w(t) ||x - x_hat||^2 with x_hat the mean of the discretised output, [B]."""
+    dtype = compute_dtype(x, mu_x, log_sigma_x)
+    x_hat = discretised_output(mu_x, log_sigma_x, n_bins)
+    sq = ((x.to(dtype) - x_hat) ** 2).sum(dim=1)
+    return continuous_loss_weight(t.to(dtype), sigma_1, n_steps) * sq
+
+
+def discretised_draw(mu_x, log_sigma_x, n_bins: int, eps):
+    """A draw k ~ p_O returned as its bin centre k_c: bins partition the real line, so binning
+    a Gaussian draw mu + sigma eps samples p(k) exactly."""
+    dtype = compute_dtype(mu_x, log_sigma_x)
+    value = mu_x.to(dtype) + discretised_sigma(log_sigma_x.to(dtype)) * eps.to(dtype)
+    k = torch.clamp(torch.floor((value + 1.0) * (0.5 * n_bins)), 0, n_bins - 1)
+    return (2.0 * k + 1.0) / n_bins - 1.0
+
+
+# -------------------------------------------------------------------------------- discrete data
+
+def discrete_sender_logits(x_index, alpha, n_classes: int, eps):
+    """y = alpha (K e_x - 1) + sqrt(alpha K) eps, [B, D, K]; alpha is [B] (or [B, D])."""
+    dtype = eps.dtype
+    alpha = alpha.to(dtype)
+    alpha = alpha.reshape(alpha.shape + (1,) * (3 - alpha.dim()))
+    one_hot = torch.nn.functional.one_hot(x_index, n_classes).to(dtype)
+    return alpha * (n_classes * one_hot - 1.0) + torch.sqrt(alpha * n_classes) * eps
+
+
+def discrete_flow(x_index, t, beta_1: float, n_classes: int, eps, log: bool):
+    """theta = softmax(y), y ~ N(beta(t) (K e_x - 1), beta(t) K I); log theta when `log`."""
+    y = discrete_sender_logits(x_index, beta(t.to(eps.dtype), beta_1), n_classes, eps)
+    return torch.log_softmax(y, dim=-1) if log else torch.softmax(y, dim=-1)
+
+
+def discrete_loss(x_index, logits, t, beta_1: float):
+    """Continuous-time loss K beta_1 t ||e_x - softmax(logits)||^2 over D and K, [B]."""
+    dtype = compute_dtype(logits)
+    n_classes = logits.shape[-1]
+    e_hat = torch.softmax(logits.to(dtype), dim=-1)
+    one_hot = torch.nn.functional.one_hot(x_index, n_classes).to(dtype)
+    sq = ((one_hot - e_hat) ** 2).sum(dim=(1, 2))
+    return n_classes * beta_1 * t.to(dtype) * sq
+
+
+def discrete_nstep_alpha(t, beta_1: float, n_steps: int):
+    """alpha_i with i = t n + 1: beta_1 (2 t n + 1) / n^2."""
+    return beta_1 * (2.0 * t * n_steps + 1.0) / (n_steps * n_steps)
+
+
+def discrete_nstep_loss(x_index, logits, t, beta_1: float, n_steps: int, eps):
+    """One-sample estimate of L_n = n E_y[ln p_S(y | x) - ln p_R(y)], [B].
+
+    y ~ p_S(. | x, alpha_i) from eps [B, D, K]. With all K Gaussians sharing the covariance
+    alpha K I, ln N(y | alpha (K e_k - 1), alpha K I) = y_k + (terms equal for every k), so
+    per dimension ln p_S - ln p_R = y_x - logsumexp_k(ln p_O(k) + y_k): no [K, K] products.
+    """
+    dtype = compute_dtype(logits)
+    n_classes = logits.shape[-1]
+    alpha = discrete_nstep_alpha(t.to(dtype), beta_1, n_steps)
+    y = discrete_sender_logits(x_index, alpha, n_classes, eps.to(dtype))
+    log_p = torch.log_softmax(logits.to(dtype), dim=-1)
+    y_x = torch.gather(y, -1, x_index.unsqueeze(-1)).squeeze(-1)
+    per_dim = y_x - torch.logsumexp(log_p + y, dim=-1)
+    return n_steps * per_dim.sum(dim=1)
+
+
+def discrete_update(log_theta, y):
+    """log theta' = log theta + y - logsumexp(log theta + y) over K (never exp(y) in linear
+    space). Returned in the compute dtype."""
+    dtype = compute_dtype(log_theta, y)
+    z = log_theta.to(dtype) + y.to(dtype)
+    return z - torch.logsumexp(z, dim=-1, keepdim=True)
+
+
+def categorical_draw(logits, uniform):
+    """k ~ softmax(logits) by inverse CDF with one uniform per (b, d): the first k with
+    cumsum p > u * sum p (clamped to K - 1)."""
+    dtype = compute_dtype(logits)
+    probs = torch.softmax(logits.to(dtype), dim=-1)
+    cdf = torch.cumsum(probs, dim=-1)
+    target = uniform.to(dtype).unsqueeze(-1) * cdf[..., -1:]
+    k = (cdf <= target).sum(dim=-1)
+    return torch.clamp(k, max=logits.shape[-1] - 1)
+
+
+# --------------------------------------------------------------------------------------- noise
+# Contract (on top of gfn_fast/reference/_philox.py): noise element i (the flat index over
+# [B, D], or over [B, D, K] for per-class noise) reads Philox block (row = i >> 32,
+# col = i mod 2^32); its first normal is the cosine branch of words (0, 1), its second normal
+# (an op needing two per element) the sine branch, and its uniform is uniform(word 2).
+# Per-class ops that draw one uniform per (b, d) use the block of class 0, i = (b D + d) K.
+
+def philox_noise(seed: int, offset: int, shape, device) -> tuple:
+    """(first normal, second normal, uniform) float32 tensors of `shape` for flat indices
+    0..prod(shape)-1 (the exact draws every backend makes)."""
+    from gfn_fast.reference import _philox
+
+    index = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    words = _philox.philox4x32(seed, offset, index >> 32, index & _philox.MASK32)
+    first, second = _philox.normal_pair(words[..., 0], words[..., 1])
+    return (first.reshape(shape), second.reshape(shape),
+            _philox.uniform(words[..., 2]).reshape(shape))
+
+
+def continuous_step(mu, rho, eps_hat, t, alpha: float, sigma_1: float, t_min: float, x_range,
+                    eps):
+    """One generation step after the network: x_hat from eps_hat, sender y = x_hat +
+    eps / sqrt(alpha), Bayesian update. Returns (mu', rho') (mu' in the compute dtype)."""
+    x_hat = continuous_output(mu, eps_hat, t, sigma_1, t_min, x_range)
+    y = x_hat + eps.to(x_hat.dtype) / math.sqrt(alpha)
+    alpha_t = torch.full_like(rho, alpha)
+    return continuous_update(mu, rho.reshape(-1, 1), y, alpha_t.reshape(-1, 1))
+
+
+def discretised_step(mu, rho, mu_x, log_sigma_x, alpha: float, n_bins: int, eps_draw, eps):
+    """Draw k ~ p_O (as its bin centre), sender y = k_c + eps / sqrt(alpha), update."""
+    centre = discretised_draw(mu_x, log_sigma_x, n_bins, eps_draw)
+    y = centre + eps.to(centre.dtype) / math.sqrt(alpha)
+    alpha_t = torch.full_like(rho, alpha)
+    return continuous_update(mu, rho.reshape(-1, 1), y, alpha_t.reshape(-1, 1))
+
+
+def discrete_step(log_theta, logits, alpha: float, uniform, eps):
+    """Draw k ~ p_O = softmax(logits) (uniform [B, D]), sender y ~ N(alpha (K e_k - 1),
+    alpha K I) from eps [B, D, K], log-space update. Returns (log theta', k)."""
+    n_classes = logits.shape[-1]
+    k = categorical_draw(logits, uniform)
+    alpha_t = torch.full(logits.shape[:1], alpha, dtype=compute_dtype(logits),
+                         device=logits.device)
+    y = discrete_sender_logits(k, alpha_t, n_classes, eps.to(alpha_t.dtype))
+    return discrete_update(log_theta, y), k

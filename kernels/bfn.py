@@ -1,0 +1,662 @@
+"""Triton kernels of the Bayesian Flow Network ops.
+
+Inputs are contiguous [B, D] (continuous) or [B, D, K] (discrete) tensors. Per-sample losses are
+reduced by one program per sample walking its D elements in BLOCK-sized chunks (deterministic,
+no atomics); elementwise ops and backward passes use one program per BLOCK elements (or rows of
+K classes). Schedule constants that depend only on sigma_1 / n_steps are folded on the host.
+Phi is computed from erf (absolute accuracy to rounding; far-tail bin probabilities are less
+precise relatively than the Numba/CUDA erfc forms). Signatures mirror gfn_fast.cpu.bfn.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from gfn_fast.kernels import _philox as px
+from gfn_fast.kernels._common import accumulator, expm1, interpret
+
+_SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@triton.jit
+def _output_coefficients(t, log_s, t_min):
+    """(a, c) with x_hat = a mu - c eps_hat; 0 below t_min (t clamped first so no inf/NaN)."""
+    safe_t = tl.maximum(t, t_min)
+    g = -expm1(2.0 * safe_t * log_s)
+    a = tl.where(t < t_min, 0.0, 1.0 / g)
+    c = tl.where(t < t_min, 0.0, tl.sqrt(tl.exp(2.0 * safe_t * log_s) / g))
+    return a, c
+
+
+@triton.jit
+def _continuous_output_kernel(mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements, dims, log_s, t_min,
+                              x_min, x_max, CLAMP: tl.constexpr, ACC: tl.constexpr,
+                              BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    t = tl.load(t_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
+    a, c = _output_coefficients(t, log_s, t_min)
+    x_hat = a * tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC) \
+        - c * tl.load(eps_ptr + idx, mask=mask, other=0.0).to(ACC)
+    if CLAMP:
+        x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
+    tl.store(out_ptr + idx, x_hat.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _continuous_loss_fwd_kernel(x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, dims, log_s, w_scale,
+                                t_min, x_min, x_max, CLAMP: tl.constexpr, ACC: tl.constexpr,
+                                BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    t = tl.load(t_ptr + b).to(ACC)
+    a, c = _output_coefficients(t, log_s, t_min)
+    total = tl.zeros([BLOCK], dtype=ACC)
+    row = b * dims
+    for d0 in range(0, dims, BLOCK):
+        d = d0 + tl.arange(0, BLOCK).to(tl.int64)
+        mask = d < dims
+        x_hat = a * tl.load(mu_ptr + row + d, mask=mask, other=0.0).to(ACC) \
+            - c * tl.load(eps_ptr + row + d, mask=mask, other=0.0).to(ACC)
+        if CLAMP:
+            x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
+        diff = tl.load(x_ptr + row + d, mask=mask, other=0.0).to(ACC) - x_hat
+        total += tl.where(mask, diff * diff, 0.0)
+    weight = w_scale * tl.exp(-2.0 * t * log_s)
+    tl.store(out_ptr + b, weight * tl.sum(total, axis=0))
+
+
+@triton.jit
+def _continuous_loss_bwd_kernel(grad_ptr, x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements,
+                                dims, log_s, w_scale, t_min, x_min, x_max, CLAMP: tl.constexpr,
+                                ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    b = idx // dims
+    t = tl.load(t_ptr + b, mask=mask, other=1.0).to(ACC)
+    a, c = _output_coefficients(t, log_s, t_min)
+    x_hat = a * tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC) \
+        - c * tl.load(eps_ptr + idx, mask=mask, other=0.0).to(ACC)
+    scale = -2.0 * c * tl.load(grad_ptr + b, mask=mask, other=0.0).to(ACC) \
+        * w_scale * tl.exp(-2.0 * t * log_s)
+    g = scale * (x_hat - tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC))
+    if CLAMP:
+        g = tl.where((x_hat < x_min) | (x_hat > x_max), 0.0, g)
+    tl.store(out_ptr + idx, g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _continuous_update_kernel(mu_ptr, rho_ptr, y_ptr, alpha_ptr, out_ptr, n_elements, dims,
+                              stride_rho_b, stride_rho_d, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    b = idx // dims
+    d = idx - b * dims
+    alpha = tl.load(alpha_ptr + b, mask=mask, other=1.0).to(ACC)
+    rho = tl.load(rho_ptr + b * stride_rho_b + d * stride_rho_d, mask=mask, other=1.0).to(ACC)
+    mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
+    y = tl.load(y_ptr + idx, mask=mask, other=0.0).to(ACC)
+    tl.store(out_ptr + idx, (mu + alpha / (rho + alpha) * (y - mu)).to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _phi_cdf(z):
+    return 0.5 + 0.5 * tl.erf(z * 0.7071067811865476)
+
+
+@triton.jit
+def _discretised_sigma(log_sigma):
+    return tl.minimum(tl.maximum(tl.exp(log_sigma), 1e-3), 10.0)
+
+
+@triton.jit
+def _discretised_mean(mu, sigma, n_bins, WANT_GRAD: tl.constexpr):
+    """x_hat = k_c(K) - (2/K) sum_{j<K} Phi((e_j - mu)/sigma), e_j = -1 + 2j/K, with
+    (2/K) sum phi(z_j) and (2/K) sum phi(z_j) z_j when WANT_GRAD."""
+    width = 2.0 / n_bins
+    cdf_sum = tl.zeros_like(mu)
+    pdf_sum = tl.zeros_like(mu)
+    pdf_z_sum = tl.zeros_like(mu)
+    for j in range(1, n_bins):
+        z = (j * width - 1.0 - mu) / sigma
+        cdf_sum += _phi_cdf(z)
+        if WANT_GRAD:
+            pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
+            pdf_sum += pdf
+            pdf_z_sum += pdf * z
+    return 1.0 - 0.5 * width - width * cdf_sum, width * pdf_sum, width * pdf_z_sum
+
+
+@triton.jit
+def _discretised_loss_fwd_kernel(x_ptr, mu_ptr, log_sigma_ptr, t_ptr, out_ptr, dims, n_bins,
+                                 log_s, w_scale, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    row = b * dims
+    total = tl.zeros([BLOCK], dtype=ACC)
+    for d0 in range(0, dims, BLOCK):
+        d = d0 + tl.arange(0, BLOCK).to(tl.int64)
+        mask = d < dims
+        mu = tl.load(mu_ptr + row + d, mask=mask, other=0.0).to(ACC)
+        sigma = _discretised_sigma(tl.load(log_sigma_ptr + row + d, mask=mask, other=0.0).to(ACC))
+        x_hat, _, _ = _discretised_mean(mu, sigma, n_bins, False)
+        diff = tl.load(x_ptr + row + d, mask=mask, other=0.0).to(ACC) - x_hat
+        total += tl.where(mask, diff * diff, 0.0)
+    t = tl.load(t_ptr + b).to(ACC)
+    tl.store(out_ptr + b, w_scale * tl.exp(-2.0 * t * log_s) * tl.sum(total, axis=0))
+
+
+@triton.jit
+def _discretised_loss_bwd_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma_ptr, t_ptr, grad_mu_ptr,
+                                 grad_log_sigma_ptr, n_elements, dims, n_bins, log_s, w_scale,
+                                 ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    b = idx // dims
+    t = tl.load(t_ptr + b, mask=mask, other=0.0).to(ACC)
+    scale = 2.0 * tl.load(grad_ptr + b, mask=mask, other=0.0).to(ACC) * w_scale \
+        * tl.exp(-2.0 * t * log_s)
+    mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
+    raw_sigma = tl.exp(tl.load(log_sigma_ptr + idx, mask=mask, other=0.0).to(ACC))
+    sigma = tl.minimum(tl.maximum(raw_sigma, 1e-3), 10.0)
+    x_hat, pdf_sum, pdf_z_sum = _discretised_mean(mu, sigma, n_bins, True)
+    g = scale * (x_hat - tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC))
+    inside = (raw_sigma >= 1e-3) & (raw_sigma <= 10.0)
+    tl.store(grad_mu_ptr + idx, (g * pdf_sum / sigma).to(grad_mu_ptr.dtype.element_ty),
+             mask=mask)
+    tl.store(grad_log_sigma_ptr + idx,
+             tl.where(inside, g * pdf_z_sum, 0.0).to(grad_log_sigma_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _discretised_probs_kernel(mu_ptr, log_sigma_ptr, out_ptr, n_rows, n_bins, ACC: tl.constexpr,
+                              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    mu = tl.load(mu_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    sigma = _discretised_sigma(tl.load(log_sigma_ptr + rows, mask=row_mask, other=0.0).to(ACC))
+    width = 2.0 / n_bins
+    for k0 in range(0, n_bins, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        z_left = ((k * width - 1.0)[None, :] - mu[:, None]) / sigma[:, None]
+        z_right = (((k + 1) * width - 1.0)[None, :] - mu[:, None]) / sigma[:, None]
+        cdf_left = tl.where((k == 0)[None, :], 0.0, _phi_cdf(z_left))
+        cdf_right = tl.where((k == n_bins - 1)[None, :], 1.0, _phi_cdf(z_right))
+        mask = row_mask[:, None] & (k < n_bins)[None, :]
+        tl.store(out_ptr + rows[:, None] * n_bins + k[None, :],
+                 (cdf_right - cdf_left).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _softmax_tile(logits_ptr, offsets, mask, ACC: tl.constexpr):
+    """Probabilities of a [R, BLOCK_K] tile of logit rows (masked classes get 0)."""
+    logits = tl.load(logits_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
+    m = tl.max(logits, axis=1)
+    m = tl.where(m == float("-inf"), 0.0, m)
+    e = tl.where(mask, tl.exp(logits - m[:, None]), 0.0)
+    return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit
+def _discrete_loss_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes, beta_1,
+                              ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    k = tl.arange(0, BLOCK_K)
+    total = tl.zeros([BLOCK_D, BLOCK_K], dtype=ACC)
+    for d0 in range(0, dims, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        row = b * dims + d
+        mask = (d < dims)[:, None] & (k < n_classes)[None, :]
+        p = _softmax_tile(logits_ptr, row[:, None] * n_classes + k[None, :], mask, ACC)
+        target = tl.load(x_index_ptr + row, mask=d < dims, other=-1)
+        r = p - tl.where(k[None, :] == target[:, None], 1.0, 0.0)
+        total += tl.where(mask, r * r, 0.0)
+    t = tl.load(t_ptr + b).to(ACC)
+    tl.store(out_ptr + b, n_classes * beta_1 * t * tl.sum(tl.sum(total, axis=1), axis=0))
+
+
+@triton.jit
+def _discrete_loss_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr, n_rows, dims,
+                              n_classes, beta_1, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                              BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    k = tl.arange(0, BLOCK_K)
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    p = _softmax_tile(logits_ptr, offsets, mask, ACC)
+    b = rows // dims
+    c = 2.0 * n_classes * beta_1 * tl.load(t_ptr + b, mask=row_mask, other=0.0).to(ACC) \
+        * tl.load(grad_ptr + b, mask=row_mask, other=0.0).to(ACC)
+    target = tl.load(x_index_ptr + rows, mask=row_mask, other=-1)
+    r = p - tl.where(k[None, :] == target[:, None], 1.0, 0.0)
+    dot = tl.sum(r * p, axis=1)
+    g = c[:, None] * p * (r - dot[:, None])
+    tl.store(out_ptr + offsets, g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _discrete_update_kernel(log_theta_ptr, y_ptr, out_ptr, n_rows, n_classes, ACC: tl.constexpr,
+                            BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    k = tl.arange(0, BLOCK_K)
+    mask = (rows < n_rows)[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    z = tl.load(log_theta_ptr + offsets, mask=mask, other=float("-inf")).to(ACC) \
+        + tl.load(y_ptr + offsets, mask=mask, other=0.0).to(ACC)
+    m = tl.max(z, axis=1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    lse = m_safe + tl.log(tl.sum(tl.where(mask, tl.exp(z - m_safe[:, None]), 0.0), axis=1))
+    tl.store(out_ptr + offsets, (z - lse[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------- noisy ops
+# Noise contract: gfn_fast/reference/bfn.py ("noise"). Seeds and offsets arrive as 32-bit halves.
+
+@triton.jit
+def _noise(index, seed_lo, seed_hi, off_lo, off_hi):
+    """Words (0, 1, 2) of the Philox block of each flat noise index (int64 tensor)."""
+    k0, k1 = px.seed_key(seed_lo, seed_hi)
+    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (index >> 32).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + off_lo.to(tl.uint32)
+    c3 = tl.zeros_like(c0) + off_hi.to(tl.uint32)
+    w0, w1, w2, _ = px.philox4x32(k0, k1, c0, c1, c2, c3)
+    return w0, w1, w2
+
+
+@triton.jit
+def _first_normal(index, seed_lo, seed_hi, off_lo, off_hi):
+    w0, w1, _ = _noise(index, seed_lo, seed_hi, off_lo, off_hi)
+    n0, _ = px.normal_pair(w0, w1)
+    return n0
+
+
+@triton.jit
+def _continuous_flow_kernel(x_ptr, t_ptr, out_ptr, n_elements, dims, log_s, seed_lo, seed_hi,
+                            off_lo, off_hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    t = tl.load(t_ptr + idx // dims, mask=mask, other=0.0).to(ACC)
+    g = -expm1(2.0 * t * log_s)
+    spread = tl.sqrt(g * tl.exp(2.0 * t * log_s))
+    eps = _first_normal(idx, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC)
+    tl.store(out_ptr + idx, (g * x + spread * eps).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sender(target, k, alpha, spread, index, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+            ACC: tl.constexpr):
+    """y = alpha (K e_target - 1) + sqrt(alpha K) eps for a [R, BLOCK_K] tile."""
+    eps = _first_normal(index, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    hot = tl.where(k[None, :] == target[:, None], n_classes * 1.0, 0.0)
+    return alpha[:, None] * (hot - 1.0) + spread[:, None] * eps
+
+
+@triton.jit
+def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes, beta_1, seed_lo,
+                          seed_hi, off_lo, off_hi, LOG: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    k = tl.arange(0, BLOCK_K)
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    t = tl.load(t_ptr + rows // dims, mask=row_mask, other=0.0).to(ACC)
+    beta_t = beta_1 * t * t
+    target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
+    y = _sender(target, k, beta_t, tl.sqrt(beta_t * n_classes), offsets, n_classes, seed_lo,
+                seed_hi, off_lo, off_hi, ACC)
+    y = tl.where(mask, y, float("-inf"))
+    m = tl.max(y, axis=1)
+    m = tl.where(row_mask, m, 0.0)
+    lse = m + tl.log(tl.sum(tl.where(mask, tl.exp(y - m[:, None]), 0.0), axis=1))
+    if LOG:
+        out = y - lse[:, None]
+    else:
+        out = tl.exp(y - lse[:, None])
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes, seed_lo, seed_hi,
+                off_lo, off_hi, ACC: tl.constexpr):
+    """For a tile of (b, d) rows: (p_O [R, BLOCK_K], z = ln p_O + y, logsumexp(z) [R],
+    y_target [R])."""
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    logits = tl.load(logits_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
+    m_l = tl.where(row_mask, tl.max(logits, axis=1), 0.0)
+    e = tl.where(mask, tl.exp(logits - m_l[:, None]), 0.0)
+    s_l = tl.sum(e, axis=1)
+    s_l = tl.where(row_mask, s_l, 1.0)
+    p = e / s_l[:, None]
+    target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
+    y = _sender(target, k, alpha, tl.sqrt(alpha * n_classes), offsets, n_classes, seed_lo,
+                seed_hi, off_lo, off_hi, ACC)
+    z = tl.where(mask, logits - (m_l + tl.log(s_l))[:, None] + y, float("-inf"))
+    m = tl.where(row_mask, tl.max(z, axis=1), 0.0)
+    lse = m + tl.log(tl.sum(tl.where(mask, tl.exp(z - m[:, None]), 0.0), axis=1))
+    y_target = tl.sum(tl.where(k[None, :] == target[:, None], y, 0.0), axis=1)
+    return p, z, lse, y_target
+
+
+@triton.jit
+def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes, beta_1,
+                               n_steps, seed_lo, seed_hi, off_lo, off_hi, ACC: tl.constexpr,
+                               BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    k = tl.arange(0, BLOCK_K)
+    t = tl.load(t_ptr + b).to(ACC)
+    alpha_b = beta_1 * (2.0 * t * n_steps + 1.0) / (n_steps * n_steps)
+    total = tl.zeros([BLOCK_D], dtype=ACC)
+    for d0 in range(0, dims, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
+        row_mask = d < dims
+        alpha = tl.zeros([BLOCK_D], dtype=ACC) + alpha_b
+        _, _, lse, y_target = _nstep_tile(x_index_ptr, logits_ptr, b * dims + d, row_mask, k,
+                                          alpha, n_classes, seed_lo, seed_hi, off_lo, off_hi, ACC)
+        total += tl.where(row_mask, y_target - lse, 0.0)
+    tl.store(out_ptr + b, n_steps * tl.sum(total, axis=0))
+
+
+@triton.jit
+def _discrete_nstep_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr, n_rows, dims,
+                               n_classes, beta_1, n_steps, seed_lo, seed_hi, off_lo, off_hi,
+                               ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    k = tl.arange(0, BLOCK_K)
+    b = rows // dims
+    t = tl.load(t_ptr + b, mask=row_mask, other=0.0).to(ACC)
+    alpha = beta_1 * (2.0 * t * n_steps + 1.0) / (n_steps * n_steps)
+    p, z, lse, _ = _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes,
+                               seed_lo, seed_hi, off_lo, off_hi, ACC)
+    scale = n_steps * tl.load(grad_ptr + b, mask=row_mask, other=0.0).to(ACC)
+    g = scale[:, None] * (p - tl.exp(z - lse[:, None]))
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    tl.store(out_ptr + rows[:, None] * n_classes + k[None, :],
+             g.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _continuous_step_kernel(mu_ptr, rho_ptr, eps_hat_ptr, n_elements, dims, a, c,
+                            inv_sqrt_alpha, alpha, x_min, x_max, seed_lo, seed_hi, off_lo, off_hi,
+                            CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    rho = tl.load(rho_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
+    mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
+    x_hat = a * mu - c * tl.load(eps_hat_ptr + idx, mask=mask, other=0.0).to(ACC)
+    if CLAMP:
+        x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
+    y = x_hat + inv_sqrt_alpha * _first_normal(idx, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    gain = alpha / (rho + alpha)
+    tl.store(mu_ptr + idx, (mu + gain * (y - mu)).to(mu_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr, n_elements, dims,
+                             n_bins, inv_sqrt_alpha, alpha, seed_lo, seed_hi, off_lo, off_hi,
+                             UPDATE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = idx < n_elements
+    w0, w1, _ = _noise(idx, seed_lo, seed_hi, off_lo, off_hi)
+    eps_draw, eps_send = px.normal_pair(w0, w1)
+    sigma = _discretised_sigma(tl.load(log_sigma_ptr + idx, mask=mask, other=0.0).to(ACC))
+    value = tl.load(mu_x_ptr + idx, mask=mask, other=0.0).to(ACC) + sigma * eps_draw.to(ACC)
+    k = tl.minimum(tl.maximum(tl.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
+    centre = (2.0 * k + 1.0) / n_bins - 1.0
+    tl.store(draw_ptr + idx, centre.to(draw_ptr.dtype.element_ty), mask=mask)
+    if UPDATE:
+        rho = tl.load(rho_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
+        mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
+        y = centre + inv_sqrt_alpha * eps_send.to(ACC)
+        tl.store(mu_ptr + idx, (mu + alpha / (rho + alpha) * (y - mu)).to(mu_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes, alpha, spread,
+                          seed_lo, seed_hi, off_lo, off_hi, UPDATE: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    row_mask = rows < n_rows
+    k = tl.arange(0, BLOCK_K)
+    mask = row_mask[:, None] & (k < n_classes)[None, :]
+    offsets = rows[:, None] * n_classes + k[None, :]
+    logits = tl.load(logits_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
+    m_l = tl.where(row_mask, tl.max(logits, axis=1), 0.0)
+    e = tl.where(mask, tl.exp(logits - m_l[:, None]), 0.0)
+    w0, w1, w2 = _noise(offsets, seed_lo, seed_hi, off_lo, off_hi)
+    # Inverse CDF with the uniform of class 0's block: the first k whose running sum exceeds
+    # u * total (counted as the number of running sums <= the target).
+    u = tl.sum(tl.where(k[None, :] == 0, px.uniform(w2), 0.0), axis=1).to(ACC)
+    target = u * tl.sum(e, axis=1)
+    below = tl.where(mask & (tl.cumsum(e, axis=1) <= target[:, None]), 1, 0)
+    chosen = tl.minimum(tl.sum(below, axis=1), n_classes - 1)
+    tl.store(draw_ptr + rows, chosen.to(tl.int64), mask=row_mask)
+    if UPDATE:
+        eps, _ = px.normal_pair(w0, w1)
+        hot = tl.where(k[None, :] == chosen[:, None], n_classes * 1.0, 0.0)
+        z = tl.load(log_theta_ptr + offsets, mask=mask, other=0.0).to(ACC) \
+            + alpha * (hot - 1.0) + spread * eps.to(ACC)
+        z = tl.where(mask, z, float("-inf"))
+        m = tl.where(row_mask, tl.max(z, axis=1), 0.0)
+        lse = m + tl.log(tl.sum(tl.where(mask, tl.exp(z - m[:, None]), 0.0), axis=1))
+        tl.store(log_theta_ptr + offsets, (z - lse[:, None]).to(log_theta_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+# --------------------------------------------------------------------------------- launchers
+
+def _acc(*tensors) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _block(n: int) -> int:
+    """Elements per program: more under the interpreter, where each program costs Python time."""
+    cap = 16384 if interpret() else 1024
+    return min(cap, triton.next_power_of_2(max(n, 1)))
+
+
+def _row_block(n_classes: int) -> tuple[int, int]:
+    block_k = triton.next_power_of_2(n_classes)
+    tile = 16384 if interpret() else 4096
+    return max(1, tile // block_k), block_k
+
+
+def loss_weight_scale(sigma_1: float, n_steps: int) -> float:
+    """w(t) = scale * sigma_1^(-2t): -ln sigma_1 (continuous time) or (n/2)(sigma_1^(-2/n) - 1)."""
+    log_s = math.log(sigma_1)
+    return -log_s if n_steps == 0 else 0.5 * n_steps * math.expm1(-2.0 * log_s / n_steps)
+
+
+def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
+    out = torch.empty_like(mu)
+    n = mu.numel()
+    block = _block(n)
+    _continuous_output_kernel[(triton.cdiv(n, block),)](
+        mu, eps_hat, t, out, n, mu.shape[1], math.log(sigma_1), t_min, x_min, x_max,
+        CLAMP=clamp, ACC=accumulator(_acc(mu, eps_hat)), BLOCK=block)
+    return out
+
+
+def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp):
+    acc = _acc(x, mu, eps_hat)
+    out = torch.empty(x.shape[0], dtype=acc, device=x.device)
+    _continuous_loss_fwd_kernel[(x.shape[0],)](
+        x, mu, eps_hat, t, out, x.shape[1], math.log(sigma_1), loss_weight_scale(sigma_1, n_steps),
+        t_min, x_min, x_max, CLAMP=clamp, ACC=accumulator(acc), BLOCK=_block(x.shape[1]))
+    return out
+
+
+def continuous_loss_backward(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max,
+                             clamp):
+    out = torch.empty_like(eps_hat)
+    n = x.numel()
+    block = _block(n)
+    _continuous_loss_bwd_kernel[(triton.cdiv(n, block),)](
+        grad, x, mu, eps_hat, t, out, n, x.shape[1], math.log(sigma_1),
+        loss_weight_scale(sigma_1, n_steps), t_min, x_min, x_max, CLAMP=clamp,
+        ACC=accumulator(_acc(x, mu, eps_hat)), BLOCK=block)
+    return out
+
+
+def continuous_update(mu, rho, y, alpha):
+    out = torch.empty_like(mu)
+    n = mu.numel()
+    block = _block(n)
+    _continuous_update_kernel[(triton.cdiv(n, block),)](
+        mu, rho, y, alpha, out, n, mu.shape[1], rho.stride(0), rho.stride(1),
+        ACC=accumulator(_acc(mu, rho, y, alpha)), BLOCK=block)
+    return out
+
+
+def discretised_loss_forward(x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
+    acc = _acc(x, mu_x, log_sigma_x)
+    out = torch.empty(x.shape[0], dtype=acc, device=x.device)
+    _discretised_loss_fwd_kernel[(x.shape[0],)](
+        x, mu_x, log_sigma_x, t, out, x.shape[1], n_bins, math.log(sigma_1),
+        loss_weight_scale(sigma_1, n_steps), ACC=accumulator(acc),
+        BLOCK=min(_block(x.shape[1]), 1024 if interpret() else 256))
+    return out
+
+
+def discretised_loss_backward(grad, x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
+    grad_mu = torch.empty_like(mu_x)
+    grad_log_sigma = torch.empty_like(log_sigma_x)
+    n = x.numel()
+    block = min(_block(n), 1024 if interpret() else 256)
+    _discretised_loss_bwd_kernel[(triton.cdiv(n, block),)](
+        grad, x, mu_x, log_sigma_x, t, grad_mu, grad_log_sigma, n, x.shape[1], n_bins,
+        math.log(sigma_1), loss_weight_scale(sigma_1, n_steps),
+        ACC=accumulator(_acc(x, mu_x, log_sigma_x)), BLOCK=block)
+    return grad_mu, grad_log_sigma
+
+
+def discretised_probs(mu_x, log_sigma_x, n_bins):
+    acc = _acc(mu_x, log_sigma_x)
+    n_rows = mu_x.shape[0]
+    out = torch.empty((n_rows, n_bins), dtype=acc, device=mu_x.device)
+    block_k = min(triton.next_power_of_2(n_bins), 256)
+    block_r = max(1, (16384 if interpret() else 4096) // block_k)
+    _discretised_probs_kernel[(triton.cdiv(n_rows, block_r),)](
+        mu_x, log_sigma_x, out, n_rows, n_bins, ACC=accumulator(acc), BLOCK_R=block_r,
+        BLOCK_K=block_k)
+    return out
+
+
+def discrete_loss_forward(x_index, logits, t, beta_1):
+    acc = _acc(logits)
+    batch, dims, n_classes = logits.shape
+    out = torch.empty(batch, dtype=acc, device=logits.device)
+    block_d, block_k = _row_block(n_classes)
+    _discrete_loss_fwd_kernel[(batch,)](
+        x_index, logits, t, out, dims, n_classes, beta_1, ACC=accumulator(acc),
+        BLOCK_D=min(block_d, triton.next_power_of_2(dims)), BLOCK_K=block_k)
+    return out
+
+
+def discrete_loss_backward(grad, x_index, logits, t, beta_1):
+    batch, dims, n_classes = logits.shape
+    out = torch.empty_like(logits)
+    n_rows = batch * dims
+    block_r, block_k = _row_block(n_classes)
+    _discrete_loss_bwd_kernel[(triton.cdiv(n_rows, block_r),)](
+        grad, x_index, logits, t, out, n_rows, dims, n_classes, beta_1,
+        ACC=accumulator(_acc(logits)), BLOCK_R=block_r, BLOCK_K=block_k)
+    return out
+
+
+def discrete_update(log_theta, y):
+    n_classes = log_theta.shape[-1]
+    n_rows = log_theta.numel() // n_classes
+    out = torch.empty_like(log_theta)
+    block_r, block_k = _row_block(n_classes)
+    _discrete_update_kernel[(triton.cdiv(n_rows, block_r),)](
+        log_theta, y, out, n_rows, n_classes, ACC=accumulator(_acc(log_theta, y)),
+        BLOCK_R=block_r, BLOCK_K=block_k)
+    return out
+
+
+def _key(seed: int, offset: int) -> tuple[int, int, int, int]:
+    """(seed_lo, seed_hi, off_lo, off_hi) 32-bit halves; seed/offset may be signed 64-bit."""
+    mask = 0xFFFFFFFF
+    return seed & mask, (seed >> 32) & mask, offset & mask, (offset >> 32) & mask
+
+
+def continuous_flow(x, t, sigma_1, seed, offset):
+    out = torch.empty_like(x)
+    n = x.numel()
+    block = _block(n)
+    _continuous_flow_kernel[(triton.cdiv(n, block),)](
+        x, t, out, n, x.shape[1], math.log(sigma_1), *_key(seed, offset),
+        ACC=accumulator(_acc(x)), BLOCK=block)
+    return out
+
+
+def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
+    batch, dims = x_index.shape
+    out = torch.empty((batch, dims, n_classes), dtype=t.dtype, device=t.device)
+    n_rows = batch * dims
+    block_r, block_k = _row_block(n_classes)
+    _discrete_flow_kernel[(triton.cdiv(n_rows, block_r),)](
+        x_index, t, out, n_rows, dims, n_classes, beta_1, *_key(seed, offset), LOG=bool(log),
+        ACC=accumulator(t.dtype), BLOCK_R=block_r, BLOCK_K=block_k)
+    return out
+
+
+def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offset):
+    acc = _acc(logits)
+    batch, dims, n_classes = logits.shape
+    out = torch.empty(batch, dtype=acc, device=logits.device)
+    block_d, block_k = _row_block(n_classes)
+    _discrete_nstep_fwd_kernel[(batch,)](
+        x_index, logits, t, out, dims, n_classes, beta_1, n_steps, *_key(seed, offset),
+        ACC=accumulator(acc), BLOCK_D=min(block_d, triton.next_power_of_2(dims)),
+        BLOCK_K=block_k)
+    return out
+
+
+def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed, offset):
+    batch, dims, n_classes = logits.shape
+    out = torch.empty_like(logits)
+    n_rows = batch * dims
+    block_r, block_k = _row_block(n_classes)
+    _discrete_nstep_bwd_kernel[(triton.cdiv(n_rows, block_r),)](
+        grad, x_index, logits, t, out, n_rows, dims, n_classes, beta_1, n_steps,
+        *_key(seed, offset), ACC=accumulator(_acc(logits)), BLOCK_R=block_r, BLOCK_K=block_k)
+    return out
+
+
+def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset):
+    n = mu.numel()
+    block = _block(n)
+    _continuous_step_kernel[(triton.cdiv(n, block),)](
+        mu, rho, eps_hat, n, mu.shape[1], a, c, 1.0 / math.sqrt(alpha), alpha, x_min, x_max,
+        *_key(seed, offset), CLAMP=bool(clamp), ACC=accumulator(_acc(mu, eps_hat)), BLOCK=block)
+
+
+def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
+    n = mu_x.numel()
+    block = _block(n)
+    _discretised_step_kernel[(triton.cdiv(n, block),)](
+        mu, rho, mu_x, log_sigma_x, draw, n, mu_x.shape[1], n_bins, 1.0 / math.sqrt(alpha),
+        alpha, *_key(seed, offset), UPDATE=bool(update),
+        ACC=accumulator(_acc(mu_x, log_sigma_x)), BLOCK=block)
+
+
+def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
+    n_classes = logits.shape[-1]
+    n_rows = logits.numel() // n_classes
+    block_r, block_k = _row_block(n_classes)
+    _discrete_step_kernel[(triton.cdiv(n_rows, block_r),)](
+        log_theta, logits, draw, n_rows, n_classes, alpha, math.sqrt(alpha * n_classes),
+        *_key(seed, offset), UPDATE=bool(update), ACC=accumulator(_acc(logits)),
+        BLOCK_R=block_r, BLOCK_K=block_k)

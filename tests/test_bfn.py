@@ -1,0 +1,596 @@
+"""Bayesian Flow Networks: every backend against the float64 reference, distributions of the
+random paths, gradients, numerics, bad inputs, torch.compile / opcheck, and the sm_90 compile of
+every Triton specialisation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gfn_fast import bfn
+from gfn_fast.reference import bfn as ref
+from tests.conftest import backend_params
+
+BACKENDS = backend_params()
+F64 = torch.float64
+# (dtype, relative tolerance of values, of gradients), relative to the largest magnitude.
+DTYPES = [(torch.float64, 1e-9, 1e-9), (torch.float32, 2e-5, 2e-4), (torch.bfloat16, 2e-3, 2e-2),
+          (torch.float16, 2e-3, 2e-2)]
+DTYPE_IDS = ["f64", "f32", "bf16", "f16"]
+
+
+def close(actual, expected, rtol, what=""):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    scale = expected.abs().max().item() + 1e-12
+    err = (actual - expected).abs().max().item()
+    assert err <= rtol * scale, f"{what}: max error {err:.3g} > {rtol:.1g} * {scale:.3g}"
+
+
+def _continuous(batch, dims, dtype, device):
+    x = torch.rand(batch, dims, device=device).mul(2).sub(1).to(dtype)
+    mu = torch.randn(batch, dims, device=device).mul(0.5).to(dtype)
+    eps_hat = torch.randn(batch, dims, device=device).to(dtype)
+    t = torch.rand(batch, device=device).mul(0.9).add(0.05)
+    return x, mu, eps_hat, t
+
+
+def _grad(loss, inputs):
+    return torch.autograd.grad(loss.sum(), inputs)
+
+
+# ----------------------------------------------------------------- noise-free ops vs reference
+
+@pytest.mark.parametrize("dtype,rtol,gtol", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("n_steps,x_range", [(None, None), (10, None), (None, (-1.0, 1.0))])
+def test_continuous_loss_and_output(backend, device, dtype, rtol, gtol, n_steps, x_range):
+    x, mu, eps_hat, t = _continuous(5, 37, dtype, device)
+    eps_hat.requires_grad_(True)
+    loss = bfn.continuous_loss(x, mu, eps_hat, t, 0.02, n_steps, x_range=x_range,
+                               backend=backend)
+    (grad,) = _grad(loss, [eps_hat])
+    eps64 = eps_hat.detach().double().requires_grad_(True)
+    expected = bfn.continuous_loss(x.double(), mu.double(), eps64, t.double(), 0.02, n_steps,
+                                   x_range=x_range, backend="reference")
+    (expected_grad,) = _grad(expected, [eps64])
+    assert loss.dtype == (F64 if dtype == F64 else torch.float32) and grad.dtype == dtype
+    close(loss, expected, rtol, "loss")
+    close(grad, expected_grad, gtol, "grad eps_hat")
+    x_hat = bfn.continuous_output(mu, eps_hat.detach(), t, 0.02, x_range=x_range,
+                                  backend=backend)
+    assert x_hat.dtype == dtype
+    close(x_hat, ref.continuous_output(mu.double(), eps64.detach(), t.double(), 0.02, 1e-6,
+                                       x_range), max(rtol, 8e-3 if dtype.itemsize == 2 else 0),
+          "x_hat")
+
+
+@pytest.mark.parametrize("dtype,rtol,gtol", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("n_bins", [2, 16, 256])
+def test_discretised_loss_and_probs(backend, device, dtype, rtol, gtol, n_bins):
+    batch, dims = 4, 29
+    x = ((2 * torch.randint(0, n_bins, (batch, dims), device=device) + 1) / n_bins - 1).to(dtype)
+    mu_x = torch.randn(batch, dims, device=device).mul(0.6).to(dtype).requires_grad_(True)
+    log_sigma = torch.randn(batch, dims, device=device).mul(2).sub(2).to(dtype).requires_grad_(True)
+    t = torch.rand(batch, device=device)
+    # sigma_1 = 0.05 keeps d loss / d mu_x representable in float16 (sigma_1 = 1e-3 weights the
+    # loss by up to 1e6: see test_numerics_edges_finite).
+    loss = bfn.discretised_loss(x, mu_x, log_sigma, t, 0.05, n_bins, backend=backend)
+    grads = _grad(loss, [mu_x, log_sigma])
+    mu64 = mu_x.detach().double().requires_grad_(True)
+    ls64 = log_sigma.detach().double().requires_grad_(True)
+    expected = ref.discretised_loss(x.double(), mu64, ls64, t.double(), 0.05, n_bins, 0)
+    expected_grads = _grad(expected, [mu64, ls64])
+    close(loss, expected, rtol, "loss")
+    close(grads[0], expected_grads[0], gtol, "grad mu_x")
+    close(grads[1], expected_grads[1], gtol, "grad log_sigma_x")
+    probs = bfn.discretised_probs(mu_x.detach(), log_sigma.detach(), n_bins, backend=backend)
+    assert probs.shape == (batch, dims, n_bins)
+    close(probs, ref.discretised_probs(mu64.detach(), ls64.detach(), n_bins), max(rtol, 1e-6),
+          "probs")
+
+
+@pytest.mark.parametrize("dtype,rtol,gtol", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("n_classes", [2, 27])
+def test_discrete_loss_and_update(backend, device, dtype, rtol, gtol, n_classes):
+    batch, dims = 3, 17
+    x_index = torch.randint(0, n_classes, (batch, dims), device=device)
+    logits = torch.randn(batch, dims, n_classes, device=device).mul(2).to(dtype)
+    logits.requires_grad_(True)
+    t = torch.rand(batch, device=device)
+    loss = bfn.discrete_loss(x_index, logits, t, 0.5625, backend=backend)
+    (grad,) = _grad(loss, [logits])
+    l64 = logits.detach().double().requires_grad_(True)
+    expected = ref.discrete_loss(x_index, l64, t.double(), 0.5625)
+    (expected_grad,) = _grad(expected, [l64])
+    close(loss, expected, rtol, "loss")
+    close(grad, expected_grad, gtol, "grad logits")
+    y = torch.randn(batch, dims, n_classes, device=device).mul(5).to(dtype)
+    log_theta = torch.log_softmax(torch.randn(batch, dims, n_classes), -1).to(dtype)
+    updated = bfn.discrete_update(log_theta, y, backend=backend)
+    assert updated.dtype == dtype
+    close(updated, ref.discrete_update(log_theta.double(), y.double()),
+          max(rtol, 8e-3 if dtype.itemsize == 2 else 0), "log theta'")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("per_element", [False, True])
+def test_continuous_update(backend, device, per_element):
+    mu, y = torch.randn(4, 3, 5, dtype=F64), torch.randn(4, 3, 5, dtype=F64)
+    rho = torch.rand(4, 3, 5, dtype=F64) + 0.5 if per_element else torch.rand(4, dtype=F64) + 1
+    alpha = torch.rand(4, dtype=F64) + 0.1
+    new_mu, new_rho = bfn.continuous_update(mu, rho, y, alpha, backend=backend)
+    rho_b = rho if per_element else rho.reshape(4, 1, 1)
+    expected_rho = rho_b + alpha.reshape(4, 1, 1)
+    close(new_mu, (rho_b * mu + alpha.reshape(4, 1, 1) * y) / expected_rho, 1e-12, "mu'")
+    close(new_rho, expected_rho if per_element else expected_rho.reshape(4), 1e-15, "rho'")
+
+
+# ----------------------------------------------------------------- random ops vs reference
+
+def _same_draw_fraction(a, b):
+    return (a == b).double().mean().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_flows_match_reference_noise(backend, device, dtype):
+    x, _, _, t = _continuous(3, 41, dtype, device)
+    seed, offset = 2**64 - 5, 2**40 + 3
+    mu = bfn.continuous_flow(x, t, 0.01, seed=seed, offset=offset, backend=backend)
+    expected = bfn.continuous_flow(x.double(), t.double(), 0.01, seed=seed, offset=offset,
+                                   backend="reference")
+    close(mu, expected, 1e-5, "continuous flow")
+    x_index = torch.randint(0, 7, (3, 13), device=device)
+    for log in (False, True):
+        theta = bfn.discrete_flow(x_index, t, 0.5, 7, log=log, dtype=dtype, seed=seed,
+                                  offset=offset, backend=backend)
+        expected = bfn.discrete_flow(x_index, t.double(), 0.5, 7, log=log, dtype=F64, seed=seed,
+                                     offset=offset, backend="reference")
+        close(theta, expected, 1e-5, "discrete flow")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_generation_steps_match_reference_noise(backend, device, dtype):
+    batch, dims, n_classes = 3, 23, 5
+    kw = dict(seed=77, offset=4)
+    mu = torch.randn(batch, dims, dtype=dtype, device=device)
+    rho = torch.rand(batch, dtype=dtype, device=device) + 1
+    eps_hat = torch.randn(batch, dims, dtype=dtype, device=device)
+    states = []
+    for name in (backend, "reference"):
+        m, r = mu.clone().double() if name == "reference" else mu.clone(), rho.clone()
+        if name == "reference":
+            r = r.double()
+        bfn.continuous_step(m, r, eps_hat.double() if name == "reference" else eps_hat, 0.3, 2.5,
+                            0.01, x_range=(-1.0, 1.0), backend=name, **kw)
+        states.append((m, r))
+    close(states[0][0], states[1][0], 1e-5, "continuous step mu")
+    close(states[0][1], states[1][1], 1e-7, "continuous step rho")
+
+    mu_x = torch.randn(batch, dims, dtype=dtype) * 0.5
+    log_sigma = torch.randn(batch, dims, dtype=dtype) - 2
+    outs = []
+    for name in (backend, "reference"):
+        m, r = mu.clone(), rho.clone()
+        draw = bfn.discretised_step(m, r, mu_x, log_sigma, 3.0, 16, backend=name, **kw)
+        outs.append((m, draw))
+    assert _same_draw_fraction(outs[0][1], outs[1][1]) > 0.98
+    same = outs[0][1] == outs[1][1]
+    close(outs[0][0][same], outs[1][0][same], 1e-5, "discretised step mu")
+    final = bfn.discretised_step(None, None, mu_x, log_sigma, 1.0, 16, backend=backend, **kw)
+    assert _same_draw_fraction(final, outs[1][1]) > 0.98
+
+    logits = torch.randn(batch, dims, n_classes, dtype=dtype) * 2
+    log_theta = torch.log_softmax(torch.randn(batch, dims, n_classes, dtype=dtype), -1)
+    results = []
+    for name in (backend, "reference"):
+        lt = log_theta.clone()
+        k = bfn.discrete_step(lt, logits, 0.7, backend=name, **kw)
+        results.append((lt, k))
+    same = results[0][1] == results[1][1]
+    assert same.double().mean() > 0.98
+    close(results[0][0][same], results[1][0][same], 1e-5, "discrete step log theta")
+    assert torch.allclose(results[0][0].exp().sum(-1), torch.ones((), dtype=dtype), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,rtol,gtol", DTYPES[:2], ids=DTYPE_IDS[:2])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_nstep_discrete_loss_matches_materialised(backend, device, dtype, rtol, gtol):
+    """The K-dimensional mixture receiver computed directly ([B, D, K, K] log densities) with the
+    same sender noise as the fused kernels."""
+    batch, dims, n_classes, n_steps, beta_1 = 3, 7, 4, 20, 3.0
+    x_index = torch.randint(0, n_classes, (batch, dims))
+    logits = (torch.randn(batch, dims, n_classes) * 2).to(dtype).requires_grad_(True)
+    t = torch.randint(0, n_steps, (batch,)).double() / n_steps
+    seed, offset = 31337, 12
+    loss = bfn.discrete_loss(x_index, logits, t, beta_1, n_steps, seed=seed, offset=offset,
+                             backend=backend)
+    (grad,) = _grad(loss, [logits])
+
+    l64 = logits.detach().double().requires_grad_(True)
+    eps, _, _ = ref.philox_noise(seed, offset, (batch, dims, n_classes), "cpu")
+    i = t * n_steps + 1
+    alpha = (beta_1 * (2 * i - 1) / n_steps**2).reshape(batch, 1, 1)
+    means = alpha.unsqueeze(-1) * (n_classes * torch.eye(n_classes, dtype=F64) - 1)  # [B,1,K,K]
+    one_hot = torch.nn.functional.one_hot(x_index, n_classes).double()
+    y = alpha * (n_classes * one_hot - 1) + torch.sqrt(alpha * n_classes) * eps.double()
+    var = (alpha * n_classes).unsqueeze(-1)
+    log_normal = -0.5 * (y.unsqueeze(-2) - means) ** 2 / var - 0.5 * torch.log(2 * math.pi * var)
+    per_class = log_normal.sum(-1)  # [B, D, K]: ln N(y | alpha (K e_k - 1), alpha K I)
+    log_sender = (per_class * one_hot).sum(-1)
+    log_receiver = torch.logsumexp(torch.log_softmax(l64, -1) + per_class, -1)
+    expected = n_steps * (log_sender - log_receiver).sum(-1)
+    (expected_grad,) = _grad(expected, [l64])
+    close(loss, expected, max(rtol, 2e-5), "n-step loss")
+    close(grad, expected_grad, max(gtol, 2e-5), "n-step grad")
+
+
+def test_nstep_loss_estimates_the_kl():
+    """Averaged over noise, L_n / n is the KL between sender and receiver, >= 0, and 0 when the
+    network predicts x with certainty... approximately: check positivity and the exact limit."""
+    x_index = torch.randint(0, 3, (64, 50))
+    perfect = torch.nn.functional.one_hot(x_index, 3).double() * 40.0
+    t = torch.full((64,), 0.5, dtype=F64)
+    loss = bfn.discrete_loss(x_index, perfect, t, 2.0, 10, seed=1, backend="numba")
+    assert loss.abs().max() < 1e-6
+    uniform = torch.zeros(64, 50, 3, dtype=F64)
+    assert bfn.discrete_loss(x_index, uniform, t, 2.0, 10, seed=1, backend="numba").mean() > 0
+
+
+# ------------------------------------------------------------------- randomness: distribution
+
+def test_continuous_flow_moments_numba():
+    """mu ~ N(gamma x, gamma (1 - gamma)): z-tests of the mean and variance over 10^6 draws."""
+    n = 1 << 20
+    sigma_1, t_value = 0.02, 0.37
+    x = torch.full((4, n // 4), 0.3, dtype=F64)
+    mu = bfn.continuous_flow(x, t_value, sigma_1, seed=2024, backend="numba")
+    g = 1 - sigma_1 ** (2 * t_value)
+    mean, var = g * 0.3, g * (1 - g)
+    z_mean = (mu.mean().item() - mean) / math.sqrt(var / n)
+    sample_var = mu.var().item()
+    z_var = (sample_var - var) / (var * math.sqrt(2.0 / n))
+    assert abs(z_mean) < 5 and abs(z_var) < 5, (z_mean, z_var)
+
+
+def test_discrete_flow_mean_numba():
+    """K = 2: theta_x = sigmoid(y_x - y_other), y_x - y_other ~ N(2 beta, 4 beta), so
+    E[theta_x] = E[sigmoid(N(2 beta, 4 beta))] (Gauss-Hermite quadrature); t = 0 gives 1/K."""
+    n = 1 << 20
+    beta_1, t_value = 9.0, 0.3
+    beta = beta_1 * t_value**2
+    x_index = torch.zeros(8, n // 8, dtype=torch.int64)
+    theta = bfn.discrete_flow(x_index, t_value, beta_1, 2, dtype=F64, seed=5, backend="numba")
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    values = 1 / (1 + np.exp(-(2 * beta + math.sqrt(4 * beta) * nodes)))
+    expected = float((weights * values).sum() / weights.sum())
+    second = float((weights * values**2).sum() / weights.sum())
+    sample = theta[..., 0]
+    z = (sample.mean().item() - expected) / math.sqrt((second - expected**2) / n)
+    assert abs(z) < 5, z
+    assert torch.allclose(bfn.discrete_flow(x_index[:, :10], 0.0, beta_1, 2, dtype=F64, seed=1,
+                                            backend="numba"), torch.tensor(0.5, dtype=F64))
+
+
+def test_discrete_step_draw_frequencies_numba():
+    probs = torch.tensor([0.05, 0.6, 0.1, 0.25], dtype=F64)
+    n = 200_000
+    logits = probs.log().expand(1, n, 4).contiguous()
+    k = bfn.discrete_step(None, logits, 1.0, seed=3, backend="numba")
+    counts = torch.bincount(k.reshape(-1), minlength=4).double()
+    chi2 = (((counts - n * probs) ** 2) / (n * probs)).sum().item()
+    assert chi2 < 20, chi2  # 3 degrees of freedom
+
+
+def test_discretised_draw_frequencies_numba():
+    n, n_bins = 200_000, 8
+    mu_x = torch.full((1, n), 0.1, dtype=F64)
+    log_sigma = torch.full((1, n), math.log(0.4), dtype=F64)
+    centres = bfn.discretised_step(None, None, mu_x, log_sigma, 1.0, n_bins, seed=8,
+                                   backend="numba")
+    k = ((centres + 1) * n_bins / 2 - 0.5).round().long().reshape(-1)
+    counts = torch.bincount(k, minlength=n_bins).double()
+    probs = ref.discretised_probs(mu_x[:, :1], log_sigma[:, :1], n_bins).reshape(-1)
+    chi2 = (((counts - n * probs) ** 2) / (n * probs)).sum().item()
+    assert chi2 < 30, chi2  # 7 degrees of freedom
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_generator_reproducible_and_advances(backend, device):
+    x = torch.randn(2, 9)
+    gen = torch.Generator().manual_seed(4)
+    first = bfn.continuous_flow(x, 0.5, 0.1, generator=gen, backend=backend)
+    second = bfn.continuous_flow(x, 0.5, 0.1, generator=gen, backend=backend)
+    gen.manual_seed(4)
+    again = bfn.continuous_flow(x, 0.5, 0.1, generator=gen, backend=backend)
+    assert torch.equal(first, again) and not torch.equal(first, second)
+
+
+# ----------------------------------------------------------------------------------- gradcheck
+
+@pytest.mark.parametrize("backend", ["reference", "numba", "triton"])
+def test_gradcheck(backend):
+    x, mu, eps_hat, t = _continuous(2, 5, F64, "cpu")
+    eps_hat.requires_grad_(True)
+    for n_steps in (None, 7):
+        assert torch.autograd.gradcheck(
+            lambda e, n=n_steps: bfn.continuous_loss(x, mu, e, t, 0.05, n, backend=backend),
+            (eps_hat,))
+    mu_x = (torch.randn(2, 5, dtype=F64) * 0.5).requires_grad_(True)
+    log_sigma = (torch.randn(2, 5, dtype=F64) - 1).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda m, s: bfn.discretised_loss(x, m, s, t, 0.05, 16, backend=backend),
+        (mu_x, log_sigma))
+    x_index = torch.randint(0, 4, (2, 3))
+    logits = torch.randn(2, 3, 4, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda lg: bfn.discrete_loss(x_index, lg, t, 0.7, backend=backend), (logits,))
+    assert torch.autograd.gradcheck(
+        lambda lg: bfn.discrete_loss(x_index, lg, t, 0.7, 12, seed=3, backend=backend),
+        (logits,))
+
+
+# ------------------------------------------------------------------------------------ numerics
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["f32", "f16", "bf16"])
+def test_numerics_edges_finite(backend, device, dtype):
+    batch, dims = 5, 16
+    x, mu, eps_hat, _ = _continuous(batch, dims, dtype, device)
+    t = torch.tensor([0.0, 1e-6, 0.5e-6, 1.0, 0.999])
+    for sigma_1 in (1e-3, 0.5):
+        loss = bfn.continuous_loss(x, mu, eps_hat.requires_grad_(True), t, sigma_1,
+                                   backend=backend)
+        (grad,) = _grad(loss, [eps_hat])
+        assert torch.isfinite(loss).all()
+        # In float16, d/d eps_hat overflows where the math exceeds 65504: at t = t_min (x_hat
+        # amplifies eps_hat ~1e3 times) and at t = 1 for sigma_1 = 1e-3 (weight ~1e7).
+        rows = [0, 2, 4] if dtype == torch.float16 else list(range(5))
+        if dtype != torch.float16 or sigma_1 > 0.1:
+            assert torch.isfinite(grad[rows].float()).all()
+        assert loss[3].item() > 0  # sigma_1^(-2) weight at t = 1 kept in float32
+        x_hat = bfn.continuous_output(mu, eps_hat.detach(), t, sigma_1, backend=backend)
+        finite_rows = [0, 2, 3, 4] if dtype == torch.float16 else list(range(5))
+        assert (x_hat[0] == 0).all() and (x_hat[2] == 0).all()
+        assert torch.isfinite(x_hat[finite_rows]).all()
+        flow = bfn.continuous_flow(x, t, sigma_1, seed=1, backend=backend)
+        assert torch.isfinite(flow).all() and (flow[0] == 0).all()
+    mu_x = torch.randn(batch, dims).to(dtype).requires_grad_(True)
+    log_sigma = torch.full((batch, dims), -30.0).to(dtype).requires_grad_(True)
+    loss = bfn.discretised_loss(x, mu_x, log_sigma, t, 1e-3, 256, backend=backend)
+    grads = _grad(loss, [mu_x, log_sigma])
+    assert torch.isfinite(loss).all()
+    if dtype == torch.float32:  # in half precision d/d mu_x (~1e9 here) is not representable
+        assert torch.isfinite(grads[0]).all()
+    assert (grads[1] == 0).all()  # sigma clamped at 1e-3: no gradient
+    # large alpha: the precision-weighted mean stays finite and lands on y
+    new_mu, new_rho = bfn.continuous_update(mu, 1.0, x, 1e30, backend=backend)
+    close(new_mu, x.double(), 1e-2)
+    # log-space discrete update with huge sender logits
+    y = torch.randn(batch, dims, 27).mul(1e4).to(dtype)
+    log_theta = torch.full((batch, dims, 27), -math.log(27)).to(dtype)
+    updated = bfn.discrete_update(log_theta, y, backend=backend)
+    assert torch.isfinite(updated.float()).all() and (updated <= 0).all()
+    logits = torch.randn(batch, dims, 27).mul(50).to(dtype)
+    x_index = torch.randint(0, 27, (batch, dims))
+    assert torch.isfinite(bfn.discrete_loss(x_index, logits, t, 0.5625, backend=backend)).all()
+    big = bfn.discrete_loss(x_index, logits, t, 0.5625, 1000, seed=1, backend=backend)
+    assert torch.isfinite(big).all()
+    theta = bfn.discrete_flow(x_index, t, 100.0, 27, seed=3, backend=backend)
+    assert torch.isfinite(theta).all() and torch.allclose(theta.sum(-1), torch.ones(()))
+
+
+# --------------------------------------------------------------------------------- generation
+
+class _ToyContinuous(torch.nn.Module):
+    def forward(self, mu, t):
+        return torch.tanh(mu) * (1 - t.reshape(-1, *([1] * (mu.dim() - 1))))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_generate_all_kinds(backend, device):
+    shape = (3, 2, 5)
+    out = {}
+    for name in (backend, "reference"):
+        out[name] = (
+            bfn.generate(_ToyContinuous(), shape, 8, kind="continuous", sigma_1=0.02, seed=9,
+                         x_range=(-1.0, 1.0), backend=name),
+            bfn.generate(lambda mu, t: (mu * 0.9, torch.full_like(mu, -2.0)), shape, 8,
+                         kind="discretised", sigma_1=0.02, n_bins=16, seed=9, backend=name),
+            bfn.generate(lambda theta, t: torch.log(theta) * 2, shape, 8, kind="discrete",
+                         n_classes=4, beta_1=3.0, seed=9, backend=name),
+        )
+    cont, disc, cat = out[backend]
+    assert cont.shape == shape and torch.isfinite(cont).all() and cont.abs().max() <= 1
+    close(cont, out["reference"][0], 1e-4, "continuous generation")
+    assert disc.shape == shape and _same_draw_fraction(disc, out["reference"][1]) > 0.9
+    assert cat.shape == shape and cat.dtype == torch.int64 and 0 <= cat.min() and cat.max() < 4
+    assert _same_draw_fraction(cat, out["reference"][2]) > 0.9
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("call,exc,arg", [
+    (lambda x: bfn.continuous_loss(x, x, x, 1.5, 0.1), ValueError, "t"),
+    (lambda x: bfn.continuous_loss(x, x, x, torch.tensor([0.1, -0.2]), 0.1), ValueError, "t"),
+    (lambda x: bfn.continuous_loss(x, x, x, 0.5, 1.0), ValueError, "sigma_1"),
+    (lambda x: bfn.continuous_loss(x, x, x, 0.5, 0.0), ValueError, "sigma_1"),
+    (lambda x: bfn.continuous_loss(x, x[:, :2], x, 0.5, 0.1), ValueError, "mu"),
+    (lambda x: bfn.continuous_loss(x, x.to("meta"), x, 0.5, 0.1), ValueError, "mu"),
+    (lambda x: bfn.continuous_loss(x, x.long(), x, 0.5, 0.1), TypeError, "mu"),
+    (lambda x: bfn.continuous_loss(x, x, x, torch.tensor([1, 0]), 0.1), TypeError, "t"),
+    (lambda x: bfn.continuous_loss(x, x, x, 0.5, 0.1, 0), ValueError, "n_steps"),
+    (lambda x: bfn.continuous_flow(x, 0.5, 2.0, seed=1), ValueError, "sigma_1"),
+    (lambda x: bfn.continuous_update(x, 1.0, x, 0.0), ValueError, "alpha"),
+    (lambda x: bfn.continuous_update(x, 1.0, x, torch.tensor([1.0, -1.0])), ValueError, "alpha"),
+    (lambda x: bfn.discretised_loss(x, x, x, 0.5, 0.1, 1), ValueError, "n_bins"),
+    (lambda x: bfn.discrete_loss(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 4), 0.5,
+                                 0.0), ValueError, "beta_1"),
+    (lambda x: bfn.discrete_loss(torch.full((2, 3), 4), torch.zeros(2, 3, 4), 0.5, 1.0),
+     ValueError, "x_index"),
+    (lambda x: bfn.discrete_loss(torch.full((2, 3), -1), torch.zeros(2, 3, 4), 0.5, 1.0),
+     ValueError, "x_index"),
+    (lambda x: bfn.discrete_loss(torch.zeros(2, 3), torch.zeros(2, 3, 4), 0.5, 1.0), TypeError,
+     "x_index"),
+    (lambda x: bfn.discrete_loss(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, 4), 0.5,
+                                 1.0), ValueError, "logits_out"),
+    (lambda x: bfn.discrete_flow(torch.full((2, 3), 5), 0.5, 1.0, 5, seed=1), ValueError,
+     "x_index"),
+    (lambda x: bfn.discrete_flow(torch.zeros(2, 3, dtype=torch.long), 0.5, -1.0, 5, seed=1),
+     ValueError, "beta_1"),
+    (lambda x: bfn.discrete_step(None, torch.zeros(2, 3, 4), -1.0, seed=1), ValueError, "alpha"),
+    (lambda x: bfn.discrete_update(torch.zeros(2, 3), torch.zeros(2, 4)), ValueError, "y"),
+    (lambda x: bfn.generate(lambda *a: a[0], (2, 3), 4, kind="bogus"), ValueError, "kind"),
+])
+def test_bad_input(call, exc, arg):
+    x = torch.randn(2, 3)
+    with pytest.raises(exc, match=f"`{arg}`"):
+        call(x)
+
+
+# ------------------------------------------------------------------------ compile and opcheck
+
+def test_opcheck_custom_ops():
+    from torch.library import opcheck
+
+    x, mu, eps_hat, t = _continuous(3, 6, torch.float32, "cpu")
+    eps_hat.requires_grad_(True)
+    cfg = (0.05, 0, 1e-6, 0.0, 0.0, False, "numba")
+    opcheck(torch.ops.gfn_fast.bfn_continuous_loss_fwd.default, (x, mu, eps_hat, t, *cfg))
+    opcheck(torch.ops.gfn_fast.bfn_continuous_output.default,
+            (mu, eps_hat.detach(), t, 0.05, 1e-6, -1.0, 1.0, True, "numba"))
+    log_sigma = torch.randn(3, 6).requires_grad_(True)
+    opcheck(torch.ops.gfn_fast.bfn_discretised_loss_fwd.default,
+            (x, mu.requires_grad_(True), log_sigma, t, 0.05, 0, 16, "numba"))
+    x_index = torch.randint(0, 5, (3, 4))
+    logits = torch.randn(3, 4, 5, requires_grad=True)
+    opcheck(torch.ops.gfn_fast.bfn_discrete_loss_fwd.default, (x_index, logits, t, 0.5, "numba"))
+    opcheck(torch.ops.gfn_fast.bfn_discrete_nstep_loss_fwd.default,
+            (x_index, logits, t, 0.5, 10, 3, 0, "numba"))
+    opcheck(torch.ops.gfn_fast.bfn_discrete_update.default,
+            (logits.detach(), logits.detach(), "numba"))
+    opcheck(torch.ops.gfn_fast.bfn_continuous_flow.default, (x, t, 0.05, -7, 2, "numba"))
+    opcheck(torch.ops.gfn_fast.bfn_discrete_flow.default,
+            (x_index, t, 0.5, 5, 1, 0, False, "numba"))
+    opcheck(torch.ops.gfn_fast.bfn_discrete_step.default,
+            (logits.detach().clone(), logits.detach(), 0.5, 1, 0, True,
+             torch.empty(3, 4, dtype=torch.int64), "numba"))
+
+
+def test_torch_compile_fullgraph():
+    x, mu, eps_hat, t = _continuous(3, 6, torch.float32, "cpu")
+    x_index = torch.randint(0, 5, (3, 4))
+    logits = torch.randn(3, 4, 5, requires_grad=True)
+    eps_hat.requires_grad_(True)
+
+    def step(x, mu, eps_hat, t, x_index, logits):
+        return (bfn.continuous_loss(x, mu, eps_hat, t, 0.05, backend="numba").sum()
+                + bfn.discrete_loss(x_index, logits, t, 0.5, backend="numba").sum()
+                + bfn.discrete_loss(x_index, logits, t, 0.5, 10, seed=3,
+                                    backend="numba").sum())
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    eager = step(x, mu, eps_hat, t, x_index, logits)
+    value = compiled(x, mu, eps_hat, t, x_index, logits)
+    torch.testing.assert_close(value, eager)
+    grads = torch.autograd.grad(value, [eps_hat, logits])
+    expected = torch.autograd.grad(eager, [eps_hat, logits])
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
+# -------------------------------------------------------------------- Triton sm_90 compilation
+
+def _triton_cases():
+    f, i = "*fp32", "i32"
+    cases = []
+    for acc, fp, scalar in (("tl.float32", "*fp32", "fp32"), ("tl.float64", "*fp64", "fp64"),
+                            ("tl.float32", "*bf16", "fp32"), ("tl.float32", "*fp16", "fp32")):
+        accp = "*fp64" if acc == "tl.float64" else f
+        for clamp in (False, True):
+            cases.append(("_continuous_output_kernel",
+                          dict(mu_ptr=fp, eps_ptr=fp, t_ptr=accp, out_ptr=fp, n_elements=i,
+                               dims=i, log_s=scalar, t_min=scalar, x_min=scalar, x_max=scalar),
+                          dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
+            cases.append(("_continuous_loss_fwd_kernel",
+                          dict(x_ptr=fp, mu_ptr=fp, eps_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
+                               log_s=scalar, w_scale=scalar, t_min=scalar, x_min=scalar,
+                               x_max=scalar), dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
+            cases.append(("_continuous_loss_bwd_kernel",
+                          dict(grad_ptr=accp, x_ptr=fp, mu_ptr=fp, eps_ptr=fp, t_ptr=accp,
+                               out_ptr=fp, n_elements=i, dims=i, log_s=scalar, w_scale=scalar,
+                               t_min=scalar, x_min=scalar, x_max=scalar),
+                          dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
+            cases.append(("_continuous_step_kernel",
+                          dict(mu_ptr=fp, rho_ptr=accp, eps_hat_ptr=fp, n_elements=i, dims=i,
+                               a=scalar, c=scalar, inv_sqrt_alpha=scalar, alpha=scalar,
+                               x_min=scalar, x_max=scalar, seed_lo=i, seed_hi=i, off_lo=i,
+                               off_hi=i), dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
+        cases += [
+            ("_continuous_update_kernel",
+             dict(mu_ptr=fp, rho_ptr=accp, y_ptr=fp, alpha_ptr=accp, out_ptr=fp, n_elements=i,
+                  dims=i, stride_rho_b=i, stride_rho_d=i), dict(ACC=acc, BLOCK=1024)),
+            ("_discretised_loss_fwd_kernel",
+             dict(x_ptr=fp, mu_ptr=fp, log_sigma_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
+                  n_bins=i, log_s=scalar, w_scale=scalar), dict(ACC=acc, BLOCK=256)),
+            ("_discretised_loss_bwd_kernel",
+             dict(grad_ptr=accp, x_ptr=fp, mu_ptr=fp, log_sigma_ptr=fp, t_ptr=accp,
+                  grad_mu_ptr=fp, grad_log_sigma_ptr=fp, n_elements=i, dims=i, n_bins=i,
+                  log_s=scalar, w_scale=scalar), dict(ACC=acc, BLOCK=256)),
+            ("_discretised_probs_kernel",
+             dict(mu_ptr=fp, log_sigma_ptr=fp, out_ptr=accp, n_rows=i, n_bins=i),
+             dict(ACC=acc, BLOCK_R=16, BLOCK_K=256)),
+            ("_discrete_loss_fwd_kernel",
+             dict(x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
+                  n_classes=i, beta_1=scalar), dict(ACC=acc, BLOCK_D=128, BLOCK_K=32)),
+            ("_discrete_loss_bwd_kernel",
+             dict(grad_ptr=accp, x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=fp,
+                  n_rows=i, dims=i, n_classes=i, beta_1=scalar),
+             dict(ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+            ("_discrete_update_kernel",
+             dict(log_theta_ptr=fp, y_ptr=fp, out_ptr=fp, n_rows=i, n_classes=i),
+             dict(ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+            ("_continuous_flow_kernel",
+             dict(x_ptr=fp, t_ptr=accp, out_ptr=fp, n_elements=i, dims=i, log_s=scalar,
+                  seed_lo=i, seed_hi="i64", off_lo="i64", off_hi=i), dict(ACC=acc, BLOCK=1024)),
+            ("_discrete_nstep_fwd_kernel",
+             dict(x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
+                  n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i, seed_hi=i, off_lo=i,
+                  off_hi=i), dict(ACC=acc, BLOCK_D=128, BLOCK_K=32)),
+            ("_discrete_nstep_bwd_kernel",
+             dict(grad_ptr=accp, x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=fp,
+                  n_rows=i, dims=i, n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i,
+                  seed_hi=i, off_lo=i, off_hi=i), dict(ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+        ]
+        for update in (False, True):
+            cases += [
+                ("_discretised_step_kernel",
+                 dict(mu_ptr=fp, rho_ptr=accp, mu_x_ptr=fp, log_sigma_ptr=fp, draw_ptr=fp,
+                      n_elements=i, dims=i, n_bins=i, inv_sqrt_alpha=scalar, alpha=scalar,
+                      seed_lo=i, seed_hi=i, off_lo=i, off_hi=i),
+                 dict(UPDATE=update, ACC=acc, BLOCK=1024)),
+                ("_discrete_step_kernel",
+                 dict(log_theta_ptr=fp, logits_ptr=fp, draw_ptr="*i64", n_rows=i, n_classes=i,
+                      alpha=scalar, spread=scalar, seed_lo=i, seed_hi=i, off_lo=i, off_hi=i),
+                 dict(UPDATE=update, ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+            ]
+        if acc != "tl.float32" or fp == f:
+            for log in (False, True):
+                cases.append(("_discrete_flow_kernel",
+                              dict(x_index_ptr="*i64", t_ptr=accp, out_ptr=accp, n_rows=i,
+                                   dims=i, n_classes=i, beta_1=scalar, seed_lo=i, seed_hi=i,
+                                   off_lo=i, off_hi=i),
+                              dict(LOG=log, ACC=acc, BLOCK_R=128, BLOCK_K=32)))
+    return cases
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_sm90():
+    from tests.triton_compile import compile_in_subprocess
+
+    compile_in_subprocess("gfn_fast.kernels.bfn", _triton_cases(), timeout=1800)
