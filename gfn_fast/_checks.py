@@ -54,6 +54,8 @@ def validation(enabled: bool) -> _Validation:
     ``gfn_fast.validation(False)`` switches them off for the process; ``with
     gfn_fast.validation(False): ...`` only inside the block.
     """
+    if not isinstance(enabled, bool):
+        fail("validation", "enabled", f"must be a bool, got {type(enabled).__name__}", TypeError)
     return _Validation(enabled)
 
 
