@@ -51,8 +51,8 @@ def _group_sum_and_count(values: torch.Tensor, group_name: str) -> tuple:
     """(sum of `values` over every rank, number of entries over every rank): one all-reduce of
     two float64 scalars (exact counts, and a sum whose rounding does not depend on dtype)."""
     total = torch.stack([values.sum(dtype=torch.float64),
-                         torch.tensor(float(values.numel()), dtype=torch.float64,
-                                      device=values.device)])
+                         torch.full((), float(values.numel()), dtype=torch.float64,
+                                    device=values.device)])
     dist.all_reduce(total, op=dist.ReduceOp.SUM, group=_PROCESS_GROUPS[group_name])
     return total[0], total[1]
 

@@ -330,7 +330,12 @@ def _row_arg(value):
 
 
 def _clip_tensor(clip, dtype, device):
-    return None if clip is None else torch.tensor(clip, dtype=dtype, device=device)
+    if clip is None:
+        return None
+    # two fill kernels rather than a host-to-device copy, which a CUDA graph capture forbids
+    bounds = torch.full((2,), clip[0], dtype=dtype, device=device)
+    bounds[1:].fill_(clip[1])
+    return bounds
 
 
 def _tiles(width_units: int, rows: int, max_tile: int) -> tuple[int, int]:
