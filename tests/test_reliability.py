@@ -355,3 +355,16 @@ def test_check_finite_names_the_input_on_inf_log_prob():
         gfn_fast.trajectory_balance(log_pf, None, torch.randn(3), 0.0, check_finite=True)
     # a -inf log-prob is a legal "impossible transition" without the check: the loss is inf
     assert gfn_fast.trajectory_balance(log_pf, None, torch.randn(3), 0.0) == math.inf
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU path of the script")
+def test_sanitize_script_refuses_to_pass_without_a_gpu():
+    """tools/sanitize.sh must never report 'clean' when it could not run the sanitizer."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "tools" / "sanitize.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                            env={**__import__("os").environ, "SANITIZER": "/bin/true"})
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
+    assert "clean" not in result.stdout
