@@ -24,3 +24,8 @@ __all__ += ["action_log_prob", "pack_mask", "sample_actions"]
 from gfn_fast import bfn  # noqa: E402
 
 __all__ += ["bfn"]
+
+# ---- reliability (ISSUE 7): per-rank sampling streams ----
+from gfn_fast._rng import rank_seed  # noqa: E402
+
+__all__ += ["rank_seed"]

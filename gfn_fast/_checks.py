@@ -54,6 +54,8 @@ def validation(enabled: bool) -> _Validation:
     ``gfn_fast.validation(False)`` switches them off for the process; ``with
     gfn_fast.validation(False): ...`` only inside the block.
     """
+    if not isinstance(enabled, bool):
+        fail("validation", "enabled", f"must be a bool, got {type(enabled).__name__}", TypeError)
     return _Validation(enabled)
 
 
@@ -231,7 +233,9 @@ def per_trajectory(op: str, arg: str, value, batch: int, like: torch.Tensor, *,
     if isinstance(value, bool):
         fail(op, arg, "must be a float or a floating tensor, got bool", TypeError)
     if isinstance(value, (int, float)) and allow_scalar:
-        return torch.tensor(float(value), dtype=torch.float32, device=like.device)
+        # torch.full launches a fill kernel; torch.tensor would copy from the host, which a
+        # CUDA graph capture forbids
+        return torch.full((), float(value), dtype=torch.float32, device=like.device)
     require_tensor(op, arg, value, floating=True)
     same_device(op, "log_pf", like, **{arg: value})
     if value.dim() == 0 and allow_scalar:
@@ -297,7 +301,7 @@ def _sampling_row_value(op: str, arg: str, value, rows: int, logits: torch.Tenso
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             fail(op, arg, f"must be finite, got {value}")
-        return torch.tensor(float(value), dtype=dtype, device=logits.device)
+        return torch.full((), float(value), dtype=dtype, device=logits.device)
     require_tensor(op, arg, value, floating=True)
     same_device(op, "logits", logits, **{arg: value})
     if value.dim() == 1 and value.shape[0] == 1 and rows != 1:

@@ -66,3 +66,44 @@ def seed_offset(op: str, device: torch.device, generator: torch.Generator | None
     start = generator.get_offset()
     generator.set_offset(start + _OFFSET_STEP * increment)
     return generator.initial_seed() % (1 << 64), start % (1 << 64)
+
+
+# ---- torch.distributed: one seed, a distinct stream per rank ----
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(value: int) -> int:
+    """SplitMix64's finaliser: a bijection of 64-bit integers that scatters nearby inputs."""
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EB & _MASK64
+    return value ^ (value >> 31)
+
+
+def rank_seed(seed: int, rank: int | None = None, process_group=None) -> int:
+    """The sampling seed of one rank, derived from a seed shared by every rank.
+
+    ``sample_actions(..., seed=gfn_fast.rank_seed(seed), offset=step)`` on every rank of a
+    distributed job gives each rank its own stream: the result is
+    splitmix64(seed + (rank + 1) * 0x9E3779B97F4A7C15 mod 2^64), and since the golden-ratio
+    constant is odd and splitmix64 is a bijection, distinct ranks always get distinct Philox
+    keys (never merely with high probability), while the job stays reproducible from one seed.
+    Offsets keep their meaning within a rank (e.g. the training step).
+
+    Args:
+        seed: the shared seed (any Python int; reduced mod 2^64).
+        rank: this process's rank; default: ``dist.get_rank(process_group)`` when
+            torch.distributed is initialized, else 0.
+        process_group: the group whose rank is used when ``rank`` is None.
+    """
+    op = "rank_seed"
+    seed = _as_int(op, "seed", seed)
+    if rank is None:
+        import torch.distributed as dist
+
+        initialized = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank(process_group) if initialized else 0
+    rank = _as_int(op, "rank", rank)
+    if rank < 0:
+        _checks.fail(op, "rank", f"must be >= 0, got {rank}")
+    return _splitmix64((seed + (rank + 1) * _GOLDEN_GAMMA) & _MASK64)

@@ -15,6 +15,7 @@ backend module up in gfn_fast._backends.
 import math
 
 import torch
+import torch.distributed as dist
 
 from gfn_fast import _backends, _checks
 from gfn_fast.reference import balance as reference
@@ -27,25 +28,93 @@ def _reduce(values: torch.Tensor, reduction: int) -> torch.Tensor:
     return reference.reduce(values, reduction)
 
 
+# ---- torch.distributed: VarGrad's batch mean over a process group ----
+# Ops take the group by name (a string fits the op schema); "" means no group (local mean).
+_PROCESS_GROUPS: dict = {}
+
+
+def _group_name(op: str, process_group) -> str:
+    if process_group is None:
+        return ""
+    if not dist.is_available() or not isinstance(process_group, dist.ProcessGroup):
+        _checks.fail(op, "process_group", "must be None or a torch.distributed.ProcessGroup, "
+                     f"got {type(process_group).__name__}", TypeError)
+    if not dist.is_initialized():
+        _checks.fail(op, "process_group", "must belong to an initialized torch.distributed "
+                     "(call dist.init_process_group first), got one while it is not")
+    name = process_group.group_name
+    _PROCESS_GROUPS[name] = process_group
+    return name
+
+
+def _group_sum_and_count(values: torch.Tensor, group_name: str) -> tuple:
+    """(sum of `values` over every rank, number of entries over every rank): one all-reduce of
+    two float64 scalars (exact counts, and a sum whose rounding does not depend on dtype)."""
+    total = torch.stack([values.sum(dtype=torch.float64),
+                         torch.full((), float(values.numel()), dtype=torch.float64,
+                                    device=values.device)])
+    dist.all_reduce(total, op=dist.ReduceOp.SUM, group=_PROCESS_GROUPS[group_name])
+    return total[0], total[1]
+
+
+def _group_mean(values: torch.Tensor, group_name: str) -> torch.Tensor:
+    """Mean over the local batch, or over the batches of every rank of the group."""
+    if not group_name:
+        return values.mean()
+    total, count = _group_sum_and_count(values, group_name)
+    return (total / count).to(values.dtype)
+
+
+class _GlobalMean(torch.autograd.Function):
+    """Mean of a [B] tensor over every rank of a group (reference backend). The backward
+    all-reduces the incoming gradient too: each rank's loss depends on every rank's entries
+    through the mean, so d(sum of the ranks' losses)/d values_b = sum_r grad_r / N."""
+
+    @staticmethod
+    def forward(ctx, values, group_name):
+        total, count = _group_sum_and_count(values.detach(), group_name)
+        ctx.group_name, ctx.count, ctx.shape_b = group_name, count, values.shape
+        return (total / count).to(values.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_mean):
+        total = grad_mean.detach().to(torch.float64).reshape(1).clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=_PROCESS_GROUPS[ctx.group_name])
+        return (total / ctx.count).to(grad_mean.dtype).expand(ctx.shape_b), None
+
+
+def _reference_group_variance(log_pf, log_pb, lengths, packed, log_reward, beta, clip_min,
+                              loss_id, loss_param, reduction, group_name):
+    """Reference VarGrad with the batch mean taken over the process group."""
+    dtype = reference.compute_dtype(log_pf, log_pb, log_reward, beta)
+    s = reference.row_sums(log_pf, lengths, packed, dtype)
+    if log_pb is not None:
+        s = s - reference.row_sums(log_pb, lengths, packed, dtype)
+    s = s - reference.terminal_log_flow(log_reward, beta, clip_min, dtype)
+    d = s - _GlobalMean.apply(s, group_name)
+    return reference.reduce(rho(d, loss_id, loss_param), reduction)
+
+
 @torch.library.custom_op("gfn_fast::trajectory_balance_fwd", mutates_args=())
 def _tb_forward(log_pf: torch.Tensor, log_pb: torch.Tensor | None, lengths: torch.Tensor,
                 log_reward: torch.Tensor, log_z: torch.Tensor | None, beta: torch.Tensor | None,
                 packed: bool, clip_min: float, loss_id: int, loss_param: float, reduction: int,
-                backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (loss, d). With log_z: TB, d = log_z + s. Without: VarGrad, d = s - mean(s)."""
+                backend: str, group_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (loss, d). With log_z: TB, d = log_z + s. Without: VarGrad, d = s - mean(s), the
+    mean over the process group `group_name` when given."""
     impl = _backends.module(backend, "balance")
     centered = log_z is None
     d, loss_rows = impl.rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta,
                                      clip_min, loss_id, loss_param, not centered)
     if centered:
-        d = d - d.mean()
+        d = d - _group_mean(d, group_name)
         loss_rows = rho(d, loss_id, loss_param)
     return _reduce(loss_rows, reduction), d
 
 
 @_tb_forward.register_fake
 def _(log_pf, log_pb, lengths, log_reward, log_z, beta, packed, clip_min, loss_id, loss_param,
-      reduction, backend):
+      reduction, backend, group_name=""):
     batch = log_reward.shape[0]
     d = log_reward.new_empty(batch)
     return (log_reward.new_empty(batch if reduction == _NONE else ()), d)
@@ -55,8 +124,8 @@ def _(log_pf, log_pb, lengths, log_reward, log_z, beta, packed, clip_min, loss_i
 def _tb_backward(grad_loss: torch.Tensor, d: torch.Tensor, log_pf: torch.Tensor, has_pb: bool,
                  lengths: torch.Tensor, log_reward: torch.Tensor, beta: torch.Tensor | None,
                  centered: bool, packed: bool, clip_min: float, loss_id: int, loss_param: float,
-                 reduction: int, need_log_reward: bool, need_beta: bool, backend: str
-                 ) -> list[torch.Tensor]:
+                 reduction: int, need_log_reward: bool, need_beta: bool, backend: str,
+                 group_name: str = "") -> list[torch.Tensor]:
     """[grad_log_pf, grad_log_pb, grad per row (= d loss / d log_z_b), grad_log_reward,
     grad_beta]; absent ones are empty tensors."""
     impl = _backends.module(backend, "balance")
@@ -64,7 +133,7 @@ def _tb_backward(grad_loss: torch.Tensor, d: torch.Tensor, log_pf: torch.Tensor,
     weight = 1.0 / batch if reduction == _MEAN else 1.0
     if centered:
         grad_rows = grad_loss.expand(batch) * weight * rho_grad(d, loss_id, loss_param)
-        grad_rows = grad_rows - grad_rows.mean()
+        grad_rows = grad_rows - _group_mean(grad_rows, group_name)
         grads = impl.rows_backward(grad_rows, d, False, 1.0, loss_id, loss_param, lengths,
                                    packed, log_pf, has_pb, log_reward, beta, clip_min,
                                    need_log_reward, need_beta)
@@ -77,7 +146,7 @@ def _tb_backward(grad_loss: torch.Tensor, d: torch.Tensor, log_pf: torch.Tensor,
 
 @_tb_backward.register_fake
 def _(grad_loss, d, log_pf, has_pb, lengths, log_reward, beta, centered, packed, clip_min,
-      loss_id, loss_param, reduction, need_log_reward, need_beta, backend):
+      loss_id, loss_param, reduction, need_log_reward, need_beta, backend, group_name=""):
     batch = d.shape[0]
     return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else d.new_empty(0),
             d.new_empty(batch), d.new_empty(batch if need_log_reward else 0),
@@ -86,12 +155,13 @@ def _(grad_loss, d, log_pf, has_pb, lengths, log_reward, beta, centered, packed,
 
 def _setup_context(ctx, inputs, output):
     (log_pf, log_pb, lengths, log_reward, log_z, beta, packed, clip_min, loss_id, loss_param,
-     reduction, backend) = inputs
+     reduction, backend, *group) = inputs
     ctx.save_for_backward(log_pf, lengths, log_reward, beta, output[1])
     ctx.has_pb = log_pb is not None
     ctx.log_z_shape = None if log_z is None else log_z.shape
     ctx.beta_shape = None if beta is None else beta.shape
     ctx.config = (packed, clip_min, loss_id, loss_param, reduction, backend)
+    ctx.group_name = group[0] if group else ""
     ctx.mark_non_differentiable(output[1])
 
 
@@ -107,7 +177,7 @@ def _backward(ctx, grad_loss, _grad_d):
     grad_pf, grad_pb, grad_row, grad_log_reward, grad_beta = _tb_backward(
         grad_loss, d, log_pf, ctx.has_pb, lengths, log_reward, beta, ctx.log_z_shape is None,
         packed, clip_min, loss_id, loss_param, reduction, needs[3], needs[5] and beta is not None,
-        backend)
+        backend, ctx.group_name)
     return (grad_pf if needs[0] else None,
             grad_pb if ctx.has_pb and needs[1] else None,
             None,
@@ -116,14 +186,14 @@ def _backward(ctx, grad_loss, _grad_d):
             else None,
             _sum_to(grad_beta, ctx.beta_shape) if ctx.beta_shape is not None and needs[5]
             else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _tb_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _balance(op: str, log_pf, log_pb, log_reward, log_z, *, lengths, mask, cu_seqlens, beta,
-             log_reward_clip_min, loss, reduction, check_finite, backend):
+             log_reward_clip_min, loss, reduction, check_finite, backend, process_group=None):
     layout = _checks.balance_layout(op, {"log_pf": log_pf, "log_pb": log_pb}, lengths, mask,
                                     cu_seqlens)
     loss_id, loss_param = _checks.parse_loss(op, loss)
@@ -135,6 +205,7 @@ def _balance(op: str, log_pf, log_pb, log_reward, log_z, *, lengths, mask, cu_se
     if op == "trajectory_balance":
         log_z = _checks.per_trajectory(op, "log_z", log_z, layout.batch, log_pf)
     beta = _checks.per_trajectory(op, "beta", beta, layout.batch, log_pf, required=False)
+    group_name = _group_name(op, process_group)
     if check_finite:
         _checks.check_finite(op, layout, {"log_pf": log_pf, "log_pb": log_pb},
                              {"log_reward": log_reward, "log_z": log_z, "beta": beta})
@@ -144,6 +215,10 @@ def _balance(op: str, log_pf, log_pb, log_reward, log_z, *, lengths, mask, cu_se
     beta = None if beta is None else beta.to(dtype)
     name = _backends.resolve(op, backend, log_pf.device)
     if name == "reference":
+        if log_z is None and group_name:
+            return _reference_group_variance(
+                log_pf, log_pb, layout.lengths, layout.packed, log_reward, beta, clip_min,
+                loss_id, loss_param, reduction_id, group_name)
         if log_z is None:
             return reference.log_partition_variance(
                 log_pf, log_pb, layout.lengths, layout.packed, log_reward, beta, clip_min,
@@ -152,7 +227,8 @@ def _balance(op: str, log_pf, log_pb, log_reward, log_z, *, lengths, mask, cu_se
             log_pf, log_pb, layout.lengths, layout.packed, log_reward, log_z, beta, clip_min,
             loss_id, loss_param, reduction_id)
     value, _ = _tb_forward(log_pf, log_pb, layout.lengths, log_reward, log_z, beta,
-                           layout.packed, clip_min, loss_id, loss_param, reduction_id, name)
+                           layout.packed, clip_min, loss_id, loss_param, reduction_id, name,
+                           group_name)
     return value
 
 
@@ -216,13 +292,22 @@ def log_partition_variance(
     reduction: str = "mean",
     check_finite: bool = False,
     backend: str | None = None,
+    process_group=None,
 ) -> torch.Tensor:
     """Log-partition variance loss (VarGrad): trajectory balance with log Z replaced by the
     batch mean. s_b = sum log_pf - sum log_pb - beta_b * max(log R_b, clip), d_b = s_b - mean(s),
     loss = ``reduction`` of rho(d_b); the gradient flows through the mean. Arguments as in
-    `trajectory_balance`, without log_z.
+    `trajectory_balance`, without log_z, plus:
+
+        process_group: None (the mean of this batch) or a torch.distributed ProcessGroup
+            (e.g. ``dist.group.WORLD``): the mean is over the batches of every rank (one
+            all-reduce of two scalars, their sum and count, in the forward, and one in the
+            backward, so that each rank's gradients are those of the sum of every rank's loss).
+            The loss returned is still this rank's ``reduction`` of rho(d_b); with equal
+            per-rank batch sizes, reduction="mean" and DDP's gradient averaging, training
+            matches one process on the concatenated batch. Every rank of the group must call it.
     """
     return _balance("log_partition_variance", log_pf, log_pb, log_reward, None, lengths=lengths,
                     mask=mask, cu_seqlens=cu_seqlens, beta=beta,
                     log_reward_clip_min=log_reward_clip_min, loss=loss, reduction=reduction,
-                    check_finite=check_finite, backend=backend)
+                    check_finite=check_finite, backend=backend, process_group=process_group)

@@ -42,34 +42,49 @@ def _resolve(op: str, backend: str | None, device: torch.device) -> str:
 
 # ------------------------------------------------------------------------------------- schedules
 
+def _schedule_arg(op: str, arg: str, value, low: float, high: float) -> torch.Tensor:
+    """t or a step index i as a tensor, checked in [low, high] (a value check for tensors)."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) or torch.is_tensor(value)):
+        _checks.fail(op, arg, f"must be a number or a tensor, got {type(value).__name__}",
+                     TypeError)
+    if not torch.is_tensor(value):
+        if not low <= value <= high:
+            _checks.fail(op, arg, f"must lie in [{low:g}, {high:g}], got {value}")
+        return torch.as_tensor(value, dtype=torch.float64)
+    if _checks.value_checks_enabled() and value.numel() > 0:
+        lowest, highest = float(value.min()), float(value.max())
+        if not (low <= lowest and highest <= high):
+            _checks.fail(op, arg, f"must lie in [{low:g}, {high:g}], got values in "
+                         f"[{lowest}, {highest}]")
+    return value
+
+
 def gamma(t, sigma_1: float):
     """gamma(t) = 1 - sigma_1^(2t) (computed as -expm1(2 t ln sigma_1))."""
     sigma_1 = _checks.open_unit("gamma", "sigma_1", sigma_1)
-    return reference.gamma(torch.as_tensor(t, dtype=torch.float64) if not torch.is_tensor(t)
-                           else t, sigma_1)
+    return reference.gamma(_schedule_arg("gamma", "t", t, 0.0, 1.0), sigma_1)
 
 
 def continuous_alpha(i, n_steps: int, sigma_1: float):
     """alpha_i = sigma_1^(-2i/n) (1 - sigma_1^(2/n)), the accuracy of step i in 1..n."""
     sigma_1 = _checks.open_unit("continuous_alpha", "sigma_1", sigma_1)
     n_steps = _checks.positive_int("continuous_alpha", "n_steps", n_steps)
-    return reference.continuous_alpha(torch.as_tensor(i, dtype=torch.float64)
-                                      if not torch.is_tensor(i) else i, n_steps, sigma_1)
+    return reference.continuous_alpha(_schedule_arg("continuous_alpha", "i", i, 1, n_steps),
+                                      n_steps, sigma_1)
 
 
 def beta(t, beta_1: float):
     """beta(t) = beta_1 t^2."""
     beta_1 = _checks.positive_float("beta", "beta_1", beta_1)
-    return reference.beta(torch.as_tensor(t, dtype=torch.float64) if not torch.is_tensor(t)
-                          else t, beta_1)
+    return reference.beta(_schedule_arg("beta", "t", t, 0.0, 1.0), beta_1)
 
 
 def discrete_alpha(i, n_steps: int, beta_1: float):
     """alpha_i = beta_1 (2i - 1) / n^2, the accuracy of step i in 1..n."""
     beta_1 = _checks.positive_float("discrete_alpha", "beta_1", beta_1)
     n_steps = _checks.positive_int("discrete_alpha", "n_steps", n_steps)
-    return reference.discrete_alpha(torch.as_tensor(i, dtype=torch.float64)
-                                    if not torch.is_tensor(i) else i, n_steps, beta_1)
+    return reference.discrete_alpha(_schedule_arg("discrete_alpha", "i", i, 1, n_steps),
+                                    n_steps, beta_1)
 
 
 # ---------------------------------------------------------------------------- shared validation

@@ -47,13 +47,16 @@ class TrajectoryBalance(nn.Module):
 
 
 class LogPartitionVariance(nn.Module):
-    """VarGrad loss (TB with log Z replaced by the batch mean); no parameters."""
+    """VarGrad loss (TB with log Z replaced by the batch mean); no parameters. With
+    ``process_group`` the mean is global over the group (see gfn_fast.log_partition_variance)."""
 
     def __init__(self, *, loss="squared", reduction="mean",
-                 log_reward_clip_min: float = -math.inf, backend: str | None = None):
+                 log_reward_clip_min: float = -math.inf, backend: str | None = None,
+                 process_group=None):
         super().__init__()
         self.defaults = dict(loss=loss, reduction=reduction,
-                             log_reward_clip_min=log_reward_clip_min, backend=backend)
+                             log_reward_clip_min=log_reward_clip_min, backend=backend,
+                             process_group=process_group)
 
     def forward(self, log_pf, log_pb, log_reward, **kwargs):
         return log_partition_variance(log_pf, log_pb, log_reward, **{**self.defaults, **kwargs})

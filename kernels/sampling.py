@@ -32,11 +32,13 @@ def _load_allowed(mask_ptr, rows, cols, row_ok, width, stride_mr, stride_ma,
     inside = row_ok[:, None] & (cols < width)
     if HAS_MASK:
         if PACKED:
-            byte = tl.load(mask_ptr + rows[:, None] * stride_mr + (cols >> 3) * stride_ma,
+            byte = tl.load(mask_ptr + rows[:, None] * stride_mr
+                           + (cols >> 3).to(tl.int64) * stride_ma,
                            mask=inside, other=0).to(tl.int32)
             allowed = inside & (((byte >> (cols & 7)) & 1) != 0)
         else:
-            allowed = inside & (tl.load(mask_ptr + rows[:, None] * stride_mr + cols * stride_ma,
+            allowed = inside & (tl.load(mask_ptr + rows[:, None] * stride_mr
+                                        + cols.to(tl.int64) * stride_ma,
                                         mask=inside, other=0) != 0)
     else:
         allowed = inside
@@ -47,8 +49,8 @@ def _load_allowed(mask_ptr, rows, cols, row_ok, width, stride_mr, stride_ma,
 def _scaled(logits_ptr, rows, cols, allowed, stride_r, stride_a, scale, inv_t, lo, hi,
             ACC: tl.constexpr):
     """clip(scale * x) * inv_t, rounded step by step like the CPU backends (NaN kept)."""
-    x = tl.load(logits_ptr + rows[:, None] * stride_r + cols * stride_a, mask=allowed,
-                other=0.0).to(ACC)
+    x = tl.load(logits_ptr + rows[:, None] * stride_r + cols.to(tl.int64) * stride_a,
+                mask=allowed, other=0.0).to(ACC)
     y = scale[:, None] * x
     y = tl.where(y < lo, lo, tl.where(y > hi, hi, y))
     return y * inv_t[:, None], x
@@ -308,7 +310,8 @@ def _log_prob_backward_kernel(
         if NEED_SCALE:
             acc += tl.sum(tl.where(active, value * x, 0.0), axis=1)
         if NEED_LOGITS:
-            tl.store(grad_logits_ptr + rows[:, None] * stride_gr + cols * stride_ga,
+            tl.store(grad_logits_ptr + rows[:, None] * stride_gr
+                     + cols.to(tl.int64) * stride_ga,
                      (value * scale[:, None]).to(grad_logits_ptr.dtype.element_ty), mask=inside)
     if NEED_SCALE:
         tl.store(grad_scale_ptr + rows * splits + pid_s, acc, mask=row_ok)
@@ -327,7 +330,12 @@ def _row_arg(value):
 
 
 def _clip_tensor(clip, dtype, device):
-    return None if clip is None else torch.tensor(clip, dtype=dtype, device=device)
+    if clip is None:
+        return None
+    # two fill kernels rather than a host-to-device copy, which a CUDA graph capture forbids
+    bounds = torch.full((2,), clip[0], dtype=dtype, device=device)
+    bounds[1:].fill_(clip[1])
+    return bounds
 
 
 def _tiles(width_units: int, rows: int, max_tile: int) -> tuple[int, int]:

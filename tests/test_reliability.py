@@ -1,0 +1,370 @@
+"""Reliability across op families: bitwise determinism, CUDA graph capture and replay, and
+numerical stress (docs/numerics.md states what each case must give).
+
+Determinism: every kernel of gfn_fast writes each output from one program / thread in a fixed
+order (no atomics), so losses and gradients are bitwise identical across repeated runs on each
+backend; samplers are pure functions of (seed, offset).
+"""
+
+import math
+
+import pytest
+import torch
+
+import gfn_fast
+from conftest import HAS_CUDA, available_backends, backend_params
+from gfn_fast import bfn
+
+BACKENDS = backend_params()
+LOSSES = ["squared", "absolute", "huber(0.5)", "shifted_cosh", "linex(0.7)"]
+
+
+def _balance_inputs(device, dtype=torch.float32, batch=37, steps=13):
+    generator = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    return dict(log_pf=torch.randn(batch, steps, generator=generator).to(dtype).to(device),
+                log_pb=torch.randn(batch, steps, generator=generator).to(dtype).to(device),
+                log_reward=torch.randn(batch, generator=generator).to(device),
+                log_z=torch.randn(batch, generator=generator).to(device),
+                beta=(torch.rand(batch, generator=generator) + 0.5).to(device),
+                lengths=lengths.to(device))
+
+
+def _balance_run(op, inputs, backend, **kwargs):
+    leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point())
+              for k, v in inputs.items()}
+    args = [leaves["log_pf"], leaves["log_pb"], leaves["log_reward"]]
+    if op is gfn_fast.trajectory_balance:
+        args.append(leaves["log_z"])
+    loss = op(*args, beta=leaves["beta"], lengths=leaves["lengths"], backend=backend, **kwargs)
+    wrt = args + [leaves["beta"]]
+    return [loss.detach()] + list(torch.autograd.grad(loss, wrt))
+
+
+def _sampling_run(device, backend):
+    generator = torch.Generator().manual_seed(6)
+    logits = (torch.randn(129, 300, generator=generator) * 2).to(device)
+    mask = (torch.rand(129, 300, generator=generator) < 0.7).to(device)
+    mask[:, 0] = True
+    scale = (torch.rand(129, generator=generator) + 0.5).to(device).requires_grad_(True)
+    leaf = logits.clone().requires_grad_(True)
+    actions, log_pi, log_mu, entropy = gfn_fast.sample_actions(
+        leaf, mask, scale=scale, epsilon=0.2, seed=11, offset=4, return_log_mu=True,
+        return_entropy=True, backend=backend)
+    log_prob = gfn_fast.action_log_prob(leaf, actions, mask, scale=scale, clip=(-3.0, 3.0),
+                                        backend=backend)
+    grads = torch.autograd.grad(log_pi.sum() + 0.5 * log_prob.sum(), [leaf, scale])
+    return [actions, log_pi.detach(), log_mu, entropy, log_prob.detach(), *grads]
+
+
+def _bfn_run(device, backend):
+    generator = torch.Generator().manual_seed(7)
+    x = torch.rand(6, 33, generator=generator).mul(2).sub(1).to(device)
+    mu = torch.randn(6, 33, generator=generator).to(device)
+    eps_hat = torch.randn(6, 33, generator=generator).to(device).requires_grad_(True)
+    t = torch.rand(6, generator=generator).to(device)
+    x_index = torch.randint(0, 5, (6, 33), generator=generator).to(device)
+    logits = torch.randn(6, 33, 5, generator=generator).to(device).requires_grad_(True)
+    loss = (bfn.continuous_loss(x, mu, eps_hat, t, 0.02, backend=backend).sum()
+            + bfn.discrete_loss(x_index, logits, t, 0.5, backend=backend).sum()
+            + bfn.discrete_loss(x_index, logits, t, 0.5, 10, seed=3, offset=1,
+                                backend=backend).sum())
+    grads = torch.autograd.grad(loss, [eps_hat, logits])
+    flow = bfn.continuous_flow(x, t, 0.02, seed=9, offset=2, backend=backend)
+    return [loss.detach(), *grads, flow]
+
+
+def _bits(tensor):
+    """Floating tensors as their raw bits, so NaNs compare equal to themselves."""
+    if not tensor.is_floating_point():
+        return tensor
+    return tensor.contiguous().view({2: torch.int16, 4: torch.int32,
+                                     8: torch.int64}[tensor.element_size()])
+
+
+def _assert_bitwise(first, second):
+    for index, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(_bits(a), _bits(b)), f"output {index} differs between identical runs"
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_balance_bitwise_deterministic(backend, device, dtype):
+    inputs = _balance_inputs(device, dtype)
+    for op in (gfn_fast.trajectory_balance, gfn_fast.log_partition_variance):
+        for loss in LOSSES:
+            first = _balance_run(op, inputs, backend, loss=loss)
+            second = _balance_run(op, inputs, backend, loss=loss)
+            _assert_bitwise(first, second)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_sampling_bitwise_deterministic(backend, device):
+    _assert_bitwise(_sampling_run(device, backend), _sampling_run(device, backend))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_bfn_bitwise_deterministic(backend, device):
+    _assert_bitwise(_bfn_run(device, backend), _bfn_run(device, backend))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_generator_replay_reproduces_draws(backend, device):
+    logits = torch.randn(64, 40, device=device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(123)
+    first = [gfn_fast.sample_actions(logits, generator=generator, backend=backend)[0]
+             for _ in range(3)]
+    generator.manual_seed(123)
+    second = [gfn_fast.sample_actions(logits, generator=generator, backend=backend)[0]
+              for _ in range(3)]
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], first[1])  # the generator advanced between calls
+
+
+# ---- CUDA graphs: capture each op once, replay on new inputs copied into the static buffers ----
+
+def _graph_check(make_inputs, run):
+    """Capture run(static) in a CUDA graph, replay it on fresh inputs, compare with eager."""
+    static = make_inputs(0)
+    with gfn_fast.validation(False):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up (kernel compilation, allocator) outside the capture
+                run(static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = run(static)
+        for seed in (1, 2):
+            fresh = make_inputs(seed)
+            with torch.no_grad():
+                for name, value in fresh.items():
+                    static[name].copy_(value)
+            graph.replay()
+            torch.cuda.synchronize()
+            expected = run(fresh)
+            for got, want in zip(outputs, expected, strict=True):
+                assert torch.equal(got, want), "graph replay differs from eager"
+
+
+CUDA_ONLY = [p for p in BACKENDS if p.id.endswith("-cuda")]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend,device", CUDA_ONLY)
+def test_cuda_graph_balance(backend, device):
+    def make(seed):
+        inputs = _balance_inputs(device)
+        generator = torch.Generator(device="cuda").manual_seed(seed)
+        inputs["log_pf"] = torch.randn(inputs["log_pf"].shape, device=device,
+                                       generator=generator)
+        return inputs
+
+    def run(inputs):
+        pf = inputs["log_pf"].requires_grad_(True)
+        tb = gfn_fast.trajectory_balance(pf, inputs["log_pb"], inputs["log_reward"],
+                                         inputs["log_z"], beta=inputs["beta"],
+                                         lengths=inputs["lengths"], loss="huber(0.5)",
+                                         backend=backend)
+        vg = gfn_fast.log_partition_variance(pf, inputs["log_pb"], inputs["log_reward"],
+                                             lengths=inputs["lengths"], backend=backend)
+        (grad,) = torch.autograd.grad(tb + vg, [pf])
+        return [tb.detach(), vg.detach(), grad]
+
+    _graph_check(make, run)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend,device", CUDA_ONLY)
+def test_cuda_graph_sampling(backend, device):
+    def make(seed):
+        generator = torch.Generator(device="cuda").manual_seed(seed)
+        logits = torch.randn(257, 1000, device=device, generator=generator)
+        return {"logits": logits, "mask": logits > -1.0}
+
+    def run(inputs):
+        leaf = inputs["logits"].requires_grad_(True)
+        actions, log_pi = gfn_fast.sample_actions(leaf, inputs["mask"], epsilon=0.1, seed=5,
+                                                  offset=7, backend=backend)
+        log_prob = gfn_fast.action_log_prob(leaf, actions, inputs["mask"], backend=backend)
+        (grad,) = torch.autograd.grad(log_prob.sum(), [leaf])
+        return [actions, log_pi.detach(), log_prob.detach(), grad]
+
+    _graph_check(make, run)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend,device", CUDA_ONLY)
+def test_cuda_graph_bfn(backend, device):
+    def make(seed):
+        generator = torch.Generator(device="cuda").manual_seed(seed)
+        return {"x": torch.rand(8, 64, device=device, generator=generator),
+                "mu": torch.randn(8, 64, device=device, generator=generator),
+                "eps_hat": torch.randn(8, 64, device=device, generator=generator),
+                "t": torch.rand(8, device=device, generator=generator),
+                "logits": torch.randn(8, 64, 5, device=device, generator=generator),
+                "x_index": torch.randint(0, 5, (8, 64), device=device, generator=generator)}
+
+    def run(inputs):
+        eps_hat = inputs["eps_hat"].requires_grad_(True)
+        logits = inputs["logits"].requires_grad_(True)
+        loss = (bfn.continuous_loss(inputs["x"], inputs["mu"], eps_hat, inputs["t"], 0.02,
+                                    backend=backend).sum()
+                + bfn.discrete_loss(inputs["x_index"], logits, inputs["t"], 0.5, 10, seed=3,
+                                    offset=1, backend=backend).sum())
+        grads = torch.autograd.grad(loss, [eps_hat, logits])
+        flow = bfn.continuous_flow(inputs["x"], inputs["t"], 0.02, seed=1, offset=0,
+                                   backend=backend)
+        return [loss.detach(), *grads, flow]
+
+    _graph_check(make, run)
+
+
+# ---- numerical stress (docs/numerics.md) ----
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_balance_large_magnitudes_finite(backend, device, dtype):
+    """log-probs of magnitude 1e3 (float32) or ~1e2 summed over many steps, log-rewards of -1e4:
+    the residual is large but finite, and the loss and gradients match the float64 reference."""
+    batch, steps = 16, 40
+    generator = torch.Generator().manual_seed(1)
+    magnitude = 1e3 if dtype == torch.float32 else 60.0  # float16 holds |x| <= 65504 but its
+    log_pf = (-torch.rand(batch, steps, generator=generator) * magnitude)  # step is 32 at 6e4
+    log_reward = -torch.rand(batch, generator=generator) * 1e4
+    for op in (gfn_fast.trajectory_balance, gfn_fast.log_partition_variance):
+        leaf = log_pf.to(dtype).to(device).requires_grad_(True)
+        args = (leaf, None, log_reward.to(device)) + (
+            (torch.tensor(50.0, device=device),) if op is gfn_fast.trajectory_balance else ())
+        loss = op(*args, loss="half_squared", backend=backend)
+        (grad,) = torch.autograd.grad(loss, [leaf])
+        leaf64 = log_pf.to(dtype).double().requires_grad_(True)
+        args64 = (leaf64, None, log_reward.double()) + (
+            (torch.tensor(50.0, dtype=torch.float64),) if op is gfn_fast.trajectory_balance
+            else ())
+        want = op(*args64, loss="half_squared", backend="reference")
+        (want_grad,) = torch.autograd.grad(want, [leaf64])
+        assert torch.isfinite(loss) and bool(torch.isfinite(grad).all())
+        torch.testing.assert_close(loss.double().cpu(), want, rtol=1e-5, atol=0)
+        rtol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(grad.double().cpu(), want_grad, rtol=rtol,
+                                   atol=rtol * float(want_grad.abs().max()))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_balance_neg_inf_reward_with_and_without_clip(backend, device):
+    log_pf = torch.randn(4, 5, device=device, requires_grad=True)
+    log_reward = torch.tensor([-math.inf, -1e4, 0.0, -3.0], device=device)
+    for op in (gfn_fast.trajectory_balance, gfn_fast.log_partition_variance):
+        extra = (0.0,) if op is gfn_fast.trajectory_balance else ()
+        clipped = op(log_pf, None, log_reward, *extra, log_reward_clip_min=-50.0,
+                     backend=backend)
+        (grad,) = torch.autograd.grad(clipped, [log_pf])
+        assert torch.isfinite(clipped) and bool(torch.isfinite(grad).all())
+        unclipped = op(log_pf, None, log_reward, *extra, reduction="none", backend=backend)
+        if op is gfn_fast.trajectory_balance:
+            # only the -inf row is infinite: d = +inf, rho(d) = inf; the others stay finite
+            assert unclipped[0] == math.inf and bool(torch.isfinite(unclipped[1:]).all())
+        else:
+            # the batch mean is -inf: every centred residual is inf - inf or +-inf
+            assert not bool(torch.isfinite(unclipped).any())
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_sampling_extreme_logits_and_single_allowed_action(backend, device, dtype):
+    """Logits of +-1e4 (float16: +-6e4 is its range; use +-1e4 too) and rows with exactly one
+    allowed action: the allowed action is certain (log pi = 0, entropy = 0), the others are
+    never drawn, log-probs are finite, and gradients are finite."""
+    rows, width = 64, 50
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.where(torch.rand(rows, width, generator=generator) < 0.5, 1e4, -1e4)
+    logits = logits.to(dtype).to(device)
+    mask = torch.rand(rows, width, generator=generator) < 0.5
+    only = torch.randint(0, width, (rows,), generator=generator)
+    single = torch.arange(rows) % 3 == 0
+    mask[single] = False
+    mask[torch.arange(rows), only] = True
+    mask = mask.to(device)
+    actions, log_pi, entropy = gfn_fast.sample_actions(logits, mask, seed=1, epsilon=0.3,
+                                                       return_entropy=True, backend=backend)
+    assert bool(mask[torch.arange(rows, device=device), actions].all())
+    assert bool(torch.isfinite(log_pi).all()) and bool(torch.isfinite(entropy).all())
+    assert bool((actions[single.to(device)] == only.to(device)[single.to(device)]).all())
+    assert bool((log_pi[single.to(device)] == 0).all())
+    assert bool((entropy[single.to(device)] == 0).all())
+    leaf = logits.clone().requires_grad_(True)
+    log_prob = gfn_fast.action_log_prob(leaf, actions, mask, scale=0.5, backend=backend)
+    (grad,) = torch.autograd.grad(log_prob.sum(), [leaf])
+    assert bool(torch.isfinite(log_prob).all()) and bool(torch.isfinite(grad).all())
+    want = gfn_fast.action_log_prob(logits.double().cpu(), actions.cpu(), mask.cpu(), scale=0.5,
+                                    backend="reference")
+    torch.testing.assert_close(log_prob.double().cpu(), want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_sampling_float16_overflowing_scale_stays_finite(backend, device):
+    """scale * logits beyond float16's range: the products are formed in float32, so the
+    policy stays finite where the math is finite (19 tied logits: log pi = -log 19)."""
+    logits = torch.full((8, 20), 6e4, dtype=torch.float16, device=device)
+    logits[:, 3] = -6e4
+    actions, log_pi = gfn_fast.sample_actions(logits, scale=4.0, seed=0, backend=backend)
+    assert bool(torch.isfinite(log_pi).all())
+    assert bool((actions != 3).all())
+    # log_pi = z_a - logsumexp loses up to half an ulp of |z| = 2.4e5 in float32 (numerics.md)
+    torch.testing.assert_close(log_pi.cpu(), torch.full((8,), -math.log(19)), rtol=0,
+                               atol=2.4e5 * 2.0**-23)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_bfn_extreme_times_finite(backend, device):
+    """t = 0 and t = 1 with sigma_1 = 1e-3 (loss weight sigma_1^(-2t) = 1e6), and discrete
+    logits of +-1e4: finite losses and gradients."""
+    x = torch.rand(4, 16, device=device) * 2 - 1
+    mu = torch.randn(4, 16, device=device)
+    eps_hat = torch.randn(4, 16, device=device, requires_grad=True)
+    t = torch.tensor([0.0, 1e-7, 0.5, 1.0], device=device)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        leaf = eps_hat.detach().to(dtype).requires_grad_(True)
+        loss = bfn.continuous_loss(x.to(dtype), mu.to(dtype), leaf, t, 1e-3, backend=backend)
+        (grad,) = torch.autograd.grad(loss.sum(), [leaf])
+        assert bool(torch.isfinite(loss).all()), dtype
+        assert loss.dtype == torch.float32
+        if dtype == torch.float32:  # half gradients may overflow: they carry the 1e6 weight
+            assert bool(torch.isfinite(grad).all())
+    x_index = torch.randint(0, 5, (4, 16), device=device)
+    logits = (torch.randint(0, 2, (4, 16, 5), device=device).float() * 2e4 - 1e4)
+    logits.requires_grad_(True)
+    loss = bfn.discrete_loss(x_index, logits, t, 0.5, backend=backend)
+    (grad,) = torch.autograd.grad(loss.sum(), [logits])
+    assert bool(torch.isfinite(loss).all()) and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.skipif(not available_backends("cpu"), reason="no CPU backend")
+def test_check_finite_names_the_input_on_inf_log_prob():
+    log_pf = torch.randn(3, 4)
+    log_pf[1, 2] = -math.inf
+    with pytest.raises(ValueError, match="gfn_fast.trajectory_balance: `log_pf`.*infinite"):
+        gfn_fast.trajectory_balance(log_pf, None, torch.randn(3), 0.0, check_finite=True)
+    # a -inf log-prob is a legal "impossible transition" without the check: the loss is inf
+    assert gfn_fast.trajectory_balance(log_pf, None, torch.randn(3), 0.0) == math.inf
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU path of the script")
+def test_sanitize_script_refuses_to_pass_without_a_gpu():
+    """tools/sanitize.sh must never report 'clean' when it could not run the sanitizer."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "tools" / "sanitize.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                            env={**__import__("os").environ, "SANITIZER": "/bin/true"})
+    assert result.returncode == 2 and "no CUDA device" in result.stderr
+    assert "clean" not in result.stdout
