@@ -13,3 +13,8 @@ __all__ = [
     "trajectory_balance",
     "validation",
 ]
+
+# ---- Detailed balance / sub-trajectory balance ----
+from gfn_fast.subtb import detailed_balance, subtrajectory_balance  # noqa: E402
+
+__all__ += ["detailed_balance", "subtrajectory_balance"]

@@ -264,3 +264,22 @@ def check_finite(op: str, layout: BalanceLayout, log_probs: dict, per_row: dict)
         if bool(bad.any()):
             fail(op, name, "contains NaN" + ("" if name == "log_reward" else " or infinite")
                  + " entries (check_finite=True)")
+
+
+# ---- Detailed balance / sub-trajectory balance (gfn_fast.subtb) ----
+
+SUBTB_WEIGHTINGS = ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB")
+
+
+def parse_weighting(op: str, weighting) -> str:
+    if not isinstance(weighting, str) or weighting not in SUBTB_WEIGHTINGS:
+        fail(op, "weighting", f"must be one of {list(SUBTB_WEIGHTINGS)}, got {weighting!r}")
+    return weighting
+
+
+def parse_lamda(op: str, lamda) -> float:
+    """lambda of SubTB(lambda): a Python number in (0, 1] (a constant, not learned)."""
+    value = parse_float(op, "lamda", lamda)
+    if not 0.0 < value <= 1.0:
+        fail(op, "lamda", f"must lie in (0, 1], got {value}")
+    return value
