@@ -1,5 +1,6 @@
 """gfn_fast: fused kernels for GFlowNet losses and sampling, and Bayesian Flow Networks."""
 
+from gfn_fast import nn
 from gfn_fast._backends import backends
 from gfn_fast._checks import validation
 from gfn_fast.balance import log_partition_variance, trajectory_balance
@@ -10,6 +11,7 @@ __all__ = [
     "__version__",
     "backends",
     "log_partition_variance",
+    "nn",
     "trajectory_balance",
     "validation",
 ]

@@ -76,8 +76,10 @@ def backends() -> dict:
     return report
 
 
+@torch.compiler.assume_constant_result
 def resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """The backend name that runs `op` on tensors of `device`."""
+    """The backend name that runs `op` on tensors of `device`. A function of its arguments and
+    of the environment only, so torch.compile evaluates it once while tracing."""
     requested = backend if backend is not None else os.environ.get("GFN_FAST_BACKEND") or None
     device_type = device.type
     if requested is not None:

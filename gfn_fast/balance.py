@@ -72,18 +72,16 @@ def _tb_backward(grad_loss: torch.Tensor, d: torch.Tensor, log_pf: torch.Tensor,
         grads = impl.rows_backward(grad_loss, d, True, weight, loss_id, loss_param, lengths,
                                    packed, log_pf, has_pb, log_reward, beta, clip_min,
                                    need_log_reward, need_beta)
-    empty = d.new_empty(0)
-    return [g if g is not None else empty for g in grads]
+    return [g if g is not None else d.new_empty(0) for g in grads]
 
 
 @_tb_backward.register_fake
 def _(grad_loss, d, log_pf, has_pb, lengths, log_reward, beta, centered, packed, clip_min,
       loss_id, loss_param, reduction, need_log_reward, need_beta, backend):
     batch = d.shape[0]
-    empty = d.new_empty(0)
-    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else empty,
-            d.new_empty(batch), d.new_empty(batch) if need_log_reward else empty,
-            d.new_empty(batch) if need_beta else empty]
+    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else d.new_empty(0),
+            d.new_empty(batch), d.new_empty(batch if need_log_reward else 0),
+            d.new_empty(batch if need_beta else 0)]
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,0 +1,29 @@
+"""Trajectory balance forward+backward: every implementation of gfn_fast.benchmark's cases."""
+
+import pytest
+import torch
+
+import gfn_fast
+from gfn_fast.benchmark import balance_cases
+
+from conftest import DEVICE
+
+CASES = balance_cases(DEVICE, quick=False)
+PARAMS = [pytest.param(case, impl, id=f"{case.label}-{impl}")
+          for case in CASES for impl in case.impls]
+
+
+@pytest.mark.parametrize("case,impl", PARAMS)
+def test_trajectory_balance(benchmark, case, impl):
+    state = case.setup(DEVICE)
+    fn = case.impls[impl]
+
+    def call():
+        out = fn(state)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    benchmark.extra_info.update(case.params, bytes_moved=case.bytes_moved)
+    with gfn_fast.validation(False):
+        benchmark(call)

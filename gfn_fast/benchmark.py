@@ -1,0 +1,332 @@
+"""One benchmark harness for every op (../shared/DESIGN.md, "Benchmarks").
+
+Each case times forward+backward of one op for every implementation that can run here: the
+gfn_fast backends, the plain-PyTorch reference in eager mode and under torch.compile, and peers
+where installed. Each row reports the median and 20th/80th percentile times, peak memory, a
+bytes-moved model read as GB/s and as a fraction of the copy bandwidth of this machine measured
+in the same run, and the speed-up against eager PyTorch. Results go out as JSON lines (with
+device, versions and date) and a markdown table.
+
+Value checks are switched off while timing (`gfn_fast.validation(False)`), as in production.
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import gfn_fast
+from gfn_fast import _backends
+
+
+@dataclass
+class Case:
+    """One op at one size. `setup(device)` returns a state; each impl maps state -> outputs."""
+
+    op: str
+    label: str
+    params: dict
+    bytes_moved: int
+    setup: Callable
+    impls: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable, device: torch.device, *, warmup: int = 3, min_reps: int = 10,
+              min_seconds: float = 0.5, max_reps: int = 1000) -> list[float]:
+    """Seconds per call, one sample per call (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < min_reps or (time.perf_counter() - started < min_seconds
+                                      and len(samples) < max_reps):
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end) / 1e3)
+        else:
+            begin = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - begin)
+    return samples
+
+
+def peak_memory(fn: Callable, device: torch.device) -> int:
+    """Peak bytes allocated by torch during one call, above what was allocated before it.
+    CUDA: the caching allocator's statistics. CPU: torch's allocation events (profiler)."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Allocations made inside an op are charged to it (self usage); "[memory]" events are the
+    # ones made or freed outside any op. Replayed in time order they give the net live bytes
+    # after each op, whose maximum is the peak (to within one op's transient scratch).
+    changes = sorted(((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]"
+                       else e.self_cpu_memory_usage) for e in prof.events()),
+                     key=lambda change: change[0])
+    current = peak = 0
+    for _, change in changes:
+        current += change
+        peak = max(peak, current)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """The profiler's C++ side logs start/stop lines to file descriptor 2; hide them."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def copy_bandwidth(device: torch.device, n_bytes: int | None = None) -> float:
+    """Bytes per second of a large device-to-device copy, counting bytes read and written."""
+    if n_bytes is None:
+        n_bytes = (1 << 30) if device.type == "cuda" else (256 << 20)
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    samples = time_call(lambda: dst.copy_(src), device, min_reps=10, min_seconds=0.5)
+    return 2 * n_bytes / statistics.median(samples)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _versions() -> dict:
+    versions = {"gfn_fast": gfn_fast.__version__, "torch": torch.__version__,
+                "python": platform.python_version()}
+    for name in ("triton", "numba"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return versions
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _time_once(fn: Callable, device: torch.device) -> float:
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
+def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,
+                      min_reps: int = 10, max_reps: int = 2000) -> dict:
+    """Seconds per call of each implementation, sampled round-robin (one call of each in turn),
+    so that load from other processes on a shared machine hits all of them alike and their
+    ratios stay meaningful."""
+    for fn in calls.values():
+        for _ in range(3):
+            fn()
+    _sync(device)
+    samples: dict = {name: [] for name in calls}
+    started = time.perf_counter()
+    reps = 0
+    while reps < min_reps or (time.perf_counter() - started < min_seconds * len(calls)
+                              and reps < max_reps):
+        for name, fn in calls.items():
+            samples[name].append(_time_once(fn, device))
+        reps += 1
+    return samples
+
+
+def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds: float,
+             progress: Callable[[str], None] = lambda _: None) -> list[dict]:
+    state = case.setup(device)
+    calls, rows = {}, []
+    with gfn_fast.validation(False):
+        for impl, fn in case.impls.items():
+            call = lambda fn=fn: fn(state)  # noqa: E731
+            progress(f"{case.label} / warm-up {impl}")
+            try:
+                call()
+            except Exception as err:  # a baseline that cannot run here is reported, not fatal
+                rows.append({"op": case.op, "case": case.label, "impl": impl,
+                             "error": repr(err)})
+                continue
+            calls[impl] = call
+        progress(f"{case.label} / timing {len(calls)} implementations side by side")
+        timings = time_side_by_side(calls, device, min_seconds=min_seconds)
+        for impl, call in calls.items():
+            samples = timings[impl]
+            median = statistics.median(samples)
+            rows.append({
+                "op": case.op, "case": case.label, "impl": impl, "params": case.params,
+                "median_ms": median * 1e3, "p20_ms": _percentile(samples, 0.2) * 1e3,
+                "p80_ms": _percentile(samples, 0.8) * 1e3, "reps": len(samples),
+                "peak_mem_mb": peak_memory(call, device) / 2**20,
+                "bytes_moved": case.bytes_moved,
+                "gbps": case.bytes_moved / median / 1e9,
+                "pct_copy_bw": 100 * case.bytes_moved / median / bandwidth,
+            })
+    eager = next((r for r in rows if r["impl"] == "eager" and "median_ms" in r), None)
+    for row in rows:
+        if eager is not None and "median_ms" in row:
+            row["speedup_vs_eager"] = eager["median_ms"] / row["median_ms"]
+    return rows
+
+
+def markdown(rows: list[dict], header: dict) -> str:
+    lines = [f"Device: {header['device_name']} ({header['device']}); copy bandwidth "
+             f"{header['copy_gbps']:.1f} GB/s; {header['date']}; torch {header['versions']['torch']}",
+             "",
+             "| op | case | impl | median ms | p20-p80 ms | GB/s | % copy BW | peak MB | vs eager |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | error: {r['error'][:60]} "
+                         "| | | | | |")
+            continue
+        lines.append(
+            f"| {r['op']} | {r['case']} | {r['impl']} | {r['median_ms']:.3f} | "
+            f"{r['p20_ms']:.3f}-{r['p80_ms']:.3f} | {r['gbps']:.1f} | {r['pct_copy_bw']:.0f}% | "
+            f"{r['peak_mem_mb']:.1f} | {r.get('speedup_vs_eager', float('nan')):.2f}x |")
+    return "\n".join(lines)
+
+
+def _fwd_bwd(forward: Callable, names: tuple) -> Callable:
+    def call(state):
+        inputs = [state[n] for n in names]
+        loss = forward(state)
+        return torch.autograd.grad(loss, inputs)
+    return call
+
+
+def balance_cases(device: torch.device, quick: bool) -> list[Case]:
+    """TB forward+backward, float32, padded, random lengths (issue: foundation)."""
+    from gfn_fast.reference import balance as reference
+
+    if device.type == "cuda":
+        sizes = [(65536, 128)] if not quick else [(16384, 128)]
+        if not quick:
+            sizes = [(4096, 32), (65536, 128), (262144, 64)]
+    else:
+        sizes = [(16384, 64)] if not quick else [(4096, 64)]
+    cases = []
+    for batch, steps in sizes:
+        def setup(dev, batch=batch, steps=steps):
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            lengths = torch.randint(1, steps + 1, (batch,), generator=gen).to(dev)
+            return {
+                "log_pf": torch.randn(batch, steps, generator=gen).to(dev).requires_grad_(),
+                "log_pb": torch.randn(batch, steps, generator=gen).to(dev).requires_grad_(),
+                "log_reward": torch.randn(batch, generator=gen).to(dev),
+                "log_z": torch.zeros((), device=dev, requires_grad=True),
+                "lengths": lengths,
+            }
+
+        def through(backend):
+            return lambda s: gfn_fast.trajectory_balance(
+                s["log_pf"], s["log_pb"], s["log_reward"], s["log_z"], lengths=s["lengths"],
+                backend=backend)
+
+        def plain(s):
+            return reference.trajectory_balance(s["log_pf"], s["log_pb"], s["lengths"], False,
+                                                s["log_reward"], s["log_z"], None, -float("inf"),
+                                                0, 0.0, reference.MEAN)
+
+        compiled = torch.compile(plain, dynamic=False)
+        names = ("log_pf", "log_pb", "log_z")
+        impls = {"eager": _fwd_bwd(plain, names), "torch.compile": _fwd_bwd(compiled, names)}
+        for backend in ("cuda", "triton", "numba"):
+            if device.type in gfn_fast.backends()[backend]["devices"] and not (
+                    backend == "triton" and device.type == "cpu"):
+                impls[f"gfn_fast[{backend}]"] = _fwd_bwd(through(backend), names)
+        # bytes: read log_pf and log_pb once, write their gradients once (per-row terms ignored)
+        cases.append(Case("trajectory_balance", f"B={batch} T={steps} fp32 fwd+bwd",
+                          {"B": batch, "T": steps, "dtype": "float32", "layout": "padded"},
+                          4 * batch * steps * 4, setup, impls))
+    return cases
+
+
+CASE_FAMILIES = {"balance": balance_cases}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--ops", default=",".join(CASE_FAMILIES),
+                        help=f"comma-separated families: {', '.join(CASE_FAMILIES)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes, short timings")
+    parser.add_argument("--out", default=None, help="directory for results.jsonl and results.md")
+    parser.add_argument("--min-seconds", type=float, default=None,
+                        help="minimum timing per row (default 1.0, --quick 0.2)")
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    min_seconds = args.min_seconds if args.min_seconds is not None else (
+        0.2 if args.quick else 1.0)
+    families = [f.strip() for f in args.ops.split(",") if f.strip()]
+    unknown = [f for f in families if f not in CASE_FAMILIES]
+    if unknown:
+        raise SystemExit(f"unknown --ops {unknown}; choose from {list(CASE_FAMILIES)}")
+    bandwidth = copy_bandwidth(device)
+    header = {"device": str(device), "device_name": device_name(device),
+              "copy_gbps": bandwidth / 1e9, "versions": _versions(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "backends": {k: v["devices"] for k, v in _backends.backends().items()}}
+    cases = [case for family in families for case in CASE_FAMILIES[family](device, args.quick)]
+    rows = []
+    for index, case in enumerate(cases, 1):
+        def progress(what, index=index):
+            print(f"\r[{index}/{len(cases)}] {what:<60}", end="", flush=True)
+        rows.extend(run_case(case, device, bandwidth, min_seconds=min_seconds,
+                             progress=progress))
+    print("\r" + " " * 72 + "\r", end="")
+    table = markdown(rows, header)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "results.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps({**header, **row}) + "\n")
+        (out / "results.md").write_text(table + "\n")
+        print(f"wrote {out / 'results.jsonl'} and {out / 'results.md'}")
+    return 0
