@@ -86,18 +86,16 @@ def _db_backward(grad: torch.Tensor, log_pf: torch.Tensor, log_pb: torch.Tensor 
     grads = impl.db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths,
                              packed, log_reward, beta, clip_min, loss_id, loss_param,
                              need_log_reward, need_beta)
-    empty = log_reward.new_empty(0)
-    return [g if g is not None else empty for g in grads]
+    return [g if g is not None else log_reward.new_empty(0) for g in grads]
 
 
 @_db_backward.register_fake
 def _(grad, log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, beta, packed,
       clip_min, loss_id, loss_param, reduction, need_log_reward, need_beta, backend):
     batch = log_reward.shape[0]
-    empty = log_reward.new_empty(0)
-    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if log_pb is not None else empty,
-            torch.empty_like(log_pf), log_reward.new_empty(batch) if need_log_reward else empty,
-            log_reward.new_empty(batch) if need_beta else empty]
+    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if log_pb is not None else log_reward.new_empty(0),
+            torch.empty_like(log_pf), log_reward.new_empty(batch) if need_log_reward else log_reward.new_empty(0),
+            log_reward.new_empty(batch) if need_beta else log_reward.new_empty(0)]
 
 
 def _db_setup_context(ctx, inputs, output):
@@ -174,8 +172,7 @@ def _subtb_backward(grad_loss: torch.Tensor, potentials: torch.Tensor, lengths: 
     grads = impl.subtb_backward(grad_loss.to(log_reward.dtype), potentials, lengths, packed,
                                 log_pf, has_pb, log_reward, beta, clip_min, loss_id, loss_param,
                                 lamda, row_weight, table, running, need_log_reward, need_beta)
-    empty = log_reward.new_empty(0)
-    return [g if g is not None else empty for g in grads]
+    return [g if g is not None else log_reward.new_empty(0) for g in grads]
 
 
 @_subtb_backward.register_fake
@@ -183,10 +180,9 @@ def _(grad_loss, potentials, lengths, log_pf, has_pb, log_reward, beta, row_weig
       packed, clip_min, loss_id, loss_param, lamda, running, need_log_reward, need_beta,
       backend):
     batch = log_reward.shape[0]
-    empty = log_reward.new_empty(0)
-    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else empty,
-            torch.empty_like(log_pf), log_reward.new_empty(batch) if need_log_reward else empty,
-            log_reward.new_empty(batch) if need_beta else empty]
+    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else log_reward.new_empty(0),
+            torch.empty_like(log_pf), log_reward.new_empty(batch) if need_log_reward else log_reward.new_empty(0),
+            log_reward.new_empty(batch) if need_beta else log_reward.new_empty(0)]
 
 
 def _subtb_setup_context(ctx, inputs, output):

@@ -32,9 +32,9 @@ def _split(value: float) -> tuple[float, float]:
 @triton.jit
 def _join(hi, lo, ACC: tl.constexpr):
     if ACC == tl.float64:
-        out = hi.to(tl.float64) + lo.to(tl.float64)
+        out = tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
     else:
-        out = hi.to(tl.float32)
+        out = tl.cast(hi, tl.float32)
     return out
 
 
@@ -217,8 +217,8 @@ def _db_backward_kernel(
         if HAS_PB:
             tl.store(grad_pb_ptr + where, (-g).to(grad_pb_ptr.dtype.element_ty), mask=write)
         # F(t) enters d_t with + and d_{t-1} with -
-        tl.store(grad_flow_ptr + where, (g - g_before).to(grad_flow_ptr.dtype.element_ty),
-                 mask=write)
+        flow_grad = tl.where(t[None, :] < count[:, None], g - g_before, 0.0)
+        tl.store(grad_flow_ptr + where, flow_grad.to(grad_flow_ptr.dtype.element_ty), mask=write)
         last += tl.sum(tl.where(t[None, :] == count[:, None] - 1, g, 0.0), axis=1)
     _store_terminal_grads(-last, beta, reward, clip_min, rows, row_mask, grad_log_reward_ptr,
                           grad_beta_ptr, NEED_LOG_REWARD, NEED_BETA)
@@ -351,7 +351,7 @@ def _subtb_backward_kernel(
         a_next = tl.zeros([BLOCK_B], dtype=ACC)
         for back in range(0, longest + 1):
             m = longest - back
-            active = m <= count
+            active = (m <= count) & row_mask
             a_m = tl.load(a_ptr + base + m, mask=active, other=0.0)
             inner = m < count
             delta = a_next - a_m
@@ -362,7 +362,7 @@ def _subtb_backward_kernel(
             a_next = a_m
     else:
         for m in range(0, longest + 1):
-            active = m <= count
+            active = (m <= count) & row_mask
             a_m = tl.load(a_ptr + base + m, mask=active, other=0.0)
             total = tl.zeros([BLOCK_B], dtype=ACC)
             for k0 in range(0, longest + 1, BLOCK_T):
@@ -386,13 +386,13 @@ def _subtb_backward_kernel(
     terminal_grad = tl.zeros([BLOCK_B], dtype=ACC)
     for back in range(0, longest + 1):
         m = longest - back
-        active = m <= count
+        active = (m <= count) & row_mask
         g_m = tl.load(g_ptr + base + m, mask=active, other=0.0)
         terminal_grad += tl.where(m == count, g_m, 0.0)
         tl.store(grad_flow_ptr + out_row + m, g_m.to(grad_flow_ptr.dtype.element_ty),
                  mask=m < count)
         suffix += g_m
-        before = active & (m >= 1)
+        before = active & ((tl.zeros_like(count) + m) >= 1)
         tl.store(grad_pf_ptr + out_row + m - 1, (-suffix).to(grad_pf_ptr.dtype.element_ty),
                  mask=before)
         if HAS_PB:
@@ -513,7 +513,7 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
     steps = log_pf.shape[0] if packed else log_pf.shape[1]
     device = log_pf.device
     rows = torch.empty(batch, dtype=dtype, device=device)
-    a = torch.empty(a_size, dtype=dtype, device=device)
+    a = torch.zeros(a_size, dtype=dtype, device=device)  # slots past n_b stay 0
     block_b, block_t = _lane_blocks(batch, steps)
     _subtb_forward_kernel[(triton.cdiv(batch, block_b),)](
         log_pf, log_pb if log_pb is not None else log_pf, log_flow,

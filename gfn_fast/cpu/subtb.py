@@ -317,7 +317,7 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
     batch = log_reward.shape[0]
     pf, pb, flow, sr = _inputs(log_pf, log_pb, log_flow, log_state_reward, packed, dtype)
     rows = torch.empty(batch, dtype=dtype)
-    a = torch.empty(a_size, dtype=dtype)
+    a = torch.zeros(a_size, dtype=dtype)  # slots past n_b stay 0 (a deterministic output)
     table_np = table.numpy() if table is not None else np.ones(1, rows.numpy().dtype)
     _subtb_forward(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
                    lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
