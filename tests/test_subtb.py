@@ -382,3 +382,53 @@ def test_bad_arguments():
              cu_seqlens=torch.tensor([0, 2, 4, 5]))
     with pytest.raises(ValueError, match="`backend`"):
         call(gfn_fast.detailed_balance, base, backend="fortran")
+
+
+def _triton_cases():
+    """Every kernel x element type x loss, with the boolean specialisations rotated so each
+    value of each flag is compiled (RUNNING and USE_TABLE in all their used combinations)."""
+    floats = ("clip_hi", "clip_lo", "param_hi", "param_lo", "lam_hi", "lam_lo")
+    cases = []
+    for dtype, acc in (("fp32", "fp32"), ("fp64", "fp64"), ("fp16", "fp32"), ("bf16", "fp32")):
+        types = {name: "fp32" for name in floats}
+        for name in ("pf_ptr", "pb_ptr", "flow_ptr", "sr_ptr", "grad_pf_ptr", "grad_pb_ptr",
+                     "grad_flow_ptr"):
+            types[name] = "*" + dtype
+        for name in ("log_reward_ptr", "beta_ptr", "rows_out_ptr", "steps_out_ptr",
+                     "row_weight_ptr", "table_ptr", "a_ptr", "g_ptr", "grad_ptr",
+                     "grad_loss_ptr", "grad_log_reward_ptr", "grad_beta_ptr"):
+            types[name] = "*" + acc
+        types["lengths_ptr"] = "*i64"
+        for name in ("batch", "steps", "stride_pf_b", "stride_pf_t", "stride_pb_b",
+                     "stride_pb_t", "stride_fl_b", "stride_fl_t", "stride_sr_b", "stride_sr_t",
+                     "stride_out_b", "stride_out_t", "stride_beta", "stride_g_b", "stride_g_t",
+                     "stride_row_weight"):
+            types[name] = "i64"
+        tl_acc = "tl.float64" if acc == "fp64" else "tl.float32"
+        for loss in range(6):
+            flag = loss % 2 == 0
+            packed = loss in (1, 4)
+            cases.append(("_db_forward_kernel", types, dict(
+                HAS_PB=flag, HAS_SR=not flag, HAS_BETA=flag, PACKED=packed,
+                PER_STEP=loss in (0, 1, 3), LOSS=loss, ACC=tl_acc, BLOCK_B=32, BLOCK_T=128)))
+            cases.append(("_db_backward_kernel", types, dict(
+                HAS_PB=not flag, HAS_SR=flag, HAS_BETA=not flag, PACKED=not packed,
+                NEED_LOG_REWARD=flag, NEED_BETA=not flag, LOSS=loss, ACC=tl_acc, BLOCK_B=32,
+                BLOCK_T=128)))
+            modes = [(False, False), (False, True)] + ([(True, False)] if loss < 2 else [])
+            for running, table in modes:
+                cases.append(("_subtb_forward_kernel", types, dict(
+                    HAS_PB=flag, HAS_SR=not flag, HAS_BETA=flag, PACKED=packed, RUNNING=running,
+                    USE_TABLE=table, LOSS=loss, ACC=tl_acc, BLOCK_B=32, BLOCK_T=32)))
+                cases.append(("_subtb_backward_kernel", types, dict(
+                    HAS_PB=not flag, HAS_BETA=not flag, PACKED=not packed, RUNNING=running,
+                    USE_TABLE=table, NEED_LOG_REWARD=flag, NEED_BETA=not flag, LOSS=loss,
+                    ACC=tl_acc, BLOCK_B=32, BLOCK_T=32)))
+    return cases
+
+
+def test_triton_kernels_compile_for_sm90():
+    pytest.importorskip("triton")
+    from triton_compile import compile_in_subprocess
+
+    compile_in_subprocess("gfn_fast.kernels.subtb", _triton_cases(), arch=90, timeout=1800)
