@@ -9,6 +9,7 @@ import torch
 from conftest import backend_params
 
 import gfn_fast
+import gfn_fast.nn
 from gfn_fast import subtb as subtb_module
 
 WEIGHTINGS = ["geometric_within", "equal_within", "geometric", "equal", "TB", "DB"]
@@ -432,3 +433,15 @@ def test_triton_kernels_compile_for_sm90():
     from triton_compile import compile_in_subprocess
 
     compile_in_subprocess("gfn_fast.kernels.subtb", _triton_cases(), arch=90, timeout=1800)
+
+
+def test_nn_modules():
+    op, _ = make_batch(4, 6, dtype=torch.float64)
+    module = gfn_fast.nn.SubTrajectoryBalance(0.7, "equal_within")
+    assert "lamda=0.7" in repr(module)
+    expected = call(gfn_fast.subtrajectory_balance, op, lamda=0.7, weighting="equal_within")
+    torch.testing.assert_close(call(module, op), expected)
+    torch.testing.assert_close(call(module, op, weighting="DB"),
+                               call(gfn_fast.detailed_balance, op))
+    torch.testing.assert_close(call(gfn_fast.nn.DetailedBalance(reduction="sum"), op),
+                               call(gfn_fast.detailed_balance, op, reduction="sum"))
