@@ -15,6 +15,9 @@ round-robin sampling so load from other processes hits every implementation alik
    this size, ~10 GB in all), so it runs over chunks of 1024 trajectories and its times add up.
 
     python bench/bench_subtb.py --out bench/results/subtb-cpu-2core.jsonl
+    python bench/bench_subtb.py --memory-only --out bench/results/subtb-cpu-2core-memory.jsonl
+
+Peak memory is measured from torch's allocation-level memory timeline (bench/memory.py).
 """
 
 import argparse
@@ -26,9 +29,24 @@ import sys
 from pathlib import Path
 
 import torch
+from memory import peak_bytes
 
 import gfn_fast
 from gfn_fast import benchmark as harness
+
+
+def _measure(calls: dict, min_seconds: float, min_reps: int, timing: bool) -> dict:
+    """{impl: row fields}: timing (round-robin) when asked, and peak memory of one call."""
+    out = {name: {} for name in calls}
+    with gfn_fast.validation(False):
+        if timing:
+            samples = harness.time_side_by_side(calls, torch.device("cpu"),
+                                                min_seconds=min_seconds, min_reps=min_reps)
+            for name in calls:
+                out[name].update(_summary(samples[name]))
+        for name, fn in calls.items():
+            out[name]["peak_bytes"] = peak_bytes(fn)
+    return out
 
 
 def _summary(samples: list[float]) -> dict:
@@ -80,7 +98,7 @@ def estimators(env, preprocessor, hidden: int = 64):
     return pf, pb, log_flow
 
 
-def torchgfn_cases(max_length: int, batch: int, min_seconds: float) -> list[dict]:
+def torchgfn_cases(max_length: int, batch: int, min_seconds: float, timing: bool) -> list[dict]:
     from gfn.gflownet import SubTBGFlowNet
 
     from gfn_fast.integrations import torchgfn as fused
@@ -88,7 +106,8 @@ def torchgfn_cases(max_length: int, batch: int, min_seconds: float) -> list[dict
     env, preprocessor, trajectories = hypergrid_batch(max_length, batch, seed=max_length)
     pf, pb, log_flow = estimators(env, preprocessor)
     lengths = trajectories.terminating_idx
-    shape = {"B": batch, "T": trajectories.max_length, "mean_length": float(lengths.double().mean()),
+    shape = {"B": batch, "T": trajectories.max_length,
+             "mean_length": float(lengths.double().mean()),
              "dtype": "float32", "lamda": 0.9, "weighting": "geometric_within"}
 
     # cached estimator outputs, as leaves requiring grad
@@ -143,16 +162,10 @@ def torchgfn_cases(max_length: int, batch: int, min_seconds: float) -> list[dict
     assert relative < 1e-4 and grad_error < 1e-3, (relative, grad_error)
 
     rows = []
-    with gfn_fast.validation(False):
-        samples = harness.time_side_by_side({"torchgfn": torchgfn_step,
-                                             "gfn_fast": gfn_fast_step},
-                                            torch.device("cpu"), min_seconds=min_seconds,
-                                            min_reps=5)
-        memory = {name: harness.peak_memory(fn, torch.device("cpu"))
-                  for name, fn in (("torchgfn", torchgfn_step), ("gfn_fast", gfn_fast_step))}
-    for name in samples:
-        rows.append(dict(case="subtb_loss_step_cached_estimators", impl=name, **shape,
-                         **_summary(samples[name]), peak_bytes=memory[name],
+    measured = _measure({"torchgfn": torchgfn_step, "gfn_fast": gfn_fast_step}, min_seconds, 5,
+                        timing)
+    for name, fields in measured.items():
+        rows.append(dict(case="subtb_loss_step_cached_estimators", impl=name, **shape, **fields,
                          value_rel_diff=relative, grad_max_rel_diff=grad_error))
 
     # end to end: estimators evaluated inside loss()
@@ -165,16 +178,10 @@ def torchgfn_cases(max_length: int, batch: int, min_seconds: float) -> list[dict
             gflownet.loss(env, trajectories).backward()
         return step
 
-    with gfn_fast.validation(False):
-        samples = harness.time_side_by_side({"torchgfn": end_to_end(theirs),
-                                             "gfn_fast": end_to_end(ours)},
-                                            torch.device("cpu"), min_seconds=min_seconds,
-                                            min_reps=5)
-        memory = {"torchgfn": harness.peak_memory(end_to_end(theirs), torch.device("cpu")),
-                  "gfn_fast": harness.peak_memory(end_to_end(ours), torch.device("cpu"))}
-    for name in samples:
-        rows.append(dict(case="subtb_loss_call_end_to_end", impl=name, **shape,
-                         **_summary(samples[name]), peak_bytes=memory[name]))
+    measured = _measure({"torchgfn": end_to_end(theirs), "gfn_fast": end_to_end(ours)},
+                        min_seconds, 5, timing)
+    for name, fields in measured.items():
+        rows.append(dict(case="subtb_loss_call_end_to_end", impl=name, **shape, **fields))
     return rows
 
 
@@ -188,7 +195,8 @@ def synthetic(batch: int, steps: int, seed: int = 0):
     return [t.requires_grad_() for t in tensors], log_reward, lengths
 
 
-def reference_cases(batch: int, steps: int, min_seconds: float, chunk: int) -> list[dict]:
+def reference_cases(batch: int, steps: int, min_seconds: float, chunk: int, timing: bool
+                    ) -> list[dict]:
     (log_pf, log_pb, log_flow), log_reward, lengths = synthetic(batch, steps)
     leaves = (log_pf, log_pb, log_flow)
 
@@ -221,18 +229,14 @@ def reference_cases(batch: int, steps: int, min_seconds: float, chunk: int) -> l
 
     shape = {"B": batch, "T": steps, "dtype": "float32"}
     rows = []
-    cpu = torch.device("cpu")
-    with gfn_fast.validation(False):
-        for case, calls in (
-            ("db_fwd_bwd", {"gfn_fast numba": db("numba"), "reference eager": db("reference")}),
-            ("subtb_geometric_within_fwd_bwd",
-             {"gfn_fast numba": subtb("numba"),
-              f"reference eager (chunks of {chunk})": subtb_reference_chunked}),
-        ):
-            samples = harness.time_side_by_side(calls, cpu, min_seconds=min_seconds, min_reps=3)
-            for name, fn in calls.items():
-                rows.append(dict(case=case, impl=name, **shape, **_summary(samples[name]),
-                                 peak_bytes=harness.peak_memory(fn, cpu)))
+    for case, calls in (
+        ("db_fwd_bwd", {"gfn_fast numba": db("numba"), "reference eager": db("reference")}),
+        ("subtb_geometric_within_fwd_bwd",
+         {"gfn_fast numba": subtb("numba"),
+          f"reference eager (chunks of {chunk})": subtb_reference_chunked}),
+    ):
+        for name, fields in _measure(calls, min_seconds, 3, timing).items():
+            rows.append(dict(case=case, impl=name, **shape, **fields))
     return rows
 
 
@@ -241,6 +245,8 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results/subtb-cpu-2core.jsonl")
     parser.add_argument("--min-seconds", type=float, default=2.0)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="measure peak memory only (no timing)")
     args = parser.parse_args()
     header = {"device": harness.device_name(torch.device("cpu")),
               "versions": harness._versions(),
@@ -256,21 +262,24 @@ def main() -> int:
     rows = []
     if gfn is not None:
         for max_length in ((16,) if args.quick else (64, 256)):
-            rows += torchgfn_cases(max_length, 256 if args.quick else 2048, args.min_seconds)
+            rows += torchgfn_cases(max_length, 256 if args.quick else 2048, args.min_seconds,
+                                   not args.memory_only)
     else:
         print("torchgfn is not installed: skipping the torchgfn comparison", file=sys.stderr)
     if args.quick:
-        rows += reference_cases(512, 32, args.min_seconds, chunk=256)
+        rows += reference_cases(512, 32, args.min_seconds, chunk=256, timing=not args.memory_only)
     else:
-        rows += reference_cases(16384, 128, args.min_seconds, chunk=1024)
+        rows += reference_cases(16384, 128, args.min_seconds, chunk=1024,
+                                timing=not args.memory_only)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as handle:
         for row in rows:
             handle.write(json.dumps({**header, **row}) + "\n")
     for row in rows:
+        timing = f"median {row['median_s'] * 1e3:10.2f} ms   " if "median_s" in row else ""
         print(f"{row['case']:<36} {row['impl']:<32} B={row['B']:<6} T={row['T']:<4} "
-              f"median {row['median_s'] * 1e3:10.2f} ms   peak {row['peak_bytes'] / 2**20:9.1f} MiB")
+              f"{timing}peak {row['peak_bytes'] / 2**20:9.1f} MiB")
     return 0
 
 

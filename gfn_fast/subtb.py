@@ -42,6 +42,18 @@ def _need(tensor, flag: bool):
     return flag and tensor is not None
 
 
+def _fake_grads(log_pf, has_pb, log_reward, need_log_reward, need_beta):
+    """Shapes of [grad_log_pf, grad_log_pb, grad_flow, grad_log_reward, grad_beta] (absent ones
+    empty; each its own tensor, since custom ops may not return aliases)."""
+    batch = log_reward.shape[0]
+
+    def per_row(needed):
+        return log_reward.new_empty(batch if needed else 0)
+
+    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else per_row(False),
+            torch.empty_like(log_pf), per_row(need_log_reward), per_row(need_beta)]
+
+
 # ------------------------------------------------------------------ detailed balance op
 
 
@@ -92,10 +104,7 @@ def _db_backward(grad: torch.Tensor, log_pf: torch.Tensor, log_pb: torch.Tensor 
 @_db_backward.register_fake
 def _(grad, log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, beta, packed,
       clip_min, loss_id, loss_param, reduction, need_log_reward, need_beta, backend):
-    batch = log_reward.shape[0]
-    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if log_pb is not None else log_reward.new_empty(0),
-            torch.empty_like(log_pf), log_reward.new_empty(batch) if need_log_reward else log_reward.new_empty(0),
-            log_reward.new_empty(batch) if need_beta else log_reward.new_empty(0)]
+    return _fake_grads(log_pf, log_pb is not None, log_reward, need_log_reward, need_beta)
 
 
 def _db_setup_context(ctx, inputs, output):
@@ -179,10 +188,7 @@ def _subtb_backward(grad_loss: torch.Tensor, potentials: torch.Tensor, lengths: 
 def _(grad_loss, potentials, lengths, log_pf, has_pb, log_reward, beta, row_weight, table,
       packed, clip_min, loss_id, loss_param, lamda, running, need_log_reward, need_beta,
       backend):
-    batch = log_reward.shape[0]
-    return [torch.empty_like(log_pf), torch.empty_like(log_pf) if has_pb else log_reward.new_empty(0),
-            torch.empty_like(log_pf), log_reward.new_empty(batch) if need_log_reward else log_reward.new_empty(0),
-            log_reward.new_empty(batch) if need_beta else log_reward.new_empty(0)]
+    return _fake_grads(log_pf, has_pb, log_reward, need_log_reward, need_beta)
 
 
 def _subtb_setup_context(ctx, inputs, output):
@@ -359,7 +365,8 @@ def subtrajectory_balance(
     P_b(k) = sum_{t<k} (log_pf - log_pb) and F_b as in `detailed_balance`.
 
     weighting (torchgfn's names and values):
-        "geometric_within" (default): mean over b of sum_{i<j} lambda^(j-i) rho(d) / sum lambda^(j-i)
+        "geometric_within" (default): mean over b of
+            sum_{i<j} lambda^(j-i) rho(d) / sum_{i<j} lambda^(j-i)
         "equal_within": the same with lambda = 1
         "geometric": sum_k w_k * (mean of rho(d) over length-k sub-trajectories of the batch),
             w_k = lambda^(k-1) (1-lambda) / (1-lambda^M), M = max_b n_b

@@ -1,7 +1,7 @@
 """Drop-in replacements for torchgfn's balance GFlowNets whose losses run through gfn_fast.
 
-    # before                                          # after
-    from gfn.gflownet import SubTBGFlowNet            from gfn_fast.integrations.torchgfn import SubTBGFlowNet
+    from gfn.gflownet import SubTBGFlowNet                          # before
+    from gfn_fast.integrations.torchgfn import SubTBGFlowNet        # after
 
 `TBGFlowNet`, `LogPartitionVarianceGFlowNet`, `DBGFlowNet` and `SubTBGFlowNet` subclass torchgfn's
 classes (torchgfn 2.4.x) with the same constructors, attributes and `loss(...)` signatures. Only the

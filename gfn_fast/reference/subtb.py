@@ -39,7 +39,7 @@ def trajectory_lengths(lengths, packed):
 
 
 def state_flows(log_flow, log_state_reward, lengths, packed, log_reward, beta, clip_min, dtype):
-    """F [B, T'+1]: F[b, t] = log_flow (+ log_state_reward) for t < n_b, F[b, n_b] = L_b, 0 after."""
+    """F [B, T'+1]: log_flow (+ log_state_reward) at t < n_b, L_b at t = n_b, 0 after."""
     n = trajectory_lengths(lengths, packed)
     flow = to_padded(log_flow, lengths, packed, dtype)
     if log_state_reward is not None:
