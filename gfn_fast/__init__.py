@@ -29,3 +29,9 @@ __all__ += ["bfn"]
 from gfn_fast._rng import rank_seed  # noqa: E402
 
 __all__ += ["rank_seed"]
+
+
+# ---- Detailed balance / sub-trajectory balance ----
+from gfn_fast.subtb import detailed_balance, subtrajectory_balance  # noqa: E402
+
+__all__ += ["detailed_balance", "subtrajectory_balance"]

@@ -484,4 +484,22 @@ def class_indices(op: str, arg: str, value, n_classes: int) -> torch.Tensor:
         if low < 0 or high >= n_classes:
             fail(op, arg, f"must lie in [0, K) = [0, {n_classes}), got values in "
                  f"[{low}, {high}]")
+
+
+# ---- Detailed balance / sub-trajectory balance (gfn_fast.subtb) ----
+
+SUBTB_WEIGHTINGS = ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB")
+
+
+def parse_weighting(op: str, weighting) -> str:
+    if not isinstance(weighting, str) or weighting not in SUBTB_WEIGHTINGS:
+        fail(op, "weighting", f"must be one of {list(SUBTB_WEIGHTINGS)}, got {weighting!r}")
+    return weighting
+
+
+def parse_lamda(op: str, lamda) -> float:
+    """lambda of SubTB(lambda): a Python number in (0, 1] (a constant, not learned)."""
+    value = parse_float(op, "lamda", lamda)
+    if not 0.0 < value <= 1.0:
+        fail(op, "lamda", f"must lie in (0, 1], got {value}")
     return value

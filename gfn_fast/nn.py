@@ -149,3 +149,44 @@ class LogitScaledPolicy(nn.Module):
         return sample_actions(logits, mask, scale=self._scale(logits, beta), clip=self.clip,
                               **kwargs)
 # ---- end logit-scaling GFlowNets ----
+
+
+# ---- Detailed balance / sub-trajectory balance ----
+from gfn_fast.subtb import detailed_balance, subtrajectory_balance  # noqa: E402
+
+
+class DetailedBalance(nn.Module):
+    """Detailed balance loss (forward-looking when ``log_state_reward`` is passed); no
+    parameters: the log-flow estimator is the caller's. Keyword arguments are defaults for
+    `gfn_fast.detailed_balance`, overridable per call."""
+
+    def __init__(self, *, loss="squared", reduction="mean",
+                 log_reward_clip_min: float = -math.inf, backend: str | None = None):
+        super().__init__()
+        self.defaults = dict(loss=loss, reduction=reduction,
+                             log_reward_clip_min=log_reward_clip_min, backend=backend)
+
+    def forward(self, log_pf, log_pb, log_flow, log_reward, **kwargs):
+        return detailed_balance(log_pf, log_pb, log_flow, log_reward,
+                                **{**self.defaults, **kwargs})
+
+
+class SubTrajectoryBalance(nn.Module):
+    """SubTB(lambda) loss holding lambda and the weighting (a buffer-free module: lambda is a
+    fixed hyper-parameter, read as ``module.lamda``). Keyword arguments are defaults for
+    `gfn_fast.subtrajectory_balance`, overridable per call."""
+
+    def __init__(self, lamda: float = 0.9, weighting: str = "geometric_within", *,
+                 loss="squared", log_reward_clip_min: float = -math.inf,
+                 backend: str | None = None):
+        super().__init__()
+        self.lamda = float(lamda)
+        self.weighting = weighting
+        self.defaults = dict(loss=loss, log_reward_clip_min=log_reward_clip_min, backend=backend)
+
+    def extra_repr(self) -> str:
+        return f"lamda={self.lamda}, weighting={self.weighting!r}"
+
+    def forward(self, log_pf, log_pb, log_flow, log_reward, **kwargs):
+        options = {**self.defaults, "lamda": self.lamda, "weighting": self.weighting, **kwargs}
+        return subtrajectory_balance(log_pf, log_pb, log_flow, log_reward, **options)

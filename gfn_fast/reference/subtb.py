@@ -1,0 +1,121 @@
+"""Detailed balance and sub-trajectory balance in plain PyTorch: the executable form of
+../shared/spec/balance.md ("Detailed balance", "Sub-trajectory balance").
+
+This is the ground truth of the tests, written for clarity, not memory: SubTB materialises every
+residual d[b, i, j] ([B, T+1, T+1]). Inputs are validated and normalised by `gfn_fast._checks`
+(padded [B, T] with any strides and `lengths` [B] int64, or packed 1-D with `cu_seqlens`).
+Packed inputs are gathered into a padded copy first (which reads the lengths on the host).
+"""
+
+import torch
+
+from gfn_fast.reference.balance import MEAN, SUM, compute_dtype, terminal_log_flow
+from gfn_fast.reference.losses import rho
+
+WEIGHTINGS = ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB")
+
+
+def to_padded(values, lengths, packed, dtype):
+    """(values as [B, T'] in `dtype` with zeros on the padding, n [B] int64, valid [B, T'])."""
+    if values is None:
+        return None
+    if packed:
+        n = lengths[1:] - lengths[:-1]
+        width = max(int(n.max()), 1)
+        steps = torch.arange(width, device=values.device)
+        valid = steps[None, :] < n[:, None]
+        index = (lengths[:-1, None] + steps[None, :]).clamp(max=max(values.shape[0] - 1, 0))
+        gathered = values.to(dtype)[index]
+    else:
+        n = lengths
+        steps = torch.arange(values.shape[1], device=values.device)
+        valid = steps[None, :] < n[:, None]
+        gathered = values.to(dtype)
+    return torch.where(valid, gathered, torch.zeros_like(gathered))
+
+
+def trajectory_lengths(lengths, packed):
+    return lengths[1:] - lengths[:-1] if packed else lengths
+
+
+def state_flows(log_flow, log_state_reward, lengths, packed, log_reward, beta, clip_min, dtype):
+    """F [B, T'+1]: log_flow (+ log_state_reward) at t < n_b, L_b at t = n_b, 0 after."""
+    n = trajectory_lengths(lengths, packed)
+    flow = to_padded(log_flow, lengths, packed, dtype)
+    if log_state_reward is not None:
+        flow = flow + to_padded(log_state_reward, lengths, packed, dtype)
+    flow = torch.cat([flow, torch.zeros_like(flow[:, :1])], dim=1)
+    terminal = terminal_log_flow(log_reward, beta, clip_min, dtype)
+    steps = torch.arange(flow.shape[1], device=flow.device)
+    return torch.where(steps[None, :] == n[:, None], terminal[:, None], flow), n
+
+
+def _step_log_ratio(log_pf, log_pb, lengths, packed, dtype):
+    ratio = to_padded(log_pf, lengths, packed, dtype)
+    if log_pb is not None:
+        ratio = ratio - to_padded(log_pb, lengths, packed, dtype)
+    return ratio
+
+
+def detailed_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_reward,
+                     beta, clip_min, loss_id, loss_param, reduction):
+    """DB: d[b, t] = F_b(t) + log_pf - F_b(t+1) - log_pb for t < n_b; mean over valid
+    transitions, sum, or none ([B, T] zero-padded, or flat [N] when packed)."""
+    dtype = compute_dtype(log_pf, log_pb, log_flow, log_state_reward, log_reward, beta)
+    flows, n = state_flows(log_flow, log_state_reward, lengths, packed, log_reward, beta,
+                           clip_min, dtype)
+    d = flows[:, :-1] + _step_log_ratio(log_pf, log_pb, lengths, packed, dtype) - flows[:, 1:]
+    steps = torch.arange(d.shape[1], device=d.device)
+    valid = steps[None, :] < n[:, None]
+    per_step = torch.where(valid, rho(d, loss_id, loss_param), torch.zeros_like(d))
+    if reduction == MEAN:
+        return per_step.sum() / valid.sum()
+    if reduction == SUM:
+        return per_step.sum()
+    return per_step[valid] if packed else per_step
+
+
+def subtrajectory_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, packed,
+                          log_reward, beta, clip_min, loss_id, loss_param, lamda, weighting):
+    """SubTB(lambda) with one of WEIGHTINGS, every residual d[b, i, j] materialised."""
+    dtype = compute_dtype(log_pf, log_pb, log_flow, log_state_reward, log_reward, beta)
+    flows, n = state_flows(log_flow, log_state_reward, lengths, packed, log_reward, beta,
+                           clip_min, dtype)
+    ratio = _step_log_ratio(log_pf, log_pb, lengths, packed, dtype)
+    prefix = torch.cat([torch.zeros_like(ratio[:, :1]), ratio.cumsum(dim=1)], dim=1)
+    # d[b, i, j] = F(i) - F(j) + P(j) - P(i), for i < j <= n_b
+    d = (flows[:, :, None] - flows[:, None, :]) + (prefix[:, None, :] - prefix[:, :, None])
+    positions = torch.arange(flows.shape[1], device=d.device)
+    i, j = positions[:, None], positions[None, :]
+    valid = (i < j)[None] & (j[None] <= n[:, None, None])
+    span = (j - i).expand_as(d[0])[None].expand_as(d)
+    losses = torch.where(valid, rho(d, loss_id, loss_param), torch.zeros_like(d))
+    batch = d.shape[0]
+    if weighting in ("geometric_within", "equal_within"):
+        lam = lamda if weighting == "geometric_within" else 1.0
+        weights = torch.where(valid, torch.full_like(d, lam) ** span, torch.zeros_like(d))
+        per_trajectory = (weights * losses).sum(dim=(1, 2)) / weights.sum(dim=(1, 2))
+        return per_trajectory.sum() / batch
+    if weighting == "equal":
+        return losses.sum() / valid.sum()
+    if weighting == "TB":
+        first = d[:, 0, :].gather(1, n[:, None]).squeeze(1)
+        return rho(first, loss_id, loss_param).mean()
+    if weighting == "DB":
+        single = valid & (span == 1)
+        return torch.where(single, losses, torch.zeros_like(losses)).sum() / single.sum()
+    if weighting == "geometric":
+        longest = int(n.max())
+        per_length = []
+        for k in range(1, longest + 1):
+            of_length = valid & (span == k)
+            per_length.append(torch.where(of_length, losses, torch.zeros_like(losses)).sum()
+                              / of_length.sum())
+        per_length = torch.stack(per_length)
+        if lamda == 1.0:
+            weights = torch.full_like(per_length, 1.0 / longest)
+        else:
+            ks = torch.arange(longest, device=d.device, dtype=dtype)
+            weights = lamda ** ks * (1.0 - lamda) / (1.0 - lamda ** longest)
+        return (weights * per_length).sum()
+    raise ValueError(f"unknown weighting {weighting!r}")
