@@ -484,6 +484,7 @@ def class_indices(op: str, arg: str, value, n_classes: int) -> torch.Tensor:
         if low < 0 or high >= n_classes:
             fail(op, arg, f"must lie in [0, K) = [0, {n_classes}), got values in "
                  f"[{low}, {high}]")
+    return value
 
 
 # ---- Detailed balance / sub-trajectory balance (gfn_fast.subtb) ----

@@ -56,6 +56,23 @@ def vargrad(**change):
                                     args.pop("log_reward"), **args)
 
 
+def _flow_args():
+    return dict(log_pf=torch.randn(B, T), log_pb=torch.randn(B, T), log_flow=torch.randn(B, T),
+                log_reward=torch.randn(B), lengths=torch.tensor([1, 2, 3, 3]))
+
+
+def db(**change):
+    args = {**_flow_args(), **change}
+    gfn_fast.detailed_balance(args.pop("log_pf"), args.pop("log_pb"), args.pop("log_flow"),
+                              args.pop("log_reward"), **args)
+
+
+def subtb(**change):
+    args = {**_flow_args(), **change}
+    gfn_fast.subtrajectory_balance(args.pop("log_pf"), args.pop("log_pb"), args.pop("log_flow"),
+                                   args.pop("log_reward"), **args)
+
+
 def sample(**change):
     args = {"logits": torch.randn(N, A), "mask": None, **change}
     gfn_fast.sample_actions(args.pop("logits"), args.pop("mask"), **args)
@@ -304,6 +321,37 @@ CASES = {
                                                         torch.randn(B)), V, "loss",
          "log_partition_variance"),
     ],
+    "detailed_balance": [
+        (lambda: db(log_flow=torch.randn(B, T + 1)), V, "log_flow"),
+        (lambda: db(log_state_reward=torch.randn(B, T - 1)), V, "log_state_reward"),
+        (lambda: db(log_flow=torch.ones(B, T, dtype=torch.int64)), TE, "log_flow"),
+        (lambda: db(lengths=torch.tensor([1, 2, 3, 4])), V, "lengths"),
+        (lambda: db(log_pf=torch.randn(5), log_pb=None, log_flow=torch.randn(5), lengths=None,
+                    cu_seqlens=torch.tensor([0, 3, 2, 5]), log_reward=torch.randn(3)), V,
+         "cu_seqlens"),
+        (lambda: db(loss="quartic"), V, "loss"),
+        (lambda: db(reduction="median"), V, "reduction"),
+        (lambda: db(log_reward=torch.randn(B).to("meta")), V, "log_reward"),
+    ],
+    "subtrajectory_balance": [
+        (lambda: subtb(lamda=0.0), V, "lamda"),
+        (lambda: subtb(lamda=1.5), V, "lamda"),
+        (lambda: subtb(weighting="uniform"), V, "weighting"),
+        (lambda: subtb(log_flow=torch.randn(B, T).double()), TE, "log_flow"),
+        (lambda: subtb(lengths=torch.tensor([0, 1, 2, 3])), V, "lengths"),
+        (lambda: subtb(loss="huber(0)"), V, "loss"),
+        (lambda: subtb(beta=torch.ones(B + 1)), V, "beta"),
+    ],
+    "nn.DetailedBalance": [
+        (lambda: gnn.DetailedBalance(loss="cubic")(torch.randn(B, T), None, torch.randn(B, T),
+                                                   torch.randn(B)), V, "loss",
+         "detailed_balance"),
+    ],
+    "nn.SubTrajectoryBalance": [
+        (lambda: gnn.SubTrajectoryBalance(weighting="cubic")(
+            torch.randn(B, T), None, torch.randn(B, T), torch.randn(B)), V, "weighting",
+         "subtrajectory_balance"),
+    ],
     "nn.LogitScaler": [],  # plain nn layers: torch's own errors
     "nn.LogitScaledPolicy": [
         (lambda: gnn.LogitScaledPolicy(clip=(1.0, -1.0)).sample(torch.randn(N, A), 1.0, seed=0),
@@ -335,6 +383,6 @@ def test_bad_input_error_style(name, index):
 
 def test_valid_inputs_of_the_audit_run():
     """The base inputs every case starts from are valid: each error comes from its change."""
-    for call in (tb, vargrad, sample, log_prob, c_output, c_loss, c_update, c_flow, d_loss,
+    for call in (tb, vargrad, db, subtb, sample, log_prob, c_output, c_loss, c_update, c_flow, d_loss,
                  d_flow, d_update, ds_loss, ds_probs, c_step, d_step, ds_step, generate):
         call()
