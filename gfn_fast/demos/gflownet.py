@@ -37,14 +37,24 @@ def _mlp(widths: list[int]) -> nn.Sequential:
 
 
 class ConditionalGFlowNet(nn.Module):
-    """Logits MLP + logit scaler g(beta) + conditional log Z(beta)."""
+    """Logits MLP of (state, beta) + logit scaler g(beta) + conditional log Z(beta).
+
+    The optimal policies for R^beta at different beta are not temperature-scaled copies of one
+    another, so logit scaling alone leaves a gap when one network serves a range of beta
+    (measured here: total variation 0.15 at beta = 1 when trained on beta ~ U[1, 2], against
+    0.06 for the same network trained at beta = 1 only). The MLP therefore also sees beta; g(beta)
+    still sets the overall sharpness, which is what lets logit scaling extrapolate in beta.
+    """
 
     def __init__(self, env: HyperGrid, hidden: int = 128):
         super().__init__()
         self.env = env
-        self.trunk = _mlp([env.ndim * env.height, hidden, hidden, env.n_actions])
+        self.trunk = _mlp([env.ndim * env.height + 1, hidden, hidden, env.n_actions])
         self.scaler = gfn_fast.nn.LogitScaler(hidden=(32, 32))
         self.log_z = _mlp([1, 32, 1])
+
+    def logits(self, features: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        return self.trunk(torch.cat([features, (beta - 1.5)[:, None]], dim=1))
 
     def loss(self, beta: torch.Tensor, epsilon: float, generator: torch.Generator,
              backend: str | None) -> torch.Tensor:
@@ -52,14 +62,16 @@ class ConditionalGFlowNet(nn.Module):
         batch = beta.shape[0]
         scale = self.scaler(beta)
         with torch.no_grad():
-            # g(beta) is constant along a trajectory: computed once, carried as conditioning
-            traj = sample_trajectories(lambda features, g: (self.trunk(features), g), env, batch,
-                                       conditioning=scale.detach(), epsilon=epsilon,
-                                       generator=generator, clip=CLIP, backend=backend)
+            # beta and g(beta) are constant along a trajectory: computed once, carried as the
+            # per-trajectory conditioning (compacted with the live rows on CPU)
+            traj = sample_trajectories(
+                lambda features, c: (self.logits(features, c[:, 0]), c[:, 1]), env, batch,
+                conditioning=torch.stack([beta, scale.detach()], dim=1), epsilon=epsilon,
+                generator=generator, clip=CLIP, backend=backend)
         steps = env.max_steps
         visited = traj.states[:-1].reshape(steps * batch, env.ndim)  # time-major rows
         actions = traj.actions.reshape(-1)
-        logits = self.trunk(env.encode(visited))
+        logits = self.logits(env.encode(visited), beta.repeat(steps))
         log_pf = action_log_prob(logits, actions, env.forward_mask(visited),
                                  scale=scale.repeat(steps), clip=CLIP,
                                  backend=backend).reshape(steps, batch)
@@ -75,8 +87,9 @@ class ConditionalGFlowNet(nn.Module):
         env = self.env
         states = env.all_states()
         mask = env.forward_mask(states)
-        logits = self.trunk(env.encode(states))
-        scale = self.scaler(torch.full((states.shape[0],), float(beta)))
+        betas = torch.full((states.shape[0],), float(beta))
+        logits = self.logits(env.encode(states), betas)
+        scale = self.scaler(betas)
         probs = torch.zeros(states.shape[0], env.n_actions, dtype=torch.float64)
         for action in range(env.n_actions):
             rows = mask[:, action]
