@@ -13,9 +13,17 @@ import numpy as np
 import torch
 
 from gfn_fast.cpu import _philox as px
+from gfn_fast.cpu import _vmath as vm
 from gfn_fast.cpu._common import as_numpy
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
+# The loops over logits and noise vectorise only without calls and exceptions in their bodies:
+# exp / log / cos come from _vmath (inlined arithmetic, not libm calls), error_model="numpy"
+# drops the ZeroDivisionError branch of every division, and reassociation (no nnan / ninf, so
+# NaN and inf still propagate) lets LLVM vectorise the sums. Measured single-threaded at text8's
+# shape: a Box-Muller normal 15 ns -> ~1 ns, an exp 4.4 ns -> ~1 ns.
+_FAST = {"reassoc", "contract"}
+_KERNEL = dict(parallel=True, cache=True, fastmath=_FAST, error_model="numpy")
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -167,88 +175,103 @@ def _discretised_probs(mu_x, log_sigma_x, n_bins, out):
                 out[r, k] = cdf_right - (_phi_cdf(z_left) if k > 0 else 0.0)
 
 
-@numba.njit(inline="always", cache=True)
-def _softmax_stats(logits, b, d, n_classes):
-    """(max, sum exp(l - max)) of one [K] row."""
-    m = -math.inf
-    for k in range(n_classes):
-        m = max(m, logits[b, d, k])
-    s = 0.0
-    for k in range(n_classes):
-        s += math.exp(logits[b, d, k] - m)
-    return m, s
-
+# The discrete kernels work on one sample's [D, K] rows at a time, in passes: per-row maxima
+# and shifted values into a float64 [D, K] scratch, then ONE flat loop of exps over all D * K
+# values, then per-row sums. A loop over K = 27 vectorises into one 16-wide step and 11 scalar
+# remainder iterations, and a scalar exp costs as much as a vector one, so exps inside the
+# [K] loops ran at ~3.5 ns; in the flat loop they run at ~0.7 ns (text8 shape, one thread).
 
 @numba.njit(inline="always", cache=True)
-def _row_max(logits, b, d, n_classes):
-    m = -math.inf
-    for k in range(n_classes):
-        m = max(m, logits[b, d, k])
-    return m
+def _exp_inplace(scratch):
+    """scratch[:] = exp(scratch) over a contiguous [D, K] array, as one flat vectorised loop."""
+    flat = scratch.reshape(scratch.size)
+    for j in range(flat.shape[0]):
+        flat[j] = vm.exp(flat[j])
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(inline="always", cache=True)
+def _shift_rows(values, b, scratch, maxima):
+    """scratch[d, k] = values[b, d, k] - max_k values[b, d, k], maxima[d] = that maximum."""
+    dims, n_classes = scratch.shape
+    for d in range(dims):
+        m = values[b, d, 0]
+        for k in range(1, n_classes):
+            m = max(m, values[b, d, k])
+        maxima[d] = m
+        for k in range(n_classes):
+            scratch[d, k] = values[b, d, k] - m
+
+
+@numba.njit(**_KERNEL)
 def _discrete_loss_forward(x_index, logits, t, beta_1, out):
     """sum_k (p_k - e_x)^2 = (sum e_k^2) / s^2 - 2 e_x / s + 1 with e = exp(l - max), s = sum e:
-    one exp per logit (NumPy-free Numba cannot vectorise exp, so exps dominate)."""
+    one exp per logit. The target is picked by a select inside the loop, not by indexing, so a
+    bad index reads nothing out of bounds."""
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
+        e = np.empty((dims, n_classes), logits.dtype)
+        maxima = np.empty(dims, logits.dtype)
+        _shift_rows(logits, b, e, maxima)
+        _exp_inplace(e)
         total = 0.0
         for d in range(dims):
-            m = _row_max(logits, b, d, n_classes)
             target = x_index[b, d]
             s = 0.0
             s2 = 0.0
             e_target = 0.0
             for k in range(n_classes):
-                e = math.exp(logits[b, d, k] - m)
-                s += e
-                s2 += e * e
-                if k == target:
-                    e_target = e
+                s += e[d, k]
+                s2 += e[d, k] * e[d, k]
+                e_target += e[d, k] if k == target else 0.0
             total += s2 / (s * s) - 2.0 * e_target / s + 1.0
         out[b] = n_classes * beta_1 * t[b] * total
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _discrete_loss_backward(grad, x_index, logits, t, beta_1, grad_logits):
-    """d/d l_j = c p_j (r_j - sum_k r_k p_k), r = p - e_x; exp(l - max) is kept in the output
-    row between passes (one exp per logit)."""
+    """d/d l_j = c p_j (r_j - sum_k r_k p_k), r = p - e_x (one exp per logit)."""
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
         c = 2.0 * n_classes * beta_1 * t[b] * grad[b]
-        row = np.empty(n_classes)
+        e = np.empty((dims, n_classes), logits.dtype)
+        maxima = np.empty(dims, logits.dtype)
+        _shift_rows(logits, b, e, maxima)
+        _exp_inplace(e)
         for d in range(dims):
-            m = _row_max(logits, b, d, n_classes)
             target = x_index[b, d]
             s = 0.0
             s2 = 0.0
+            e_target = 0.0
             for k in range(n_classes):
-                e = math.exp(logits[b, d, k] - m)
-                row[k] = e
-                s += e
-                s2 += e * e
+                s += e[d, k]
+                s2 += e[d, k] * e[d, k]
+                e_target += e[d, k] if k == target else 0.0
             inv = 1.0 / s
-            dot = s2 * inv * inv - row[target] * inv
+            dot = s2 * inv * inv - e_target * inv
             for k in range(n_classes):
-                p = row[k] * inv
+                p = e[d, k] * inv
                 grad_logits[b, d, k] = c * p * (p - (1.0 if k == target else 0.0) - dot)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _discrete_update(log_theta, y, out):
+    """out = log_theta + y - logsumexp_k(log_theta + y); z = log_theta + y is staged in out."""
     batch, dims, n_classes = log_theta.shape
     for b in numba.prange(batch):
         for d in range(dims):
-            m = -math.inf
             for k in range(n_classes):
-                m = max(m, log_theta[b, d, k] + y[b, d, k])
+                out[b, d, k] = log_theta[b, d, k] + y[b, d, k]
+        e = np.empty((dims, n_classes), out.dtype)
+        maxima = np.empty(dims, out.dtype)
+        _shift_rows(out, b, e, maxima)
+        _exp_inplace(e)
+        for d in range(dims):
             s = 0.0
             for k in range(n_classes):
-                s += math.exp(log_theta[b, d, k] + y[b, d, k] - m)
-            lse = m + math.log(s)
+                s += e[d, k]
+            lse = maxima[d] + vm.log(s)
             for k in range(n_classes):
-                out[b, d, k] = log_theta[b, d, k] + y[b, d, k] - lse
+                out[b, d, k] -= lse
 
 
 def _np(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -372,132 +395,165 @@ def _first_normal(k0, k1, o0, o1, index):
     return n0
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(inline="always", cache=True)
+def _fill_sender_noise(rows, base, spread, alpha, k0, k1, o0, o1):
+    """rows[d, k] = spread eps(base + d K + k) - alpha over a contiguous [D, K] array: the
+    sender sample without its alpha K at the chosen class. One flat loop, so Philox and
+    Box-Muller vectorise."""
+    flat = rows.reshape(rows.size)
+    for j in range(flat.shape[0]):
+        flat[j] = spread * _first_normal(k0, k1, o0, o1, base + j) - alpha
+
+
+@numba.njit(**_KERNEL)
 def _continuous_flow(x, t, log_s, k0, k1, o0, o1, out):
     batch, dims = x.shape
     for b in numba.prange(batch):
         g = -math.expm1(2.0 * t[b] * log_s)
         spread = math.sqrt(g * math.exp(2.0 * t[b] * log_s))
+        base = b * dims
         for d in range(dims):
-            out[b, d] = g * x[b, d] + spread * _first_normal(k0, k1, o0, o1, b * dims + d)
+            out[b, d] = g * x[b, d] + spread * _first_normal(k0, k1, o0, o1, base + d)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
+    """out [B, D, K]. Each class row's softmax is shifted by y at the data class x, not by the
+    row maximum: with |eps| <= 6.66 (the contract's Box-Muller bound),
+    y_k - y_x <= 13.32 sqrt(beta K) - beta K <= 44.4, so exp(y_k - y_x) <= 2e19 cannot
+    overflow in float64 and the sum is >= 1, with no max pass."""
     batch, dims, n_classes = out.shape
     for b in numba.prange(batch):
         beta_t = beta_1 * t[b] * t[b]
-        spread = math.sqrt(beta_t * n_classes)
+        y = out[b]
+        _fill_sender_noise(y, b * dims * n_classes, math.sqrt(beta_t * n_classes), beta_t, k0,
+                           k1, o0, o1)
+        e = np.empty((dims, n_classes), out.dtype)
+        shifts = np.empty(dims, out.dtype)
         for d in range(dims):
-            base = (b * dims + d) * n_classes
-            target = x_index[b, d]
-            m = -math.inf
+            target = min(max(x_index[b, d], 0), n_classes - 1)
+            y[d, target] += beta_t * n_classes
+            shift = y[d, target]
+            shifts[d] = shift
             for k in range(n_classes):
-                y = beta_t * ((n_classes if k == target else 0.0) - 1.0) \
-                    + spread * _first_normal(k0, k1, o0, o1, base + k)
-                out[b, d, k] = y
-                m = max(m, y)
+                e[d, k] = y[d, k] - shift
+        _exp_inplace(e)
+        for d in range(dims):
             s = 0.0
+            for k in range(n_classes):
+                s += e[d, k]
             if log:
+                lse = shifts[d] + vm.log(s)
                 for k in range(n_classes):
-                    s += math.exp(out[b, d, k] - m)
-                lse = m + math.log(s)
-                for k in range(n_classes):
-                    out[b, d, k] -= lse
+                    y[d, k] -= lse
             else:
-                for k in range(n_classes):
-                    e = math.exp(out[b, d, k] - m)
-                    out[b, d, k] = e
-                    s += e
                 inv = 1.0 / s
                 for k in range(n_classes):
-                    out[b, d, k] *= inv
+                    y[d, k] = e[d, k] * inv
 
 
 @numba.njit(inline="always", cache=True)
-def _nstep_row(logits, b, d, target, alpha, n_classes, k0, k1, o0, o1, scratch, noise_row):
-    """For one (b, d) (noise row b D + d): writes z_k = ln p_O(k) + y_k into scratch[0, :] and
-    returns (y_x - logsumexp_k z_k, logsumexp_k z_k)."""
-    m_l, s_l = _softmax_stats(logits, b, d, n_classes)
-    log_norm = m_l + math.log(s_l)
-    spread = math.sqrt(alpha * n_classes)
-    base = noise_row * n_classes
-    m = -math.inf
-    s = 0.0
-    y_target = 0.0
-    for k in range(n_classes):
-        y = alpha * ((n_classes if k == target else 0.0) - 1.0) \
-            + spread * _first_normal(k0, k1, o0, o1, base + k)
-        if k == target:
-            y_target = y
-        z = logits[b, d, k] - log_norm + y
-        scratch[0, k] = z
-        if z > m:
-            s = s * math.exp(m - z) + 1.0
-            m = z
-        else:
-            s += math.exp(z - m)
-    lse = m + math.log(s)
-    return y_target - lse, lse
+def _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats):
+    """One sample's n-step terms. Leaves p[d, k] = softmax(logits[b, d])_k and
+    w[d, k] = exp(z_k - max_k z) with z = ln p_O + y (y the sender sample), and
+    stats[d] = (y_x - logsumexp_k z_k, sum_k w[d, k])."""
+    dims, n_classes = p.shape
+    boost = alpha * n_classes
+    _fill_sender_noise(w, b * dims * n_classes, math.sqrt(boost), alpha, k0, k1, o0, o1)
+    _shift_rows(logits, b, p, maxima)
+    _exp_inplace(p)
+    for d in range(dims):
+        s_l = 0.0
+        for k in range(n_classes):
+            s_l += p[d, k]
+        inv = 1.0 / s_l
+        log_norm = maxima[d] + vm.log(s_l)
+        target = x_index[b, d]
+        y_target = 0.0
+        m = -math.inf
+        for k in range(n_classes):
+            y = w[d, k] + (boost if k == target else 0.0)
+            y_target += y if k == target else 0.0
+            z = logits[b, d, k] - log_norm + y
+            w[d, k] = z
+            m = max(m, z)
+            p[d, k] *= inv
+        for k in range(n_classes):
+            w[d, k] -= m
+        stats[d, 0] = y_target - m
+    _exp_inplace(w)
+    for d in range(dims):
+        s = 0.0
+        for k in range(n_classes):
+            s += w[d, k]
+        stats[d, 0] -= vm.log(s)
+        stats[d, 1] = s
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, k0, k1, o0, o1, out):
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
         alpha = beta_1 * (2.0 * t[b] * n_steps + 1.0) / (n_steps * n_steps)
-        scratch = np.empty((1, n_classes))
+        p = np.empty((dims, n_classes), logits.dtype)
+        w = np.empty((dims, n_classes), logits.dtype)
+        maxima = np.empty(dims, logits.dtype)
+        stats = np.empty((dims, 2))
+        _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats)
         total = 0.0
         for d in range(dims):
-            per_dim, _ = _nstep_row(logits, b, d, x_index[b, d], alpha, n_classes, k0, k1, o0,
-                                    o1, scratch, b * dims + d)
-            total += per_dim
+            total += stats[d, 0]
         out[b] = n_steps * total
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, k0, k1, o0, o1,
                                   grad_logits):
+    """d/d l_k = n grad (p_k - w_k / sum w): the noise is drawn again."""
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
         alpha = beta_1 * (2.0 * t[b] * n_steps + 1.0) / (n_steps * n_steps)
         scale = n_steps * grad[b]
-        scratch = np.empty((1, n_classes))
+        p = np.empty((dims, n_classes), logits.dtype)
+        w = np.empty((dims, n_classes), logits.dtype)
+        maxima = np.empty(dims, logits.dtype)
+        stats = np.empty((dims, 2))
+        _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats)
         for d in range(dims):
-            _, lse = _nstep_row(logits, b, d, x_index[b, d], alpha, n_classes, k0, k1, o0, o1,
-                                scratch, b * dims + d)
-            m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+            inv = 1.0 / stats[d, 1]
             for k in range(n_classes):
-                p = math.exp(logits[b, d, k] - m_l) / s_l
-                grad_logits[b, d, k] = scale * (p - math.exp(scratch[0, k] - lse))
+                grad_logits[b, d, k] = scale * (p[d, k] - w[d, k] * inv)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _continuous_step(mu, rho, eps_hat, a, c, inv_sqrt_alpha, alpha, x_min, x_max, clamp,
                      k0, k1, o0, o1):
     batch, dims = mu.shape
     for b in numba.prange(batch):
         gain = alpha / (rho[b] + alpha)
+        base = b * dims
         for d in range(dims):
             m = mu[b, d]
             x_hat = a * m - c * eps_hat[b, d]
             if clamp:
                 x_hat = min(max(x_hat, x_min), x_max)
-            y = x_hat + inv_sqrt_alpha * _first_normal(k0, k1, o0, o1, b * dims + d)
+            y = x_hat + inv_sqrt_alpha * _first_normal(k0, k1, o0, o1, base + d)
             mu[b, d] = m + gain * (y - m)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, inv_sqrt_alpha, alpha, k0, k1, o0,
                       o1, update, draw):
     batch, dims = mu_x.shape
     for b in numba.prange(batch):
         gain = alpha / (rho[b] + alpha) if update else 0.0
+        base = b * dims
         for d in range(dims):
-            w0, w1, _ = _block(k0, k1, o0, o1, b * dims + d)
+            w0, w1, _ = _block(k0, k1, o0, o1, base + d)
             eps_draw, eps_send = px.normal_pair(w0, w1)
-            value = mu_x[b, d] + _discretised_sigma(log_sigma_x[b, d]) * eps_draw
-            k = min(max(math.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
+            sigma = min(max(vm.exp(log_sigma_x[b, d]), _SIGMA_MIN), _SIGMA_MAX)
+            value = mu_x[b, d] + sigma * eps_draw
+            k = min(max(np.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
             centre = (2.0 * k + 1.0) / n_bins - 1.0
             draw[b, d] = centre
             if update:
@@ -505,38 +561,53 @@ def _discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, inv_sqrt_alpha, alpha,
                 mu[b, d] = m + gain * (centre + inv_sqrt_alpha * eps_send - m)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
     batch, dims, n_classes = logits.shape
-    spread = math.sqrt(alpha * n_classes)
+    boost = alpha * n_classes
     for b in numba.prange(batch):
+        base = b * dims * n_classes
+        # The draw's uniforms (word 2 of class 0's block) for every d in one vectorised loop.
+        uniforms = np.empty(dims)
         for d in range(dims):
-            base = (b * dims + d) * n_classes
-            _, _, w2 = _block(k0, k1, o0, o1, base)
-            m_l, s_l = _softmax_stats(logits, b, d, n_classes)
+            _, _, w2 = _block(k0, k1, o0, o1, base + d * n_classes)
+            uniforms[d] = px.uniform(w2)
+        e = np.empty((dims, n_classes), logits.dtype)
+        maxima = np.empty(dims, logits.dtype)
+        _shift_rows(logits, b, e, maxima)
+        _exp_inplace(e)
+        for d in range(dims):
+            s_l = 0.0
+            for k in range(n_classes):
+                s_l += e[d, k]
             # Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
-            target = px.uniform(w2) * s_l
+            threshold = uniforms[d] * s_l
             chosen = n_classes - 1
             running = 0.0
             for k in range(n_classes):
-                running += math.exp(logits[b, d, k] - m_l)
-                if running > target:
+                running += e[d, k]
+                if running > threshold:
                     chosen = k
                     break
             draw[b, d] = chosen
-            if update:
-                m = -math.inf
+        if update:
+            theta = log_theta[b]
+            noise = np.empty_like(theta)
+            _fill_sender_noise(noise, base, math.sqrt(boost), alpha, k0, k1, o0, o1)
+            for d in range(dims):
+                chosen = draw[b, d]
                 for k in range(n_classes):
-                    z = log_theta[b, d, k] + alpha * ((n_classes if k == chosen else 0.0) - 1.0) \
-                        + spread * _first_normal(k0, k1, o0, o1, base + k)
-                    log_theta[b, d, k] = z
-                    m = max(m, z)
+                    theta[d, k] += noise[d, k] + (boost if k == chosen else 0.0)
+            theta_max = np.empty(dims, log_theta.dtype)
+            _shift_rows(log_theta, b, noise, theta_max)
+            _exp_inplace(noise)
+            for d in range(dims):
                 s = 0.0
                 for k in range(n_classes):
-                    s += math.exp(log_theta[b, d, k] - m)
-                lse = m + math.log(s)
+                    s += noise[d, k]
+                lse = theta_max[d] + vm.log(s)
                 for k in range(n_classes):
-                    log_theta[b, d, k] -= lse
+                    theta[d, k] -= lse
 
 
 def _key(seed: int, offset: int):
