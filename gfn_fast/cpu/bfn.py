@@ -45,7 +45,7 @@ def _output_coefficients(t, log_s, t_min):
     return 1.0 / g, math.sqrt(math.exp(2.0 * t * log_s) / g)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _continuous_output(mu, eps_hat, t, log_s, t_min, x_min, x_max, clamp, out):
     batch, dims = mu.shape
     for b in numba.prange(batch):
@@ -57,7 +57,7 @@ def _continuous_output(mu, eps_hat, t, log_s, t_min, x_min, x_max, clamp, out):
             out[b, d] = x_hat
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _continuous_loss_forward(x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_max, clamp,
                              out):
     batch, dims = x.shape
@@ -73,7 +73,7 @@ def _continuous_loss_forward(x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_
         out[b] = _loss_weight(t[b], log_s, n_steps) * total
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _continuous_loss_backward(grad, x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_max,
                               clamp, grad_eps_hat):
     batch, dims = x.shape
@@ -88,7 +88,7 @@ def _continuous_loss_backward(grad, x, mu, eps_hat, t, log_s, n_steps, t_min, x_
             grad_eps_hat[b, d] = g
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(**_KERNEL)
 def _continuous_update(mu, rho, y, alpha, out):
     batch, dims = mu.shape
     for b in numba.prange(batch):
@@ -278,6 +278,26 @@ def _np(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return as_numpy(tensor, dtype)
 
 
+# A parallel region costs 10-60 us to wake Numba's second thread here (an oversubscribed
+# 2-core machine; more when torch's OpenMP pool is spinning), so calls whose serial time
+# is estimated below _SERIAL_BELOW_NS run on the calling thread alone. Per-element costs are
+# single-thread measurements at the benchmark shapes (float32).
+_SERIAL_BELOW_NS = 100_000
+_NS_CHEAP, _NS_LOGIT, _NS_NOISE = 0.3, 1.5, 2.5
+
+
+def _run(kernel, work_ns: float, *args) -> None:
+    if work_ns >= _SERIAL_BELOW_NS:
+        kernel(*args)
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
 def _acc(*tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
@@ -292,8 +312,8 @@ def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
     """x_hat [B, D] in mu's dtype (mu, eps_hat [B, D] contiguous; t [B])."""
     acc = _acc(mu, eps_hat)
     out = torch.empty(mu.shape, dtype=acc)
-    _continuous_output(_np(mu, acc), _np(eps_hat, acc), _np(t, acc), math.log(sigma_1),
-                       _like(t_min, acc), float(x_min), float(x_max), bool(clamp), out.numpy())
+    _run(_continuous_output, _NS_CHEAP * mu.numel(), _np(mu, acc), _np(eps_hat, acc), _np(t, acc),
+         math.log(sigma_1), _like(t_min, acc), float(x_min), float(x_max), bool(clamp), out.numpy())
     return out.to(mu.dtype)
 
 
@@ -301,9 +321,9 @@ def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x
     """Per-sample loss [B] in the compute dtype."""
     acc = _acc(x, mu, eps_hat)
     out = torch.empty(x.shape[0], dtype=acc)
-    _continuous_loss_forward(_np(x, acc), _np(mu, acc), _np(eps_hat, acc), _np(t, acc),
-                             math.log(sigma_1), int(n_steps), _like(t_min, acc), float(x_min),
-                             float(x_max), bool(clamp), out.numpy())
+    _run(_continuous_loss_forward, _NS_CHEAP * x.numel(), _np(x, acc), _np(mu, acc),
+         _np(eps_hat, acc), _np(t, acc), math.log(sigma_1), int(n_steps), _like(t_min, acc),
+         float(x_min), float(x_max), bool(clamp), out.numpy())
     return out
 
 
@@ -312,9 +332,9 @@ def continuous_loss_backward(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x
     """d loss / d eps_hat [B, D] in eps_hat's dtype; grad is [B] in the compute dtype."""
     acc = _acc(x, mu, eps_hat)
     out = torch.empty(eps_hat.shape, dtype=acc)
-    _continuous_loss_backward(_np(grad, acc), _np(x, acc), _np(mu, acc), _np(eps_hat, acc),
-                              _np(t, acc), math.log(sigma_1), int(n_steps), _like(t_min, acc),
-                              float(x_min), float(x_max), bool(clamp), out.numpy())
+    _run(_continuous_loss_backward, _NS_CHEAP * x.numel(), _np(grad, acc), _np(x, acc),
+         _np(mu, acc), _np(eps_hat, acc), _np(t, acc), math.log(sigma_1), int(n_steps),
+         _like(t_min, acc), float(x_min), float(x_max), bool(clamp), out.numpy())
     return out.to(eps_hat.dtype)
 
 
@@ -322,15 +342,17 @@ def continuous_update(mu, rho, y, alpha):
     """mu' [B, D] in mu's dtype; rho [B, D] (may be an expanded view), alpha [B]."""
     acc = _acc(mu, rho, y, alpha)
     out = torch.empty(mu.shape, dtype=acc)
-    _continuous_update(_np(mu, acc), _np(rho, acc), _np(y, acc), _np(alpha, acc), out.numpy())
+    _run(_continuous_update, _NS_CHEAP * mu.numel(), _np(mu, acc), _np(rho, acc), _np(y, acc),
+         _np(alpha, acc), out.numpy())
     return out.to(mu.dtype)
 
 
 def discretised_loss_forward(x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
     acc = _acc(x, mu_x, log_sigma_x)
     out = torch.empty(x.shape[0], dtype=acc)
-    _discretised_loss_forward(_np(x, acc), _np(mu_x, acc), _np(log_sigma_x, acc), _np(t, acc),
-                              math.log(sigma_1), int(n_steps), int(n_bins), out.numpy())
+    _run(_discretised_loss_forward, _NS_CHEAP * x.numel() * n_bins, _np(x, acc), _np(mu_x, acc),
+         _np(log_sigma_x, acc), _np(t, acc), math.log(sigma_1), int(n_steps), int(n_bins),
+         out.numpy())
     return out
 
 
@@ -339,10 +361,9 @@ def discretised_loss_backward(grad, x, mu_x, log_sigma_x, t, sigma_1, n_steps, n
     acc = _acc(x, mu_x, log_sigma_x)
     grad_mu = torch.empty(mu_x.shape, dtype=acc)
     grad_log_sigma = torch.empty(mu_x.shape, dtype=acc)
-    _discretised_loss_backward(_np(grad, acc), _np(x, acc), _np(mu_x, acc),
-                               _np(log_sigma_x, acc), _np(t, acc), math.log(sigma_1),
-                               int(n_steps), int(n_bins), grad_mu.numpy(),
-                               grad_log_sigma.numpy())
+    _run(_discretised_loss_backward, _NS_CHEAP * x.numel() * n_bins, _np(grad, acc), _np(x, acc),
+         _np(mu_x, acc), _np(log_sigma_x, acc), _np(t, acc), math.log(sigma_1), int(n_steps),
+         int(n_bins), grad_mu.numpy(), grad_log_sigma.numpy())
     return grad_mu.to(mu_x.dtype), grad_log_sigma.to(log_sigma_x.dtype)
 
 
@@ -350,30 +371,32 @@ def discretised_probs(mu_x, log_sigma_x, n_bins):
     """[N, K] bin probabilities (compute dtype) of flat [N] mu_x / log_sigma_x."""
     acc = _acc(mu_x, log_sigma_x)
     out = torch.empty((mu_x.shape[0], n_bins), dtype=acc)
-    _discretised_probs(_np(mu_x, acc), _np(log_sigma_x, acc), int(n_bins), out.numpy())
+    _run(_discretised_probs, _NS_CHEAP * mu_x.numel() * n_bins, _np(mu_x, acc),
+         _np(log_sigma_x, acc), int(n_bins), out.numpy())
     return out
 
 
 def discrete_loss_forward(x_index, logits, t, beta_1):
     acc = _acc(logits)
     out = torch.empty(logits.shape[0], dtype=acc)
-    _discrete_loss_forward(x_index.numpy(), _np(logits, acc), _np(t, acc), float(beta_1),
-                           out.numpy())
+    _run(_discrete_loss_forward, _NS_LOGIT * logits.numel(), x_index.numpy(), _np(logits, acc),
+         _np(t, acc), float(beta_1), out.numpy())
     return out
 
 
 def discrete_loss_backward(grad, x_index, logits, t, beta_1):
     acc = _acc(logits)
     out = torch.empty(logits.shape, dtype=acc)
-    _discrete_loss_backward(_np(grad, acc), x_index.numpy(), _np(logits, acc), _np(t, acc),
-                            float(beta_1), out.numpy())
+    _run(_discrete_loss_backward, _NS_LOGIT * logits.numel(), _np(grad, acc), x_index.numpy(),
+         _np(logits, acc), _np(t, acc), float(beta_1), out.numpy())
     return out.to(logits.dtype)
 
 
 def discrete_update(log_theta, y):
     acc = _acc(log_theta, y)
     out = torch.empty(log_theta.shape, dtype=acc)
-    _discrete_update(_np(log_theta, acc), _np(y, acc), out.numpy())
+    _run(_discrete_update, _NS_LOGIT * log_theta.numel(), _np(log_theta, acc), _np(y, acc),
+         out.numpy())
     return out.to(log_theta.dtype)
 
 
@@ -620,33 +643,34 @@ def _key(seed: int, offset: int):
 def continuous_flow(x, t, sigma_1, seed, offset):
     acc = _acc(x)
     out = torch.empty(x.shape, dtype=acc)
-    _continuous_flow(_np(x, acc), _np(t, acc), math.log(sigma_1), *_key(seed, offset),
-                     out.numpy())
+    _run(_continuous_flow, _NS_NOISE * x.numel(), _np(x, acc), _np(t, acc), math.log(sigma_1),
+         *_key(seed, offset), out.numpy())
     return out.to(x.dtype)
 
 
 def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
     """theta (or log theta) [B, D, K] in t's dtype."""
     out = torch.empty((*x_index.shape, n_classes), dtype=t.dtype)
-    _discrete_flow(x_index.numpy(), t.numpy(), float(beta_1), *_key(seed, offset), bool(log),
-                   out.numpy())
+    _run(_discrete_flow, _NS_NOISE * out.numel(), x_index.numpy(), t.numpy(), float(beta_1),
+         *_key(seed, offset), bool(log), out.numpy())
     return out
 
 
 def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offset):
     acc = _acc(logits)
     out = torch.empty(logits.shape[0], dtype=acc)
-    _discrete_nstep_loss_forward(x_index.numpy(), _np(logits, acc), _np(t, acc), float(beta_1),
-                                 int(n_steps), *_key(seed, offset), out.numpy())
+    _run(_discrete_nstep_loss_forward, 2 * _NS_NOISE * logits.numel(), x_index.numpy(),
+         _np(logits, acc), _np(t, acc), float(beta_1), int(n_steps), *_key(seed, offset),
+         out.numpy())
     return out
 
 
 def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed, offset):
     acc = _acc(logits)
     out = torch.empty(logits.shape, dtype=acc)
-    _discrete_nstep_loss_backward(_np(grad, acc), x_index.numpy(), _np(logits, acc),
-                                  _np(t, acc), float(beta_1), int(n_steps), *_key(seed, offset),
-                                  out.numpy())
+    _run(_discrete_nstep_loss_backward, 2 * _NS_NOISE * logits.numel(), _np(grad, acc),
+         x_index.numpy(), _np(logits, acc), _np(t, acc), float(beta_1), int(n_steps),
+         *_key(seed, offset), out.numpy())
     return out.to(logits.dtype)
 
 
@@ -662,9 +686,9 @@ def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, of
     """mu [B, D] updated in place; rho [B] (compute dtype), a, c the x_hat coefficients."""
     acc = _acc(mu, eps_hat)
     mu_np, wide = _inplace(mu)
-    _continuous_step(mu_np, _np(rho, acc), _np(eps_hat, acc), float(a), float(c),
-                     1.0 / math.sqrt(alpha), float(alpha), float(x_min), float(x_max),
-                     bool(clamp), *_key(seed, offset))
+    _run(_continuous_step, _NS_NOISE * mu.numel(), mu_np, _np(rho, acc), _np(eps_hat, acc),
+         float(a), float(c), 1.0 / math.sqrt(alpha), float(alpha), float(x_min), float(x_max),
+         bool(clamp), *_key(seed, offset))
     if wide is not None:
         mu.copy_(wide)
 
@@ -674,9 +698,9 @@ def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, up
     acc = _acc(mu_x, log_sigma_x)
     mu_np, wide = _inplace(mu)
     draw_np, draw_wide = _inplace(draw)
-    _discretised_step(mu_np, _np(rho, acc), _np(mu_x, acc), _np(log_sigma_x, acc), int(n_bins),
-                      1.0 / math.sqrt(alpha), float(alpha), *_key(seed, offset), bool(update),
-                      draw_np)
+    _run(_discretised_step, _NS_NOISE * mu_x.numel(), mu_np, _np(rho, acc), _np(mu_x, acc),
+         _np(log_sigma_x, acc), int(n_bins), 1.0 / math.sqrt(alpha), float(alpha),
+         *_key(seed, offset), bool(update), draw_np)
     if wide is not None and update:
         mu.copy_(wide)
     if draw_wide is not None:
@@ -688,7 +712,7 @@ def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
     is updated in place."""
     acc = _acc(logits)
     theta_np, wide = _inplace(log_theta)
-    _discrete_step(theta_np, _np(logits, acc), float(alpha), *_key(seed, offset), bool(update),
-                   draw.numpy())
+    _run(_discrete_step, 2 * _NS_NOISE * logits.numel(), theta_np, _np(logits, acc), float(alpha),
+         *_key(seed, offset), bool(update), draw.numpy())
     if wide is not None and update:
         log_theta.copy_(wide)
