@@ -403,29 +403,66 @@ def discrete_update(log_theta, y):
 # ------------------------------------------------------------------------------- noisy ops
 # Noise contract: gfn_fast/reference/bfn.py ("noise"). Keys and offsets arrive as np.uint64.
 
-@numba.njit(inline="always", cache=True)
-def _block(k0, k1, o0, o1, index):
-    """Words (0, 1, 2) of the Philox block of flat noise index `index`."""
-    i = np.uint64(index)
-    w0, w1, w2, _ = px.philox4x32(k0, k1, i & px.MASK32, i >> px.SHIFT32, o0, o1)
-    return w0, w1, w2
+_UNIFORM_ROW = np.uint64(1 << 31)
 
 
 @numba.njit(inline="always", cache=True)
-def _first_normal(k0, k1, o0, o1, index):
-    w0, w1, _ = _block(k0, k1, o0, o1, index)
-    n0, _ = px.normal_pair(w0, w1)
-    return n0
+def _words(k0, k1, o0, o1, row, col):
+    return px.philox4x32(k0, k1, np.uint64(col) & px.MASK32, np.uint64(row), o0, o1)
 
 
 @numba.njit(inline="always", cache=True)
-def _fill_sender_noise(rows, base, spread, alpha, k0, k1, o0, o1):
-    """rows[d, k] = spread eps(base + d K + k) - alpha over a contiguous [D, K] array: the
-    sender sample without its alpha K at the chosen class. One flat loop, so Philox and
-    Box-Muller vectorise."""
-    flat = rows.reshape(rows.size)
-    for j in range(flat.shape[0]):
-        flat[j] = spread * _first_normal(k0, k1, o0, o1, base + j) - alpha
+def _normal_quad(k0, k1, o0, o1, block):
+    """The four normals of Philox block `block` (normals 4 block .. 4 block + 3)."""
+    j = np.uint64(block)
+    w0, w1, w2, w3 = _words(k0, k1, o0, o1, j >> px.SHIFT32, j)
+    n0, n1 = px.normal_pair(w0, w1)
+    n2, n3 = px.normal_pair(w2, w3)
+    return n0, n1, n2, n3
+
+
+@numba.njit(inline="always", cache=True)
+def _normal(k0, k1, o0, o1, index):
+    """Normal `index` alone (the ragged ends of a fill)."""
+    n0, n1, n2, n3 = _normal_quad(k0, k1, o0, o1, index >> 2)
+    part = index & 3
+    return n0 if part == 0 else (n1 if part == 1 else (n2 if part == 2 else n3))
+
+
+@numba.njit(inline="always", cache=True)
+def _fill_normals(values, base, scale, shift, k0, k1, o0, o1):
+    """values[j] = scale * normal(base + j) + shift over a contiguous array (any shape): whole
+    blocks in one vectorised loop (four normals each), the ragged ends one by one."""
+    flat = values.reshape(values.size)
+    count = flat.shape[0]
+    head = min((4 - base % 4) % 4, count)
+    blocks = (count - head) // 4
+    for j in range(head):
+        flat[j] = scale * _normal(k0, k1, o0, o1, base + j) + shift
+    # A 1-D slice indexed 4 q + c: a reshaped [blocks, 4] view has a run-time stride, which
+    # hides the interleaved stores from LLVM (5x slower).
+    quads = flat[head:head + 4 * blocks]
+    first = (base + head) // 4
+    for q in range(blocks):
+        n0, n1, n2, n3 = _normal_quad(k0, k1, o0, o1, first + q)
+        quads[4 * q] = scale * n0 + shift
+        quads[4 * q + 1] = scale * n1 + shift
+        quads[4 * q + 2] = scale * n2 + shift
+        quads[4 * q + 3] = scale * n3 + shift
+    for j in range(head + 4 * blocks, count):
+        flat[j] = scale * _normal(k0, k1, o0, o1, base + j) + shift
+
+
+@numba.njit(inline="always", cache=True)
+def _fill_normal_pairs(first, second, base, k0, k1, o0, o1):
+    """(first[j], second[j]) = normals (2 (base + j), 2 (base + j) + 1) over 1-D arrays."""
+    count = first.shape[0]
+    for j in range(count):
+        index = base + j
+        n0, n1, n2, n3 = _normal_quad(k0, k1, o0, o1, index >> 1)
+        odd = (index & 1) == 1
+        first[j] = n2 if odd else n0
+        second[j] = n3 if odd else n1
 
 
 @numba.njit(**_KERNEL)
@@ -434,9 +471,10 @@ def _continuous_flow(x, t, log_s, k0, k1, o0, o1, out):
     for b in numba.prange(batch):
         g = -math.expm1(2.0 * t[b] * log_s)
         spread = math.sqrt(g * math.exp(2.0 * t[b] * log_s))
-        base = b * dims
+        row = out[b]
+        _fill_normals(row, b * dims, spread, 0.0, k0, k1, o0, o1)
         for d in range(dims):
-            out[b, d] = g * x[b, d] + spread * _first_normal(k0, k1, o0, o1, base + d)
+            row[d] += g * x[b, d]
 
 
 @numba.njit(**_KERNEL)
@@ -449,8 +487,8 @@ def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
     for b in numba.prange(batch):
         beta_t = beta_1 * t[b] * t[b]
         y = out[b]
-        _fill_sender_noise(y, b * dims * n_classes, math.sqrt(beta_t * n_classes), beta_t, k0,
-                           k1, o0, o1)
+        _fill_normals(y, b * dims * n_classes, math.sqrt(beta_t * n_classes), -beta_t, k0, k1,
+                      o0, o1)
         e = np.empty((dims, n_classes), out.dtype)
         shifts = np.empty(dims, out.dtype)
         for d in range(dims):
@@ -482,7 +520,7 @@ def _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats):
     stats[d] = (y_x - logsumexp_k z_k, sum_k w[d, k])."""
     dims, n_classes = p.shape
     boost = alpha * n_classes
-    _fill_sender_noise(w, b * dims * n_classes, math.sqrt(boost), alpha, k0, k1, o0, o1)
+    _fill_normals(w, b * dims * n_classes, math.sqrt(boost), -alpha, k0, k1, o0, o1)
     _shift_rows(logits, b, p, maxima)
     _exp_inplace(p)
     for d in range(dims):
@@ -554,14 +592,14 @@ def _continuous_step(mu, rho, eps_hat, a, c, inv_sqrt_alpha, alpha, x_min, x_max
     batch, dims = mu.shape
     for b in numba.prange(batch):
         gain = alpha / (rho[b] + alpha)
-        base = b * dims
+        noise = np.empty(dims, mu.dtype)
+        _fill_normals(noise, b * dims, inv_sqrt_alpha, 0.0, k0, k1, o0, o1)
         for d in range(dims):
             m = mu[b, d]
             x_hat = a * m - c * eps_hat[b, d]
             if clamp:
                 x_hat = min(max(x_hat, x_min), x_max)
-            y = x_hat + inv_sqrt_alpha * _first_normal(k0, k1, o0, o1, base + d)
-            mu[b, d] = m + gain * (y - m)
+            mu[b, d] = m + gain * (x_hat + noise[d] - m)
 
 
 @numba.njit(**_KERNEL)
@@ -570,18 +608,18 @@ def _discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, inv_sqrt_alpha, alpha,
     batch, dims = mu_x.shape
     for b in numba.prange(batch):
         gain = alpha / (rho[b] + alpha) if update else 0.0
-        base = b * dims
+        eps_draw = np.empty(dims, np.float32)
+        eps_send = np.empty(dims, np.float32)
+        _fill_normal_pairs(eps_draw, eps_send, b * dims, k0, k1, o0, o1)
         for d in range(dims):
-            w0, w1, _ = _block(k0, k1, o0, o1, base + d)
-            eps_draw, eps_send = px.normal_pair(w0, w1)
             sigma = min(max(vm.exp(log_sigma_x[b, d]), _SIGMA_MIN), _SIGMA_MAX)
-            value = mu_x[b, d] + sigma * eps_draw
+            value = mu_x[b, d] + sigma * eps_draw[d]
             k = min(max(np.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
             centre = (2.0 * k + 1.0) / n_bins - 1.0
             draw[b, d] = centre
             if update:
                 m = mu[b, d]
-                mu[b, d] = m + gain * (centre + inv_sqrt_alpha * eps_send - m)
+                mu[b, d] = m + gain * (centre + inv_sqrt_alpha * eps_send[d] - m)
 
 
 @numba.njit(**_KERNEL)
@@ -590,11 +628,12 @@ def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
     boost = alpha * n_classes
     for b in numba.prange(batch):
         base = b * dims * n_classes
-        # The draw's uniforms (word 2 of class 0's block) for every d in one vectorised loop.
+        # The draw's uniforms (the uniform stream, row r = b D + d) in one vectorised loop.
         uniforms = np.empty(dims)
         for d in range(dims):
-            _, _, w2 = _block(k0, k1, o0, o1, base + d * n_classes)
-            uniforms[d] = px.uniform(w2)
+            r = np.uint64(b * dims + d)
+            w0, _, _, _ = _words(k0, k1, o0, o1, _UNIFORM_ROW | (r >> px.SHIFT32), r)
+            uniforms[d] = px.uniform(w0)
         e = np.empty((dims, n_classes), logits.dtype)
         maxima = np.empty(dims, logits.dtype)
         _shift_rows(logits, b, e, maxima)
@@ -616,7 +655,7 @@ def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
         if update:
             theta = log_theta[b]
             noise = np.empty_like(theta)
-            _fill_sender_noise(noise, base, math.sqrt(boost), alpha, k0, k1, o0, o1)
+            _fill_normals(noise, base, math.sqrt(boost), -alpha, k0, k1, o0, o1)
             for d in range(dims):
                 chosen = draw[b, d]
                 for k in range(n_classes):
