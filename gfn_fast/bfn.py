@@ -549,7 +549,7 @@ def _discrete_nstep_loss(op, x_index, logits, t, beta_1, n_steps, generator, see
     seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
     name = _resolve(op, backend, logits.device)
     if name == "reference":
-        eps, _, _ = reference.philox_noise(seed, offset, logits.shape, logits.device)
+        eps = reference.philox_normals(seed, offset, logits.shape, logits.device)
         return reference.discrete_nstep_loss(x_index, logits, t, beta_1, n_steps, eps)
     return _discrete_nstep_op(x_index, logits, t, beta_1, n_steps, _signed(seed),
                               _signed(offset), name)
@@ -621,7 +621,7 @@ def continuous_flow(x: torch.Tensor, t, sigma_1: float, *,
     name = _resolve(op, backend, x.device)
     flat = _flat(x.detach())
     if name == "reference":
-        eps, _, _ = reference.philox_noise(seed, offset, flat.shape, x.device)
+        eps = reference.philox_normals(seed, offset, flat.shape, x.device)
         return reference.continuous_flow(flat, t, sigma_1, eps).reshape(x.shape)
     return _continuous_flow_op(flat, t, sigma_1, _signed(seed), _signed(offset),
                                name).reshape(x.shape)
@@ -662,8 +662,8 @@ def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, lo
     seed, offset = _rng.seed_offset(op, x_index.device, generator, seed, offset)
     name = _resolve(op, backend, x_index.device)
     if name == "reference":
-        eps, _, _ = reference.philox_noise(seed, offset, (*x_index.shape, n_classes),
-                                           x_index.device)
+        eps = reference.philox_normals(seed, offset, (*x_index.shape, n_classes),
+                                       x_index.device)
         out = reference.discrete_flow(x_index, t, beta_1, n_classes, eps.to(dtype), log)
     else:
         out = _discrete_flow_op(x_index, t, beta_1, n_classes, _signed(seed), _signed(offset),
@@ -757,7 +757,7 @@ def continuous_step(mu: torch.Tensor, rho: torch.Tensor, eps_hat: torch.Tensor, 
     name = _resolve(op, backend, mu.device)
     flat_mu = mu.view(mu.shape[0], -1)
     if name == "reference":
-        eps, _, _ = reference.philox_noise(seed, offset, flat_mu.shape, mu.device)
+        eps = reference.philox_normals(seed, offset, flat_mu.shape, mu.device)
         t_vec = torch.full((mu.shape[0],), t, dtype=rho.dtype, device=mu.device)
         new_mu, _ = reference.continuous_step(flat_mu, rho, _flat(eps_hat), t_vec, alpha, sigma_1,
                                               t_min, (x_min, x_max) if clamp else None, eps)
@@ -794,7 +794,8 @@ def discretised_step(mu: torch.Tensor | None, rho: torch.Tensor | None, mu_x: to
     name = _resolve(op, backend, mu_x.device)
     flat_draw = draw.view(batch, -1)
     if name == "reference":
-        first, second, _ = reference.philox_noise(seed, offset, flat_draw.shape, mu_x.device)
+        first, second = reference.philox_normal_pairs(seed, offset, flat_draw.shape,
+                                                      mu_x.device)
         dummy = torch.zeros(batch, dtype=reference.compute_dtype(mu_x), device=mu_x.device)
         mu_in = mu.view(batch, -1) if update else torch.zeros_like(flat_draw)
         new_mu, _ = reference.discretised_step(mu_in, rho if update else dummy, _flat(mu_x),
@@ -845,9 +846,10 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
     flat_logits = logits.reshape(batch, -1, n_classes).contiguous()
     flat_draw = draw.view(batch, -1)
     if name == "reference":
-        eps, _, uniform = reference.philox_noise(seed, offset, flat_logits.shape, logits.device)
+        eps = reference.philox_normals(seed, offset, flat_logits.shape, logits.device)
+        uniform = reference.philox_uniforms(seed, offset, flat_logits.shape[:2], logits.device)
         theta = log_theta.view(flat_logits.shape) if update else flat_logits
-        new_theta, k = reference.discrete_step(theta, flat_logits, alpha, uniform[..., 0], eps)
+        new_theta, k = reference.discrete_step(theta, flat_logits, alpha, uniform, eps)
         flat_draw.copy_(k)
         if update:
             theta.copy_(new_theta)

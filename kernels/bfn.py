@@ -258,22 +258,41 @@ def _discrete_update_kernel(log_theta_ptr, y_ptr, out_ptr, n_rows, n_classes, AC
 # Noise contract: gfn_fast/reference/bfn.py ("noise"). Seeds and offsets arrive as 32-bit halves.
 
 @triton.jit
-def _noise(index, seed_lo, seed_hi, off_lo, off_hi):
-    """Words (0, 1, 2) of the Philox block of each flat noise index (int64 tensor)."""
+def _block_words(block, seed_lo, seed_hi, off_lo, off_hi):
+    """The four words of Philox block `block` (int64 tensor), at (block >> 32, block mod 2^32)."""
     k0, k1 = px.seed_key(seed_lo, seed_hi)
-    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
-    c1 = (index >> 32).to(tl.uint32)
+    c0 = (block & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (block >> 32).to(tl.uint32)
     c2 = tl.zeros_like(c0) + off_lo.to(tl.uint32)
     c3 = tl.zeros_like(c0) + off_hi.to(tl.uint32)
-    w0, w1, w2, _ = px.philox4x32(k0, k1, c0, c1, c2, c3)
-    return w0, w1, w2
+    return px.philox4x32(k0, k1, c0, c1, c2, c3)
+
+
+@triton.jit
+def _pair(block, odd, seed_lo, seed_hi, off_lo, off_hi):
+    """(cos, sin) Box-Muller normals of words (0, 1) of `block`, or of words (2, 3) where odd."""
+    w0, w1, w2, w3 = _block_words(block, seed_lo, seed_hi, off_lo, off_hi)
+    return px.normal_pair(tl.where(odd, w2, w0), tl.where(odd, w3, w1))
 
 
 @triton.jit
 def _first_normal(index, seed_lo, seed_hi, off_lo, off_hi):
-    w0, w1, _ = _noise(index, seed_lo, seed_hi, off_lo, off_hi)
-    n0, _ = px.normal_pair(w0, w1)
-    return n0
+    """Normal `index`: output index & 3 of block index >> 2 (one Box-Muller per element here;
+    the CPU kernels draw whole blocks)."""
+    cos_n, sin_n = _pair(index >> 2, (index & 2) != 0, seed_lo, seed_hi, off_lo, off_hi)
+    return tl.where((index & 1) != 0, sin_n, cos_n)
+
+
+@triton.jit
+def _uniform(row, seed_lo, seed_hi, off_lo, off_hi):
+    """The uniform-stream draw of row r: word 0 of block (2^31 | r >> 32, r mod 2^32)."""
+    k0, k1 = px.seed_key(seed_lo, seed_hi)
+    c0 = (row & 0xFFFFFFFF).to(tl.uint32)
+    c1 = ((row >> 32) | 0x80000000).to(tl.uint32)
+    c2 = tl.zeros_like(c0) + off_lo.to(tl.uint32)
+    c3 = tl.zeros_like(c0) + off_hi.to(tl.uint32)
+    w0, _, _, _ = px.philox4x32(k0, k1, c0, c1, c2, c3)
+    return px.uniform(w0)
 
 
 @triton.jit
@@ -406,8 +425,7 @@ def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr,
                              UPDATE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
-    w0, w1, _ = _noise(idx, seed_lo, seed_hi, off_lo, off_hi)
-    eps_draw, eps_send = px.normal_pair(w0, w1)
+    eps_draw, eps_send = _pair(idx >> 1, (idx & 1) != 0, seed_lo, seed_hi, off_lo, off_hi)
     sigma = _discretised_sigma(tl.load(log_sigma_ptr + idx, mask=mask, other=0.0).to(ACC))
     value = tl.load(mu_x_ptr + idx, mask=mask, other=0.0).to(ACC) + sigma * eps_draw.to(ACC)
     k = tl.minimum(tl.maximum(tl.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
@@ -433,16 +451,15 @@ def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes
     logits = tl.load(logits_ptr + offsets, mask=mask, other=float("-inf")).to(ACC)
     m_l = tl.where(row_mask, tl.max(logits, axis=1), 0.0)
     e = tl.where(mask, tl.exp(logits - m_l[:, None]), 0.0)
-    w0, w1, w2 = _noise(offsets, seed_lo, seed_hi, off_lo, off_hi)
-    # Inverse CDF with the uniform of class 0's block: the first k whose running sum exceeds
-    # u * total (counted as the number of running sums <= the target).
-    u = tl.sum(tl.where(k[None, :] == 0, px.uniform(w2), 0.0), axis=1).to(ACC)
+    # Inverse CDF with the row's uniform: the first k whose running sum exceeds u * total
+    # (counted as the number of running sums <= the target).
+    u = _uniform(rows, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
     target = u * tl.sum(e, axis=1)
     below = tl.where(mask & (tl.cumsum(e, axis=1) <= target[:, None]), 1, 0)
     chosen = tl.minimum(tl.sum(below, axis=1), n_classes - 1)
     tl.store(draw_ptr + rows, chosen.to(tl.int64), mask=row_mask)
     if UPDATE:
-        eps, _ = px.normal_pair(w0, w1)
+        eps = _first_normal(offsets, seed_lo, seed_hi, off_lo, off_hi)
         hot = tl.where(k[None, :] == chosen[:, None], n_classes * 1.0, 0.0)
         z = tl.load(log_theta_ptr + offsets, mask=mask, other=0.0).to(ACC) \
             + alpha * (hot - 1.0) + spread * eps.to(ACC)

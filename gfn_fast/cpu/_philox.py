@@ -11,6 +11,8 @@ import math
 import numba
 import numpy as np
 
+from gfn_fast.cpu import _vmath as vm
+
 _U64 = np.uint64
 M0, M1 = _U64(0xD2511F53), _U64(0xCD9E8D57)
 W0, W1 = _U64(0x9E3779B9), _U64(0xBB67AE85)
@@ -75,10 +77,9 @@ def gumbel(bits):
 
 @numba.njit(inline="always", cache=True)
 def normal_pair(bits0, bits1):
-    u1 = open_unit(bits0)
-    radius = np.float32(math.sqrt(-F32_TWO * np.float32(math.log(u1))))
-    theta = uniform(bits1) * TWO_PI
-    return radius * np.float32(math.cos(theta)), radius * np.float32(math.sin(theta))
+    """Box-Muller in float32 (gfn_fast.cpu._vmath.box_muller: polynomial log and cos/sin, so
+    loops over this vectorise)."""
+    return vm.box_muller(open_unit(bits0), uniform(bits1) * TWO_PI)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -16,8 +16,10 @@ block sizes, thread counts or backend. A flat element index i is addressed as
   * gfn_fast.sample_actions: element (r, a) reads block (row=r, col=a >> 1), words
     2(a & 1) (policy Gumbel) and 2(a & 1) + 1 (uniform-branch key); the per-row epsilon coin
     is word 0 of block (row=r, col=COIN_COL).
-  * flat normal noise (BFN): element i reads block (i >> 32, i mod 2^32), words 0 and 1
-    (Box-Muller, the cosine branch); `normal_pair` gives both branches.
+  * flat normal noise (BFN): normal i is output i & 3 of block j = i >> 2, read at
+    (j >> 32, j mod 2^32): (cos, sin) of `normal_pair` on words (0, 1), then on words (2, 3).
+    Uniforms of the BFN discrete step come from blocks with bit 31 of the row set (layout:
+    gfn_fast/reference/bfn.py, "noise").
 A torch.Generator advances `offset` between calls (see gfn_fast._rng).
 
 Bits -> floats (float32 everywhere, so every backend rounds the same operations):

@@ -231,22 +231,53 @@ def categorical_draw(logits, uniform):
 
 
 # --------------------------------------------------------------------------------------- noise
-# Contract (on top of gfn_fast/reference/_philox.py): noise element i (the flat index over
-# [B, D], or over [B, D, K] for per-class noise) reads Philox block (row = i >> 32,
-# col = i mod 2^32); its first normal is the cosine branch of words (0, 1), its second normal
-# (an op needing two per element) the sine branch, and its uniform is uniform(word 2).
-# Per-class ops that draw one uniform per (b, d) use the block of class 0, i = (b D + d) K.
+# Contract (on top of gfn_fast/reference/_philox.py). Normals: normal i (i >= 0) is output
+# i & 3 of Philox block j = i >> 2, read at (row = j >> 32, col = j mod 2^32); the four outputs
+# of a block are (cos, sin) of Box-Muller on words (0, 1), then (cos, sin) on words (2, 3).
+# Every word is used and one log / sqrt serves two normals: a CPU draws a normal for a quarter
+# of a Philox block.
+#   * One normal per element (flows, continuous step, sender noise over [B, D, K]): element i
+#     (the flat index over the op's tensor) takes normal i.
+#   * Two per element (discretised step: the draw and the sender): element i takes normals 2i
+#     and 2i + 1, the (cos, sin) pair of words (2 (i & 1), 2 (i & 1) + 1) of block i >> 1.
+#   * Uniforms (the discrete step's draw, one per (b, d) row r = b D + d): word 0 of the block at
+#     (row = UNIFORM_ROW | (r >> 32), col = r mod 2^32). Normal blocks never set bit 31 of the
+#     row (that needs i >= 2^65), so the two streams are disjoint.
+UNIFORM_ROW = 1 << 31
 
-def philox_noise(seed: int, offset: int, shape, device) -> tuple:
-    """(first normal, second normal, uniform) float32 tensors of `shape` for flat indices
-    0..prod(shape)-1 (the exact draws every backend makes)."""
+
+def _normal_quads(seed: int, offset: int, n_blocks: int, device) -> torch.Tensor:
+    """[n_blocks, 4] float32: the four normals of blocks 0..n_blocks-1."""
+    from gfn_fast.reference import _philox
+
+    block = torch.arange(n_blocks, dtype=torch.int64, device=device)
+    words = _philox.philox4x32(seed, offset, block >> 32, block & _philox.MASK32)
+    first = _philox.normal_pair(words[..., 0], words[..., 1])
+    second = _philox.normal_pair(words[..., 2], words[..., 3])
+    return torch.stack((first[0], first[1], second[0], second[1]), dim=-1)
+
+
+def philox_normals(seed: int, offset: int, shape, device) -> torch.Tensor:
+    """float32 normals of `shape` for flat indices 0..prod(shape)-1 (one per element)."""
+    count = math.prod(shape)
+    quads = _normal_quads(seed, offset, (count + 3) // 4, device)
+    return quads.reshape(-1)[:count].reshape(shape)
+
+
+def philox_normal_pairs(seed: int, offset: int, shape, device) -> tuple:
+    """(normals 2i, normals 2i + 1), each float32 of `shape` (two per element)."""
+    count = math.prod(shape)
+    pairs = _normal_quads(seed, offset, (count + 1) // 2, device).reshape(-1, 2)[:count]
+    return pairs[:, 0].reshape(shape), pairs[:, 1].reshape(shape)
+
+
+def philox_uniforms(seed: int, offset: int, shape, device) -> torch.Tensor:
+    """float32 uniforms of `shape` (one per element, from the uniform stream)."""
     from gfn_fast.reference import _philox
 
     index = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
-    words = _philox.philox4x32(seed, offset, index >> 32, index & _philox.MASK32)
-    first, second = _philox.normal_pair(words[..., 0], words[..., 1])
-    return (first.reshape(shape), second.reshape(shape),
-            _philox.uniform(words[..., 2]).reshape(shape))
+    words = _philox.philox4x32(seed, offset, UNIFORM_ROW | (index >> 32), index & _philox.MASK32)
+    return _philox.uniform(words[..., 0]).reshape(shape)
 
 
 def continuous_step(mu, rho, eps_hat, t, alpha: float, sigma_1: float, t_min: float, x_range,

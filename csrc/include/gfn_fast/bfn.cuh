@@ -310,19 +310,23 @@ __global__ void discrete_update_kernel(BfnArgs p) {
   }
 }
 
-// ---- noisy ops. Noise element i reads Philox block (i >> 32, i mod 2^32): first normal = cosine
-// branch of words (0, 1), second = sine branch, uniform = word 2 (gfn_fast/reference/bfn.py).
-
-__device__ __forceinline__ Words4 noise_block(const BfnArgs& p, int64_t index) {
-  return philox_at(philox_key(p.seed), p.offset, static_cast<uint32_t>(uint64_t(index) >> 32),
-                   static_cast<uint32_t>(uint64_t(index)));
-}
+// ---- noisy ops. Noise contract: gfn_fast/reference/bfn.py ("noise"). Normal i is output i & 3
+// of Philox block i >> 2; an element needing two normals takes the (cos, sin) pair i & 1 of block
+// i >> 1; the discrete step's uniform of row r is word 0 of block (2^31 | r >> 32, r mod 2^32).
 
 __device__ __forceinline__ float first_normal(const BfnArgs& p, int64_t index) {
-  const Words4 w = noise_block(p, index);
-  float n0, n1;
-  normal_pair_from_bits(w.w[0], w.w[1], n0, n1);
-  return n0;
+  return normal_at(philox_key(p.seed), p.offset, uint64_t(index));
+}
+
+__device__ __forceinline__ void normal_pair(const BfnArgs& p, int64_t index, float& n0, float& n1) {
+  normal_pair_at(philox_key(p.seed), p.offset, uint64_t(index) >> 1, (index & 1) != 0, n0, n1);
+}
+
+__device__ __forceinline__ float row_uniform(const BfnArgs& p, int64_t row) {
+  const Words4 w = philox_at(philox_key(p.seed), p.offset,
+                             static_cast<uint32_t>(uint64_t(row) >> 32) | 0x80000000u,
+                             static_cast<uint32_t>(uint64_t(row)));
+  return uniform_from_bits(w.w[0]);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -465,9 +469,8 @@ __global__ void discretised_step_kernel(BfnArgs p) {
   const acc_t alpha = acc_t(p.alpha_value), bins = acc_t(p.bins);
   const int64_t n = p.batch * p.dims;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
-    const Words4 w = noise_block(p, i);
     float eps_draw, eps_send;
-    normal_pair_from_bits(w.w[0], w.w[1], eps_draw, eps_send);
+    normal_pair(p, i, eps_draw, eps_send);
     const acc_t value = to_acc<acc_t>(mu_x[i]) + discretised_sigma(to_acc<acc_t>(log_sigma[i])) * acc_t(eps_draw);
     const acc_t k = clamp_to(floor((value + acc_t(1)) * (acc_t(0.5) * bins)), acc_t(0), bins - acc_t(1));
     const acc_t centre = (acc_t(2) * k + acc_t(1)) / bins - acc_t(1);
@@ -494,7 +497,7 @@ __global__ void discrete_step_kernel(BfnArgs p) {
     acc_t m_l, s_l;
     softmax_stats(l, p.classes, m_l, s_l);
     // Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
-    const acc_t target = acc_t(uniform_from_bits(noise_block(p, base).w[2])) * s_l;
+    const acc_t target = acc_t(row_uniform(p, row)) * s_l;
     int64_t chosen = p.classes - 1;
     acc_t running = 0;
     for (int64_t k = 0; k < p.classes; ++k) {

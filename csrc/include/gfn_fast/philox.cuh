@@ -135,12 +135,19 @@ GFN_FAST_HD void normal_pair_from_bits(uint32_t bits0, uint32_t bits1, float& n0
   n1 = fmul_rn(radius, sinf(theta));
 }
 
-// Standard normal for a flat element index: block (index >> 32, index mod 2^32), words 0 and 1.
+// The (cos, sin) Box-Muller normals of words (0, 1) of `block`, or of words (2, 3) when `odd`.
+GFN_FAST_HD void normal_pair_at(PhiloxKey key, uint64_t offset, uint64_t block, bool odd, float& n0,
+                                float& n1) {
+  const Words4 b = philox_at(key, offset, static_cast<uint32_t>(block >> 32), static_cast<uint32_t>(block));
+  normal_pair_from_bits(b.w[odd ? 2 : 0], b.w[odd ? 3 : 1], n0, n1);
+}
+
+// Standard normal `index` of the flat normal stream: output index & 3 of block index >> 2, the
+// outputs of a block being (cos, sin) of words (0, 1) then (cos, sin) of words (2, 3).
 GFN_FAST_HD float normal_at(PhiloxKey key, uint64_t offset, uint64_t index) {
-  const Words4 b = philox_at(key, offset, static_cast<uint32_t>(index >> 32), static_cast<uint32_t>(index));
   float n0, n1;
-  normal_pair_from_bits(b.w[0], b.w[1], n0, n1);
-  return n0;
+  normal_pair_at(key, offset, index >> 2, (index & 2) != 0, n0, n1);
+  return (index & 1) ? n1 : n0;
 }
 
 }  // namespace gfn_fast
