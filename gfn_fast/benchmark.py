@@ -74,7 +74,7 @@ def time_call(fn: Callable, device: torch.device, *, warmup: int = 3, min_reps: 
 
 def peak_memory(fn: Callable, device: torch.device) -> int:
     """Peak bytes allocated by torch during one call, above what was allocated before it.
-    CUDA: the caching allocator's statistics. CPU: torch's allocation events (profiler)."""
+    CUDA: the caching allocator's statistics. CPU: the profiler's memory timeline."""
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -84,16 +84,24 @@ def peak_memory(fn: Callable, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                  record_shapes=True) as prof:
         fn()
-    # Allocations made inside an op are charged to it (self usage); "[memory]" events are the
-    # ones made or freed outside any op. Replayed in time order they give the net live bytes
-    # after each op, whose maximum is the peak (to within one op's transient scratch).
-    changes = sorted(((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]"
-                       else e.self_cpu_memory_usage) for e in prof.events()),
-                     key=lambda change: change[0])
+    try:
+        # One event per allocation and per free, in order (torch's memory timeline).
+        from torch.profiler._memory_profiler import Action, MemoryProfile
+
+        changes = [(size if action == Action.CREATE else -size)
+                   for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline
+                   if action in (Action.CREATE, Action.DESTROY)]
+    except (ImportError, AttributeError):
+        # Fallback: each op's net self usage at its start. Inside an op that allocates and
+        # frees scratch, frees are netted before they happen, so this can read low.
+        changes = [change for _, change in sorted(
+            ((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]"
+              else e.self_cpu_memory_usage) for e in prof.events()), key=lambda c: c[0])]
     current = peak = 0
-    for _, change in changes:
+    for change in changes:
         current += change
         peak = max(peak, current)
     return peak
