@@ -158,7 +158,7 @@ def torchgfn_cases(max_length: int, batch: int, min_seconds: float, timing: bool
     exit_step = steps == (lengths - 1)[None, :]
     reference_grads[1] = torch.where(exit_step, leaves[1].grad, reference_grads[1])
     grad_error = max(float((leaf.grad - g).abs().max() / g.abs().max().clamp(min=1e-30))
-                     for leaf, g in zip(leaves, reference_grads))
+                     for leaf, g in zip(leaves, reference_grads, strict=False))
     assert relative < 1e-4 and grad_error < 1e-3, (relative, grad_error)
 
     rows = []

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import DEVICE
 
 import gfn_fast
 from gfn_fast.benchmark import balance_cases
-
-from conftest import DEVICE
 
 CASES = balance_cases(DEVICE, quick=False)
 PARAMS = [pytest.param(case, impl, id=f"{case.label}-{impl}")

@@ -26,7 +26,7 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_status(name: str) -> tuple[bool, str]:
     """Whether the backend's software is importable (independent of devices), and why not."""
     try:

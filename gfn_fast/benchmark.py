@@ -19,9 +19,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -48,6 +48,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_once(fn: Callable, device: torch.device) -> float:
+    if device.type == "cuda":
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / 1e3
+    begin = time.perf_counter()
+    fn()
+    return time.perf_counter() - begin
+
+
 def time_call(fn: Callable, device: torch.device, *, warmup: int = 3, min_reps: int = 10,
               min_seconds: float = 0.5, max_reps: int = 1000) -> list[float]:
     """Seconds per call, one sample per call (CUDA events on GPU, perf_counter on CPU)."""
@@ -58,17 +71,7 @@ def time_call(fn: Callable, device: torch.device, *, warmup: int = 3, min_reps: 
     started = time.perf_counter()
     while len(samples) < min_reps or (time.perf_counter() - started < min_seconds
                                       and len(samples) < max_reps):
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(begin.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - begin)
+        samples.append(_time_once(fn, device))
     return samples
 
 
@@ -151,19 +154,6 @@ def _versions() -> dict:
 def _percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def _time_once(fn: Callable, device: torch.device) -> float:
-    if device.type == "cuda":
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end) / 1e3
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
 
 
 def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,

@@ -13,8 +13,8 @@ The two loops draw different (equally distributed) samples for the same seed, si
 random stream is keyed by its position in each sampler call.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -65,3 +65,20 @@ def rho_grad(d, param, LOSS: tl.constexpr):
 
 def accumulator(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+@triton.jit
+def trajectory_extent(lengths_ptr, rows, row_mask, steps, PACKED: tl.constexpr):
+    """Per trajectory: (first step in the flat packed tensor, or 0 when padded; number of valid
+    steps, clamped to the tensor, 0 for rows past the batch)."""
+    if PACKED:
+        start = tl.load(lengths_ptr + rows, mask=row_mask, other=0)
+        end = tl.load(lengths_ptr + rows + 1, mask=row_mask, other=0)
+        start = tl.minimum(tl.maximum(start, 0), steps)
+        end = tl.minimum(tl.maximum(end, start), steps)
+        count = end - start
+    else:
+        start = tl.zeros_like(rows)
+        count = tl.load(lengths_ptr + rows, mask=row_mask, other=0)
+        count = tl.minimum(tl.maximum(count, 0), steps)
+    return start, tl.where(row_mask, count, 0)

@@ -10,25 +10,8 @@ cu_seqlens. Lengths and offsets are clamped to the tensor: bad values never inde
 import torch
 import triton
 import triton.language as tl
-
 from gfn_fast.kernels._common import accumulator, interpret, rho, rho_grad
-
-
-@triton.jit
-def _extent(lengths_ptr, rows, row_mask, steps, PACKED: tl.constexpr):
-    """Per trajectory: (flat offset of its first step in units of the time stride, or the row
-    index for padded; number of valid steps)."""
-    if PACKED:
-        start = tl.load(lengths_ptr + rows, mask=row_mask, other=0)
-        end = tl.load(lengths_ptr + rows + 1, mask=row_mask, other=0)
-        start = tl.minimum(tl.maximum(start, 0), steps)
-        end = tl.minimum(tl.maximum(end, start), steps)
-        count = end - start
-    else:
-        start = tl.zeros_like(rows)
-        count = tl.load(lengths_ptr + rows, mask=row_mask, other=0)
-        count = tl.minimum(tl.maximum(count, 0), steps)
-    return start, tl.where(row_mask, count, 0)
+from gfn_fast.kernels._common import trajectory_extent as _extent
 
 
 @triton.jit

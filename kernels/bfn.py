@@ -13,7 +13,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-
 from gfn_fast.kernels import _philox as px
 from gfn_fast.kernels._common import accumulator, expm1, interpret
 

@@ -16,9 +16,9 @@ and writes per-chunk partial sums of the scale gradient.
 import torch
 import triton
 import triton.language as tl
-
 from gfn_fast.kernels._common import accumulator, interpret
 from gfn_fast.kernels._philox import gumbel, philox4x32, seed_key
+
 from gfn_fast.reference import sampling as reference
 
 # Force a column chunk (in pairs for sampling, columns for log-prob) in tests; None = automatic.

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
-
 from gfn_fast.kernels._common import accumulator, interpret, rho, rho_grad
+from gfn_fast.kernels._common import trajectory_extent as _extent
 
 
 def _split(value: float) -> tuple[float, float]:
@@ -36,22 +36,6 @@ def _join(hi, lo, ACC: tl.constexpr):
     else:
         out = tl.cast(hi, tl.float32)
     return out
-
-
-@triton.jit
-def _extent(lengths_ptr, rows, row_mask, steps, PACKED: tl.constexpr):
-    """(first step of each trajectory in the flat packed tensor, or 0; number of steps)."""
-    if PACKED:
-        start = tl.load(lengths_ptr + rows, mask=row_mask, other=0)
-        end = tl.load(lengths_ptr + rows + 1, mask=row_mask, other=0)
-        start = tl.minimum(tl.maximum(start, 0), steps)
-        end = tl.minimum(tl.maximum(end, start), steps)
-        count = end - start
-    else:
-        start = tl.zeros_like(rows)
-        count = tl.load(lengths_ptr + rows, mask=row_mask, other=0)
-        count = tl.minimum(tl.maximum(count, 0), steps)
-    return start, tl.where(row_mask, count, 0)
 
 
 @triton.jit

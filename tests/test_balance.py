@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-
-import gfn_fast
 from conftest import backend_params
 from triton_compile import compile_in_subprocess
+
+import gfn_fast
 
 LOSSES = ["squared", "half_squared", "absolute", "huber(0.5)", "shifted_cosh", "linex(-0.7)"]
 REDUCTIONS = ["mean", "sum", "none"]

@@ -10,12 +10,12 @@ import os
 
 import pytest
 import torch
+from conftest import available_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_balance import check_against_reference
 
 import gfn_fast
-from conftest import available_backends
-from test_balance import check_against_reference
 
 settings.register_profile("ci", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

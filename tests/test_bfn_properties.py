@@ -8,10 +8,10 @@ import os
 
 import pytest
 import torch
+from conftest import available_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import available_backends
 from gfn_fast import bfn
 
 settings.register_profile("ci", max_examples=10, deadline=None,

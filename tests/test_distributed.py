@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import available_backends
 from torch.nn.parallel import DistributedDataParallel
 
 import gfn_fast
-from conftest import available_backends
 
 WORLD = 2
 BATCH, STEPS, FEATURES = 12, 6, 5

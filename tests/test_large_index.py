@@ -10,9 +10,9 @@ runs the full-size case: 70000 x 32768 bfloat16 logits (2.3e9 elements, 4.6 GB).
 
 import pytest
 import torch
+from conftest import HAS_CUDA, available_backends
 
 import gfn_fast
-from conftest import HAS_CUDA, available_backends
 
 ROWS_STORAGE, WIDTH = 70_000, 32_768  # ROWS_STORAGE * WIDTH > 2^31
 CPU_BACKENDS = available_backends("cpu")

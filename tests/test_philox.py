@@ -82,7 +82,7 @@ def _cuda_header_on_host(seed, offset, rows, cols):
             ROOT / "csrc/include/gfn_fast/philox.cuh").stat().st_mtime):
         subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-I",
                         str(ROOT / "csrc/include"), str(src), "-o", str(exe)], check=True)
-    lines = "\n".join(f"{seed} {offset} {r} {c}" for r, c in zip(rows.tolist(), cols.tolist()))
+    lines = "\n".join(f"{seed} {offset} {r} {c}" for r, c in zip(rows.tolist(), cols.tolist(), strict=False))
     out = subprocess.run([str(exe)], input=lines, text=True, capture_output=True, check=True)
     values = torch.tensor([[int(v) for v in line.split()] for line in out.stdout.splitlines()],
                           dtype=torch.int64)
@@ -102,7 +102,7 @@ def test_reference_known_answers(counter, key, expected):
 @pytest.mark.parametrize("impl", list(IMPLEMENTATIONS))
 def test_known_answers(impl):
     cases = [_case(c, k) for c, k, _ in KNOWN_ANSWERS]
-    for (seed, offset, row, col), (_, _, expected) in zip(cases, KNOWN_ANSWERS):
+    for (seed, offset, row, col), (_, _, expected) in zip(cases, KNOWN_ANSWERS, strict=False):
         words, _ = IMPLEMENTATIONS[impl](seed, offset, torch.tensor([row]), torch.tensor([col]))
         assert tuple(words[0].tolist()) == expected
 

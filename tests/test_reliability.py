@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
+from conftest import HAS_CUDA, available_backends, backend_params
 
 import gfn_fast
-from conftest import HAS_CUDA, available_backends, backend_params
 from gfn_fast import bfn
 
 BACKENDS = backend_params()

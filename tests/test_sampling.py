@@ -89,7 +89,7 @@ def test_matches_reference_and_exact(backend, device, config, mask_kind):
     if mask is not None:
         assert mask.cpu()[torch.arange(rows), actions].all()
     log_pi, log_mu, entropy = _exact(logits, mask, actions, **kwargs)
-    for got, want in zip(out[1:], (log_pi, log_mu, entropy)):
+    for got, want in zip(out[1:], (log_pi, log_mu, entropy), strict=False):
         torch.testing.assert_close(got.cpu().double(), want, rtol=2e-5, atol=2e-5)
 
 
@@ -107,7 +107,7 @@ def test_dtypes_and_layouts(backend, device, dtype, layout):
     assert out[1].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     log_pi, log_mu, entropy = _exact(logits, mask, out[0], scale=0.8, epsilon=0.1)
     tol = TOL[dtype]
-    for got, want in zip(out[1:], (log_pi, log_mu, entropy)):
+    for got, want in zip(out[1:], (log_pi, log_mu, entropy), strict=False):
         torch.testing.assert_close(got.cpu().double(), want, rtol=tol, atol=tol)
 
 
@@ -139,7 +139,7 @@ def test_wide_rows(backend, device, split, monkeypatch):
                                        seed=3, backend="reference")
     assert torch.equal(out[0].cpu(), expected[0])
     log_pi, log_mu, entropy = _exact(logits, mask, out[0], scale=2.0, epsilon=0.5)
-    for got, want in zip(out[1:], (log_pi, log_mu, entropy)):
+    for got, want in zip(out[1:], (log_pi, log_mu, entropy), strict=False):
         torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-4)
     lp = gfn_fast.action_log_prob(logits, out[0], packed, scale=2.0, backend=backend)
     torch.testing.assert_close(lp.cpu().double(), log_pi, rtol=1e-4, atol=1e-4)
@@ -291,7 +291,7 @@ def test_log_prob_matches_reference_with_clip(backend, device, dtype):
     want_g = torch.autograd.grad(want, (logits, scale), grad)
     tol = 2e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out, want, rtol=tol, atol=tol)
-    for g, w in zip(got_g, want_g):
+    for g, w in zip(got_g, want_g, strict=False):
         torch.testing.assert_close(g.float(), w.float(), rtol=tol, atol=tol)
 
 
@@ -307,7 +307,7 @@ def test_sample_log_pi_is_differentiable(backend, device):
     g_sample = torch.autograd.grad(log_pi.sum(), (logits, scale))
     lp = gfn_fast.action_log_prob(logits, actions, mask, scale=scale, backend=backend)
     g_lp = torch.autograd.grad(lp.sum(), (logits, scale))
-    for a, b in zip(g_sample, g_lp):
+    for a, b in zip(g_sample, g_lp, strict=False):
         torch.testing.assert_close(a, b)
 
 
@@ -353,7 +353,7 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(loss, eager_loss)
     grads = torch.autograd.grad(loss, (logits, scale))
     want = torch.autograd.grad(eager_loss, (logits, scale))
-    for g, w in zip(grads, want):
+    for g, w in zip(grads, want, strict=False):
         torch.testing.assert_close(g, w)
 
 

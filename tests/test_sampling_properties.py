@@ -10,11 +10,11 @@ import os
 
 import pytest
 import torch
+from conftest import available_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gfn_fast
-from conftest import available_backends
 from gfn_fast.reference import sampling as ref
 
 settings.register_profile("ci", max_examples=12, deadline=None,

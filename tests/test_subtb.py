@@ -244,7 +244,7 @@ def test_gradcheck(backend, device):
 
     def subtb(weighting, loss):
         def fn(*tensors):
-            args = dict(op, **dict(zip(names, tensors)))
+            args = dict(op, **dict(zip(names, tensors, strict=False)))
             return call(gfn_fast.subtrajectory_balance, args, weighting=weighting, loss=loss,
                         log_reward_clip_min=-0.5, backend=backend)
         return fn
@@ -256,7 +256,7 @@ def test_gradcheck(backend, device):
         assert torch.autograd.gradcheck(subtb("geometric_within", loss), inputs)
 
     def db(*tensors):
-        args = dict(op, **dict(zip(names, tensors)))
+        args = dict(op, **dict(zip(names, tensors, strict=False)))
         return call(gfn_fast.detailed_balance, args, reduction="none", loss="huber(0.5)",
                     backend=backend)
 

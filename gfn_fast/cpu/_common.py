@@ -1,5 +1,6 @@
 """Helpers shared by the Numba kernels: loss functions and tensor <-> NumPy views."""
 
+import contextlib
 import math
 
 import numba
@@ -63,3 +64,18 @@ def per_row(tensor: torch.Tensor | None, batch: int, dtype: torch.dtype) -> np.n
     if tensor is None:
         return np.zeros(1, dtype=np.float64 if dtype == torch.float64 else np.float32)
     return tensor.detach().to(dtype).reshape(-1).expand(batch).numpy()
+
+
+@contextlib.contextmanager
+def single_thread_if(small: bool):
+    """Run the enclosed Numba calls on the calling thread when `small`: waking the worker pool
+    costs tens of microseconds idle (milliseconds on a loaded machine), more than small calls."""
+    threads = numba.get_num_threads()
+    if not small or threads == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)

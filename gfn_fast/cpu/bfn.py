@@ -14,7 +14,7 @@ import torch
 
 from gfn_fast.cpu import _philox as px
 from gfn_fast.cpu import _vmath as vm
-from gfn_fast.cpu._common import as_numpy
+from gfn_fast.cpu._common import as_numpy, single_thread_if
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
 # The loops over logits and noise vectorise only without calls and exceptions in their bodies:
@@ -288,15 +288,8 @@ _NS_CHEAP, _NS_LOGIT, _NS_NOISE = 0.25, 1.0, 1.0
 
 
 def _run(kernel, work_ns: float, *args) -> None:
-    if work_ns >= _SERIAL_BELOW_NS:
+    with single_thread_if(work_ns < _SERIAL_BELOW_NS):
         kernel(*args)
-        return
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        kernel(*args)
-    finally:
-        numba.set_num_threads(threads)
 
 
 def _acc(*tensors) -> torch.dtype:

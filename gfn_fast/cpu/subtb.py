@@ -13,13 +13,12 @@ row_weight[b] * lambda^(j - i), or row_weight[b] * table[j - i - 1] when use_tab
 - pair loop (other losses, or tabulated weights): O(T^2) time over the saved a, no extra memory.
 """
 
-import contextlib
 
 import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import as_numpy, per_row, rho, rho_grad
+from gfn_fast.cpu._common import as_numpy, per_row, rho, rho_grad, single_thread_if
 from gfn_fast.cpu.balance import _as_2d, _beta, _extent
 
 SQUARED, HALF_SQUARED = 0, 1
@@ -29,17 +28,8 @@ SQUARED, HALF_SQUARED = 0, 1
 _PARALLEL_MIN_WORK = 1 << 16
 
 
-@contextlib.contextmanager
 def _threads_for(work: int):
-    if work >= _PARALLEL_MIN_WORK or numba.get_num_threads() == 1:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+    return single_thread_if(work < _PARALLEL_MIN_WORK)
 
 
 @numba.njit(inline="always", cache=True)
