@@ -79,9 +79,12 @@ build_cuda, _ = _cuda_wanted()
 setup(
     packages=[
         "gfn_fast",
-        "gfn_fast.reference",
+        "gfn_fast.bench_cases",
         "gfn_fast.cpu",
+        "gfn_fast.cuda",
+        "gfn_fast.demos",
         "gfn_fast.integrations",
+        "gfn_fast.reference",
         "gfn_fast.kernels",
     ],
     package_dir={"gfn_fast": "gfn_fast", "gfn_fast.kernels": "kernels"},

@@ -356,7 +356,20 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
     return cases
 
 
-CASE_FAMILIES = {"balance": balance_cases, "rollout": rollout_cases}
+def sampling_cases(device: torch.device, quick: bool) -> list[Case]:
+    from gfn_fast.bench_cases.sampling import sampling_cases as cases
+
+    return cases(device, quick)
+
+
+def bfn_cases(device: torch.device, quick: bool) -> list[Case]:
+    from gfn_fast.bench_cases.bfn import FAMILIES
+
+    return [case for build in FAMILIES.values() for case in build(device, quick)]
+
+
+CASE_FAMILIES = {"balance": balance_cases, "rollout": rollout_cases,
+                 "sampling": sampling_cases, "bfn": bfn_cases}
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

@@ -22,3 +22,14 @@ def test_cuda_sources_include_no_pytorch_headers():
             list((ROOT / "csrc").rglob("*.cpp")):
         text = path.read_text()
         assert not re.search(r"#include\s*[<\"](torch|ATen|c10)/", text), path
+
+
+def test_setup_lists_every_package():
+    """A package missing from setup.py still imports from an editable install but is left out
+    of a wheel; compare the list with the tree."""
+    text = (ROOT / "setup.py").read_text()
+    listed = set(re.findall(r'"(gfn_fast(?:\.\w+)*)"', text[text.index("packages=["):]))
+    tree = {".".join(path.parent.relative_to(ROOT).parts)
+            for path in (ROOT / "gfn_fast").rglob("__init__.py")
+            if "__pycache__" not in path.parts and path.parent.name != "kernels"}
+    assert tree | {"gfn_fast.kernels"} <= listed

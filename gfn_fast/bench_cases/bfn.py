@@ -1,0 +1,225 @@
+"""Harness cases for Bayesian Flow Networks (see bench/bench_bfn.py for the full description)."""
+
+
+import math
+
+import torch
+
+import gfn_fast
+from gfn_fast import benchmark as harness
+from gfn_fast import bfn
+from gfn_fast.reference import bfn as ref
+
+TEXT8 = dict(B=416, D=256, K=27, beta_1=0.5625)
+CIFAR = dict(B=32, D=3072, sigma_1=1e-3)
+
+
+def _backends(device: torch.device) -> list[str]:
+    report = gfn_fast.backends()
+    return [name for name in ("cuda", "triton", "numba")
+            if device.type in report[name]["devices"]
+            and not (name == "triton" and device.type == "cpu")]
+
+
+def _grads(loss, inputs):
+    return torch.autograd.grad(loss.sum(), inputs)
+
+
+def text8_cases(device, quick):
+    p = dict(TEXT8, B=64) if quick else TEXT8
+    batch, dims, n_classes, beta_1 = p["B"], p["D"], p["K"], p["beta_1"]
+
+    def setup(dev):
+        gen = torch.Generator().manual_seed(0)
+        return {"x": torch.randint(0, n_classes, (batch, dims), generator=gen).to(dev),
+                "t": torch.rand(batch, generator=gen).to(dev),
+                "logits": torch.randn(batch, dims, n_classes, generator=gen).to(dev)
+                .requires_grad_(True)}
+
+    def eager(s):
+        eps = torch.randn(batch, dims, n_classes, device=s["x"].device)
+        theta = ref.discrete_flow(s["x"], s["t"], beta_1, n_classes, eps, False)
+        loss = ref.discrete_loss(s["x"], s["logits"], s["t"], beta_1)
+        return theta, _grads(loss, [s["logits"]])
+
+    def fused(backend):
+        def call(s):
+            theta = bfn.discrete_flow(s["x"], s["t"], beta_1, n_classes, seed=1, backend=backend)
+            loss = bfn.discrete_loss(s["x"], s["logits"], s["t"], beta_1, backend=backend)
+            return theta, _grads(loss, [s["logits"]])
+        return call
+
+    impls = {"eager": eager}
+    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
+    # theta written, logits read twice (fwd, bwd), gradient written; indices read
+    moved = batch * dims * (4 * n_classes * 4 + 2 * 8)
+    return [harness.Case("bfn_discrete_flow+loss", f"text8 B={batch} D={dims} K={n_classes} "
+                         "fwd+bwd", p, moved, setup, impls)]
+
+
+def cifar_cases(device, quick):
+    p = dict(CIFAR, B=8) if quick else CIFAR
+    batch, dims, sigma_1 = p["B"], p["D"], p["sigma_1"]
+
+    def setup(dev):
+        gen = torch.Generator().manual_seed(0)
+        return {"x": (torch.rand(batch, dims, generator=gen) * 2 - 1).to(dev),
+                "t": torch.rand(batch, generator=gen).to(dev),
+                "eps_hat": torch.randn(batch, dims, generator=gen).to(dev).requires_grad_(True)}
+
+    def eager(s):
+        mu = ref.continuous_flow(s["x"], s["t"], sigma_1, torch.randn_like(s["x"]))
+        loss = ref.continuous_loss(s["x"], mu, s["eps_hat"], s["t"], sigma_1, 0, 1e-6, None)
+        return _grads(loss, [s["eps_hat"]])
+
+    def fused(backend):
+        def call(s):
+            mu = bfn.continuous_flow(s["x"], s["t"], sigma_1, seed=1, backend=backend)
+            loss = bfn.continuous_loss(s["x"], mu, s["eps_hat"], s["t"], sigma_1,
+                                       backend=backend)
+            return _grads(loss, [s["eps_hat"]])
+        return call
+
+    impls = {"eager": eager}
+    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
+    # flow: read x, write mu; loss fwd: read x, mu, eps_hat; bwd: read them again, write grad
+    moved = batch * dims * 4 * 9
+    return [harness.Case("bfn_continuous_flow+loss", f"CIFAR-10 B={batch} D={dims} fwd+bwd", p,
+                         moved, setup, impls)]
+
+
+def discretised_cases(device, quick):
+    p = dict(CIFAR, B=8, n_bins=256) if quick else dict(CIFAR, n_bins=256)
+    batch, dims, sigma_1, n_bins = p["B"], p["D"], p["sigma_1"], p["n_bins"]
+
+    def setup(dev):
+        gen = torch.Generator().manual_seed(0)
+        k = torch.randint(0, n_bins, (batch, dims), generator=gen)
+        return {"x": ((2 * k + 1) / n_bins - 1).to(dev),
+                "t": torch.rand(batch, generator=gen).to(dev),
+                "mu_x": (torch.randn(batch, dims, generator=gen) * 0.5).to(dev)
+                .requires_grad_(True),
+                "log_sigma": (torch.randn(batch, dims, generator=gen) - 2).to(dev)
+                .requires_grad_(True)}
+
+    def eager(s):
+        loss = ref.discretised_loss(s["x"], s["mu_x"], s["log_sigma"], s["t"], sigma_1, n_bins, 0)
+        return _grads(loss, [s["mu_x"], s["log_sigma"]])
+
+    def fused(backend):
+        def call(s):
+            loss = bfn.discretised_loss(s["x"], s["mu_x"], s["log_sigma"], s["t"], sigma_1,
+                                        n_bins, backend=backend)
+            return _grads(loss, [s["mu_x"], s["log_sigma"]])
+        return call
+
+    impls = {"eager (materialises [B, D, K])": eager}
+    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
+    moved = batch * dims * 4 * 8
+    return [harness.Case("bfn_discretised_loss", f"256 bins B={batch} D={dims} fwd+bwd", p,
+                         moved, setup, impls)]
+
+
+def nstep_cases(device, quick):
+    p = dict(TEXT8, B=32, n_steps=100) if quick else dict(TEXT8, n_steps=100)
+    batch, dims, n_classes, beta_1, n_steps = p["B"], p["D"], p["K"], p["beta_1"], p["n_steps"]
+
+    def setup(dev):
+        gen = torch.Generator().manual_seed(0)
+        return {"x": torch.randint(0, n_classes, (batch, dims), generator=gen).to(dev),
+                "t": (torch.randint(0, n_steps, (batch,), generator=gen) / n_steps).to(dev),
+                "logits": torch.randn(batch, dims, n_classes, generator=gen).to(dev)
+                .requires_grad_(True)}
+
+    def materialised(s):
+        """ln p_S(y | x) - ln p_R(y) with every class's K-dimensional Gaussian log density."""
+        x, logits = s["x"], s["logits"]
+        alpha = ref.discrete_nstep_alpha(s["t"], beta_1, n_steps).reshape(-1, 1, 1)
+        eps = torch.randn(batch, dims, n_classes, device=x.device)
+        y = ref.discrete_sender_logits(x, alpha.reshape(-1), n_classes, eps)
+        means = alpha.unsqueeze(-1) * (n_classes * torch.eye(n_classes, device=x.device) - 1)
+        var = (alpha * n_classes).unsqueeze(-1)
+        log_normal = (-0.5 * (y.unsqueeze(-2) - means) ** 2 / var
+                      - 0.5 * torch.log(2 * math.pi * var)).sum(-1)  # [B, D, K] from [B,D,K,K]
+        one_hot = torch.nn.functional.one_hot(x, n_classes).to(log_normal.dtype)
+        log_receiver = torch.logsumexp(torch.log_softmax(logits, -1) + log_normal, -1)
+        loss = n_steps * ((log_normal * one_hot).sum(-1) - log_receiver).sum(-1)
+        return _grads(loss, [logits])
+
+    def reference_o_k(s):
+        eps = torch.randn(batch, dims, n_classes, device=s["x"].device)
+        loss = ref.discrete_nstep_loss(s["x"], s["logits"], s["t"], beta_1, n_steps, eps)
+        return _grads(loss, [s["logits"]])
+
+    def fused(backend):
+        def call(s):
+            loss = bfn.discrete_loss(s["x"], s["logits"], s["t"], beta_1, n_steps, seed=1,
+                                     backend=backend)
+            return _grads(loss, [s["logits"]])
+        return call
+
+    impls = {"eager": materialised, "eager O(K) reference": reference_o_k}
+    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
+    moved = batch * dims * (3 * n_classes * 4 + 2 * 8)
+    return [harness.Case("bfn_discrete_nstep_loss", f"n=100 text8 B={batch} D={dims} "
+                         f"K={n_classes} fwd+bwd", p, moved, setup, impls)]
+
+
+def step_cases(device, quick):
+    c = dict(CIFAR, B=8) if quick else CIFAR
+    t8 = dict(TEXT8, B=64) if quick else TEXT8
+    cases = []
+
+    def setup_continuous(dev):
+        gen = torch.Generator().manual_seed(0)
+        return {"mu": torch.randn(c["B"], c["D"], generator=gen).to(dev),
+                "rho": torch.ones(c["B"], device=dev),
+                "eps_hat": torch.randn(c["B"], c["D"], generator=gen).to(dev)}
+
+    def eager_continuous(s):
+        t = torch.full((c["B"],), 0.5, device=s["mu"].device)
+        eps = torch.randn_like(s["mu"])
+        s["mu"], _ = ref.continuous_step(s["mu"], s["rho"], s["eps_hat"], t, 2.0, c["sigma_1"],
+                                         1e-6, None, eps)
+
+    def fused_continuous(backend):
+        def call(s):
+            bfn.continuous_step(s["mu"], s["rho"], s["eps_hat"], 0.5, 2.0, c["sigma_1"], seed=1,
+                                backend=backend)
+            s["rho"].fill_(1.0)
+        return call
+
+    impls = {"eager": eager_continuous}
+    impls.update({f"gfn_fast[{b}]": fused_continuous(b) for b in _backends(device)})
+    cases.append(harness.Case("bfn_continuous_step", f"CIFAR-10 B={c['B']} D={c['D']}",
+                              dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
+                              setup_continuous, impls))
+
+    def setup_discrete(dev):
+        gen = torch.Generator().manual_seed(0)
+        shape = (t8["B"], t8["D"], t8["K"])
+        return {"log_theta": torch.full(shape, -math.log(t8["K"]), device=dev),
+                "logits": torch.randn(shape, generator=gen).to(dev),
+                "draw": torch.empty(shape[:2], dtype=torch.int64, device=dev)}
+
+    def eager_discrete(s):
+        uniform = torch.rand(s["logits"].shape[:2], device=s["logits"].device)
+        eps = torch.randn_like(s["logits"])
+        s["log_theta"], _ = ref.discrete_step(s["log_theta"], s["logits"], 0.01, uniform, eps)
+
+    def fused_discrete(backend):
+        def call(s):
+            bfn.discrete_step(s["log_theta"], s["logits"], 0.01, draw=s["draw"], seed=1,
+                              backend=backend)
+        return call
+
+    impls = {"eager": eager_discrete}
+    impls.update({f"gfn_fast[{b}]": fused_discrete(b) for b in _backends(device)})
+    cases.append(harness.Case("bfn_discrete_step", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
+                              dict(t8, elements=t8["B"] * t8["D"] * t8["K"]),
+                              t8["B"] * t8["D"] * t8["K"] * 4 * 3, setup_discrete, impls))
+    return cases
+
+
+FAMILIES = {"text8": text8_cases, "cifar": cifar_cases, "discretised": discretised_cases,
+            "nstep": nstep_cases, "steps": step_cases}
