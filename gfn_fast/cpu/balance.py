@@ -26,6 +26,17 @@ def _extent(lengths, b, packed, steps):
 # Reassociation only (no nnan/ninf): lets LLVM vectorise the sums while NaN and inf still
 # propagate. Each trajectory is summed by one thread, so results are run-to-run identical.
 _FAST = {"reassoc", "contract"}
+# Sums run over a multiple of this many steps (up to the row's end) and select away the steps
+# past the trajectory: a loop of exactly n steps (n ~ 32, varying per row) spends most of its
+# time in its scalar remainder (measured 2.4x slower). The selected-away values are never used,
+# so NaN or garbage in the padding cannot leak in.
+_VECTOR = 16
+
+
+@numba.njit(inline="always", cache=True)
+def _vector_end(col, n, steps):
+    """End of the summed span: col + n rounded up to a multiple of _VECTOR, within the row."""
+    return min(np.int64(steps), col + ((n + _VECTOR - 1) // _VECTOR) * _VECTOR)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FAST)
@@ -33,21 +44,26 @@ def _rows_forward(log_pf, log_pb, has_pb, lengths, packed, log_reward, log_z, ha
                   clip_min, loss_id, loss_param, apply_loss, d_out, loss_out):
     batch = d_out.shape[0]
     steps = log_pf.shape[1]
+    zero = d_out.dtype.type(0.0)
     # The hot loops hold nothing but the sum: any branch or loss call in the same loop body
     # keeps LLVM from vectorising it (measured 4x slower), so the per-row epilogue is apart.
     if has_pb:
         for b in numba.prange(batch):
             row, col, n = _extent(lengths, b, packed, steps)
-            total = d_out.dtype.type(0.0)
-            for t in range(col, col + n):
-                total += log_pf[row, t] - log_pb[row, t]
+            stop = col + n
+            pf, pb = log_pf[row], log_pb[row]
+            total = zero
+            for t in range(col, _vector_end(col, n, steps)):
+                total += (pf[t] - pb[t]) if t < stop else zero
             d_out[b] = total
     else:
         for b in numba.prange(batch):
             row, col, n = _extent(lengths, b, packed, steps)
-            total = d_out.dtype.type(0.0)
-            for t in range(col, col + n):
-                total += log_pf[row, t]
+            stop = col + n
+            pf = log_pf[row]
+            total = zero
+            for t in range(col, _vector_end(col, n, steps)):
+                total += pf[t] if t < stop else zero
             d_out[b] = total
     for b in numba.prange(batch):
         reward = log_reward[b]
@@ -77,16 +93,28 @@ def _row_gradients(grad_rows, d, from_residual, weight, loss_id, loss_param, log
 
 
 @numba.njit(parallel=True, cache=True)
-def _broadcast_rows(grad_row, sign, lengths, packed, out):
-    """out[trajectory b, step t] = sign * grad_row[b] on valid steps; padded rows get zeros on
-    their padding, packed ones are written only over their own steps."""
-    steps = out.shape[1]
+def _broadcast_rows(grad_row, lengths, packed, grad_pf, grad_pb, has_pb):
+    """grad_pf[trajectory b, step t] = grad_row[b] and grad_pb = -grad_row[b] on valid steps.
+    Padded rows are written whole (zeros on the padding) by a branch-free select over the full
+    row, which LLVM vectorises (6x faster than a fill of the valid prefix plus one of the
+    padding); packed trajectories are written only over their own steps."""
+    steps = grad_pf.shape[1]
+    zero = grad_pf.dtype.type(0.0)
     for b in numba.prange(grad_row.shape[0]):
         row, col, n = _extent(lengths, b, packed, steps)
-        value = sign * grad_row[b]
-        out[row, col:col + n] = value
-        if not packed:
-            out[row, col + n:] = 0.0
+        value = grad_pf.dtype.type(grad_row[b])
+        out_pf = grad_pf[row]
+        if packed:
+            out_pf[col:col + n] = value
+            if has_pb:
+                grad_pb[row, col:col + n] = -value
+            continue
+        for t in range(steps):
+            out_pf[t] = value if t < n else zero
+        if has_pb:
+            out_pb = grad_pb[row]
+            for t in range(steps):
+                out_pb[t] = -value if t < n else zero
 
 
 def _as_2d(tensor: torch.Tensor, packed: bool) -> torch.Tensor:
@@ -132,11 +160,9 @@ def rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, leng
                    loss_id, float(loss_param), log_reward.numpy(), _beta(beta, batch, dtype),
                    float(clip_min), grad_row.numpy(), grad_log_reward.numpy(), need_log_reward,
                    grad_beta.numpy(), need_beta)
-    lengths_np = lengths.numpy()
-    _broadcast_rows(grad_row.numpy(), 1.0, lengths_np, packed, _as_2d(grad_pf, packed).numpy())
-    if has_pb:
-        _broadcast_rows(grad_row.numpy(), -1.0, lengths_np, packed,
-                        _as_2d(grad_pb, packed).numpy())
+    out_pf = _as_2d(grad_pf, packed).numpy()
+    _broadcast_rows(grad_row.numpy(), lengths.numpy(), packed, out_pf,
+                    _as_2d(grad_pb, packed).numpy() if has_pb else out_pf, has_pb)
     if wide != log_pf.dtype:
         grad_pf = grad_pf.to(log_pf.dtype)
         grad_pb = grad_pb.to(log_pf.dtype) if has_pb else None
