@@ -17,7 +17,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from gfn_fast import _backends, _checks
+from gfn_fast import _backends, _checks, _ops
 from gfn_fast.reference import balance as reference
 from gfn_fast.reference.losses import rho, rho_grad
 
@@ -95,7 +95,7 @@ def _reference_group_variance(log_pf, log_pb, lengths, packed, log_reward, beta,
     return reference.reduce(rho(d, loss_id, loss_param), reduction)
 
 
-@torch.library.custom_op("gfn_fast::trajectory_balance_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::trajectory_balance_fwd", mutates_args=())
 def _tb_forward(log_pf: torch.Tensor, log_pb: torch.Tensor | None, lengths: torch.Tensor,
                 log_reward: torch.Tensor, log_z: torch.Tensor | None, beta: torch.Tensor | None,
                 packed: bool, clip_min: float, loss_id: int, loss_param: float, reduction: int,
@@ -120,7 +120,7 @@ def _(log_pf, log_pb, lengths, log_reward, log_z, beta, packed, clip_min, loss_i
     return (log_reward.new_empty(batch if reduction == _NONE else ()), d)
 
 
-@torch.library.custom_op("gfn_fast::trajectory_balance_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::trajectory_balance_bwd", mutates_args=())
 def _tb_backward(grad_loss: torch.Tensor, d: torch.Tensor, log_pf: torch.Tensor, has_pb: bool,
                  lengths: torch.Tensor, log_reward: torch.Tensor, beta: torch.Tensor | None,
                  centered: bool, packed: bool, clip_min: float, loss_id: int, loss_param: float,

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from gfn_fast import _backends, _checks, _rng
+from gfn_fast import _backends, _checks, _ops, _rng
 from gfn_fast.reference import bfn as reference
 
 _NO_RANGE = (0.0, 0.0)
@@ -139,7 +139,7 @@ def _t_min(op: str, t_min) -> float:
 
 # ---------------------------------------------------------------------------- continuous output
 
-@torch.library.custom_op("gfn_fast::bfn_continuous_output", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_continuous_output", mutates_args=())
 def _continuous_output_op(mu: torch.Tensor, eps_hat: torch.Tensor, t: torch.Tensor,
                           sigma_1: float, t_min: float, x_min: float, x_max: float, clamp: bool,
                           backend: str) -> torch.Tensor:
@@ -179,7 +179,7 @@ def continuous_output(mu: torch.Tensor, eps_hat: torch.Tensor, t, sigma_1: float
 
 # ------------------------------------------------------------------------------ continuous loss
 
-@torch.library.custom_op("gfn_fast::bfn_continuous_loss_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_continuous_loss_fwd", mutates_args=())
 def _continuous_loss_op(x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor,
                         t: torch.Tensor, sigma_1: float, n_steps: int, t_min: float,
                         x_min: float, x_max: float, clamp: bool, backend: str) -> torch.Tensor:
@@ -192,7 +192,7 @@ def _(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp, backend):
     return t.new_empty(x.shape[0])
 
 
-@torch.library.custom_op("gfn_fast::bfn_continuous_loss_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_continuous_loss_bwd", mutates_args=())
 def _continuous_loss_bwd_op(grad: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
                             eps_hat: torch.Tensor, t: torch.Tensor, sigma_1: float, n_steps: int,
                             t_min: float, x_min: float, x_max: float, clamp: bool, backend: str
@@ -254,7 +254,7 @@ def continuous_loss(x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor, t,
 
 # ---------------------------------------------------------------------------- continuous update
 
-@torch.library.custom_op("gfn_fast::bfn_continuous_update", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_continuous_update", mutates_args=())
 def _continuous_update_op(mu: torch.Tensor, rho: torch.Tensor, y: torch.Tensor,
                           alpha: torch.Tensor, backend: str) -> torch.Tensor:
     return _impl(backend).continuous_update(mu, rho, y, alpha)
@@ -314,7 +314,7 @@ def continuous_update(mu: torch.Tensor, rho, y: torch.Tensor, alpha, *,
 
 # ----------------------------------------------------------------------------- discretised loss
 
-@torch.library.custom_op("gfn_fast::bfn_discretised_loss_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discretised_loss_fwd", mutates_args=())
 def _discretised_loss_op(x: torch.Tensor, mu_x: torch.Tensor, log_sigma_x: torch.Tensor,
                          t: torch.Tensor, sigma_1: float, n_steps: int, n_bins: int,
                          backend: str) -> torch.Tensor:
@@ -327,7 +327,7 @@ def _(x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins, backend):
     return t.new_empty(x.shape[0])
 
 
-@torch.library.custom_op("gfn_fast::bfn_discretised_loss_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discretised_loss_bwd", mutates_args=())
 def _discretised_loss_bwd_op(grad: torch.Tensor, x: torch.Tensor, mu_x: torch.Tensor,
                              log_sigma_x: torch.Tensor, t: torch.Tensor, sigma_1: float,
                              n_steps: int, n_bins: int, backend: str
@@ -386,7 +386,7 @@ def discretised_loss(x: torch.Tensor, mu_x: torch.Tensor, log_sigma_x: torch.Ten
                                 steps, n_bins, name)
 
 
-@torch.library.custom_op("gfn_fast::bfn_discretised_probs", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discretised_probs", mutates_args=())
 def _discretised_probs_op(mu_x: torch.Tensor, log_sigma_x: torch.Tensor, n_bins: int,
                           backend: str) -> torch.Tensor:
     return _impl(backend).discretised_probs(mu_x, log_sigma_x, n_bins)
@@ -436,7 +436,7 @@ def _discrete_inputs(op: str, x_index, logits, logits_arg: str = "logits_out"):
     return x_index.reshape(batch, -1), logits.reshape(batch, -1, n_classes).contiguous()
 
 
-@torch.library.custom_op("gfn_fast::bfn_discrete_loss_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discrete_loss_fwd", mutates_args=())
 def _discrete_loss_op(x_index: torch.Tensor, logits: torch.Tensor, t: torch.Tensor,
                       beta_1: float, backend: str) -> torch.Tensor:
     return _impl(backend).discrete_loss_forward(x_index, logits, t, beta_1)
@@ -447,7 +447,7 @@ def _(x_index, logits, t, beta_1, backend):
     return t.new_empty(logits.shape[0])
 
 
-@torch.library.custom_op("gfn_fast::bfn_discrete_loss_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discrete_loss_bwd", mutates_args=())
 def _discrete_loss_bwd_op(grad: torch.Tensor, x_index: torch.Tensor, logits: torch.Tensor,
                           t: torch.Tensor, beta_1: float, backend: str) -> torch.Tensor:
     return _impl(backend).discrete_loss_backward(grad.contiguous(), x_index, logits, t, beta_1)
@@ -502,7 +502,7 @@ def discrete_loss(x_index: torch.Tensor, logits_out: torch.Tensor, t, beta_1: fl
     return _discrete_loss_op(x_index, flat_logits, t, beta_1, name)
 
 
-@torch.library.custom_op("gfn_fast::bfn_discrete_nstep_loss_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discrete_nstep_loss_fwd", mutates_args=())
 def _discrete_nstep_op(x_index: torch.Tensor, logits: torch.Tensor, t: torch.Tensor,
                        beta_1: float, n_steps: int, seed: int, offset: int, backend: str
                        ) -> torch.Tensor:
@@ -515,7 +515,7 @@ def _(x_index, logits, t, beta_1, n_steps, seed, offset, backend):
     return t.new_empty(logits.shape[0])
 
 
-@torch.library.custom_op("gfn_fast::bfn_discrete_nstep_loss_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discrete_nstep_loss_bwd", mutates_args=())
 def _discrete_nstep_bwd_op(grad: torch.Tensor, x_index: torch.Tensor, logits: torch.Tensor,
                            t: torch.Tensor, beta_1: float, n_steps: int, seed: int, offset: int,
                            backend: str) -> torch.Tensor:
@@ -557,7 +557,7 @@ def _discrete_nstep_loss(op, x_index, logits, t, beta_1, n_steps, generator, see
 
 # ------------------------------------------------------------------------------ discrete update
 
-@torch.library.custom_op("gfn_fast::bfn_discrete_update", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discrete_update", mutates_args=())
 def _discrete_update_op(log_theta: torch.Tensor, y: torch.Tensor, backend: str) -> torch.Tensor:
     return _impl(backend).discrete_update(log_theta, y)
 
@@ -592,7 +592,7 @@ def discrete_update(log_theta: torch.Tensor, y: torch.Tensor, *, backend: str | 
 
 # ------------------------------------------------------------------------------------ flows
 
-@torch.library.custom_op("gfn_fast::bfn_continuous_flow", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_continuous_flow", mutates_args=())
 def _continuous_flow_op(x: torch.Tensor, t: torch.Tensor, sigma_1: float, seed: int, offset: int,
                         backend: str) -> torch.Tensor:
     return _impl(backend).continuous_flow(x, t, sigma_1, seed, offset)
@@ -627,7 +627,7 @@ def continuous_flow(x: torch.Tensor, t, sigma_1: float, *,
                                name).reshape(x.shape)
 
 
-@torch.library.custom_op("gfn_fast::bfn_discrete_flow", mutates_args=())
+@_ops.custom_op("gfn_fast::bfn_discrete_flow", mutates_args=())
 def _discrete_flow_op(x_index: torch.Tensor, t: torch.Tensor, beta_1: float, n_classes: int,
                       seed: int, offset: int, log: bool, backend: str) -> torch.Tensor:
     return _impl(backend).discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log)
@@ -673,7 +673,7 @@ def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, lo
 
 # ------------------------------------------------------------------------- generation steps
 
-@torch.library.custom_op("gfn_fast::bfn_continuous_step", mutates_args=("mu",))
+@_ops.custom_op("gfn_fast::bfn_continuous_step", mutates_args=("mu",))
 def _continuous_step_op(mu: torch.Tensor, rho: torch.Tensor, eps_hat: torch.Tensor, a: float,
                         c: float, alpha: float, x_min: float, x_max: float, clamp: bool,
                         seed: int, offset: int, backend: str) -> None:
@@ -686,7 +686,7 @@ def _(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset, backend)
     return None
 
 
-@torch.library.custom_op("gfn_fast::bfn_discretised_step", mutates_args=("mu", "draw"))
+@_ops.custom_op("gfn_fast::bfn_discretised_step", mutates_args=("mu", "draw"))
 def _discretised_step_op(mu: torch.Tensor, rho: torch.Tensor, mu_x: torch.Tensor,
                          log_sigma_x: torch.Tensor, n_bins: int, alpha: float, seed: int,
                          offset: int, update: bool, draw: torch.Tensor, backend: str) -> None:
@@ -699,7 +699,7 @@ def _(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw, bac
     return None
 
 
-@torch.library.custom_op("gfn_fast::bfn_discrete_step", mutates_args=("log_theta", "draw"))
+@_ops.custom_op("gfn_fast::bfn_discrete_step", mutates_args=("log_theta", "draw"))
 def _discrete_step_op(log_theta: torch.Tensor, logits: torch.Tensor, alpha: float, seed: int,
                       offset: int, update: bool, draw: torch.Tensor, backend: str) -> None:
     _impl(backend).discrete_step(log_theta, logits, alpha, seed, offset, update, draw)

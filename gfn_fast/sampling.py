@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from gfn_fast import _backends, _checks, _rng
+from gfn_fast import _backends, _checks, _ops, _rng
 from gfn_fast.reference import _philox
 from gfn_fast.reference import sampling as reference
 
@@ -32,7 +32,7 @@ def _impl(backend: str):
     return _backends.module(backend, "sampling")
 
 
-@torch.library.custom_op("gfn_fast::sample_actions", mutates_args=())
+@_ops.custom_op("gfn_fast::sample_actions", mutates_args=())
 def _sample_op(logits: torch.Tensor, mask: torch.Tensor | None, scale: torch.Tensor | None,
                inv_temperature: torch.Tensor | None, epsilon: torch.Tensor | None,
                clip_lo: float, clip_hi: float, packed: bool, seed_lo: int, seed_hi: int,
@@ -57,7 +57,7 @@ def _(logits, mask, scale, inv_temperature, epsilon, clip_lo, clip_hi, packed, s
         rows if want_entropy else 0, dtype=dtype), torch.empty_like(row))
 
 
-@torch.library.custom_op("gfn_fast::action_log_prob_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::action_log_prob_fwd", mutates_args=())
 def _log_prob_op(logits: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None,
                  scale: torch.Tensor | None, inv_temperature: torch.Tensor | None,
                  clip_lo: float, clip_hi: float, packed: bool, backend: str
@@ -73,7 +73,7 @@ def _(logits, actions, mask, scale, inv_temperature, clip_lo, clip_hi, packed, b
     return row, torch.empty_like(row)
 
 
-@torch.library.custom_op("gfn_fast::action_log_prob_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::action_log_prob_bwd", mutates_args=())
 def _log_prob_backward_op(grad: torch.Tensor, logits: torch.Tensor, actions: torch.Tensor,
                           mask: torch.Tensor | None, scale: torch.Tensor | None,
                           inv_temperature: torch.Tensor | None, clip_lo: float, clip_hi: float,

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from gfn_fast import _backends, _checks
+from gfn_fast import _backends, _checks, _ops
 from gfn_fast.balance import _sum_to, _tb_forward
 from gfn_fast.reference import subtb as reference
 from gfn_fast.reference.balance import MEAN, NONE, compute_dtype
@@ -57,7 +57,7 @@ def _fake_grads(log_pf, has_pb, log_reward, need_log_reward, need_beta):
 # ------------------------------------------------------------------ detailed balance op
 
 
-@torch.library.custom_op("gfn_fast::detailed_balance_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::detailed_balance_fwd", mutates_args=())
 def _db_forward(log_pf: torch.Tensor, log_pb: torch.Tensor | None, log_flow: torch.Tensor,
                 log_state_reward: torch.Tensor | None, lengths: torch.Tensor,
                 log_reward: torch.Tensor, beta: torch.Tensor | None, packed: bool,
@@ -81,7 +81,7 @@ def _(log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, beta, pac
     return log_reward.new_empty(log_pf.shape if reduction == NONE else ())
 
 
-@torch.library.custom_op("gfn_fast::detailed_balance_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::detailed_balance_bwd", mutates_args=())
 def _db_backward(grad: torch.Tensor, log_pf: torch.Tensor, log_pb: torch.Tensor | None,
                  log_flow: torch.Tensor, log_state_reward: torch.Tensor | None,
                  lengths: torch.Tensor, log_reward: torch.Tensor, beta: torch.Tensor | None,
@@ -146,7 +146,7 @@ _db_forward.register_autograd(_db_autograd, setup_context=_db_setup_context)
 # ------------------------------------------------------------------ sub-trajectory balance op
 
 
-@torch.library.custom_op("gfn_fast::subtrajectory_balance_fwd", mutates_args=())
+@_ops.custom_op("gfn_fast::subtrajectory_balance_fwd", mutates_args=())
 def _subtb_forward(log_pf: torch.Tensor, log_pb: torch.Tensor | None, log_flow: torch.Tensor,
                    log_state_reward: torch.Tensor | None, lengths: torch.Tensor,
                    log_reward: torch.Tensor, beta: torch.Tensor | None, row_weight: torch.Tensor,
@@ -169,7 +169,7 @@ def _(log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, beta, row
     return log_reward.new_empty(()), log_reward.new_empty(size)
 
 
-@torch.library.custom_op("gfn_fast::subtrajectory_balance_bwd", mutates_args=())
+@_ops.custom_op("gfn_fast::subtrajectory_balance_bwd", mutates_args=())
 def _subtb_backward(grad_loss: torch.Tensor, potentials: torch.Tensor, lengths: torch.Tensor,
                     log_pf: torch.Tensor, has_pb: bool, log_reward: torch.Tensor,
                     beta: torch.Tensor | None, row_weight: torch.Tensor,

@@ -294,7 +294,7 @@ def test_torch_compile_fullgraph_and_opcheck():
     from gfn_fast.balance import _tb_forward
     lengths = layout_args["lengths"]
     for log_z, reduction in ((args[3], 0), (None, 2)):
-        torch.library.opcheck(_tb_forward, (args[0], args[1], lengths, args[2], log_z, args[4],
+        torch.library.opcheck(_tb_forward.op, (args[0], args[1], lengths, args[2], log_z, args[4],
                                             False, -1.0, 0, 0.0, reduction, "numba"))
 
 

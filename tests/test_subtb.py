@@ -317,13 +317,13 @@ def test_compile_and_opcheck():
     table = torch.full((6,), 0.05, dtype=torch.float64)
     for running, tab in ((True, None), (False, table)):
         torch.library.opcheck(
-            subtb_module._subtb_forward,
+            subtb_module._subtb_forward.op,
             (f64["log_pf"].requires_grad_(), f64["log_pb"], f64["log_flow"],
              f64["log_state_reward"], lengths, f64["log_reward"], f64["beta"], row_weight, tab,
              False, -math.inf, 0, 0.0, 0.9, running, "numba"))
     for reduction in (0, 1, 2):
         torch.library.opcheck(
-            subtb_module._db_forward,
+            subtb_module._db_forward.op,
             (f64["log_pf"].requires_grad_(), f64["log_pb"], f64["log_flow"].requires_grad_(),
              None, lengths, f64["log_reward"], None, False, -math.inf, 3, 0.5, reduction,
              "numba"))

@@ -47,23 +47,25 @@ def _rows_forward(log_pf, log_pb, has_pb, lengths, packed, log_reward, log_z, ha
     zero = d_out.dtype.type(0.0)
     # The hot loops hold nothing but the sum: any branch or loss call in the same loop body
     # keeps LLVM from vectorising it (measured 4x slower), so the per-row epilogue is apart.
+    # They index a slice from 0: the same loop over range(col, end) on the whole row runs 3x
+    # slower (measured), its vectorised form apparently not chosen.
     if has_pb:
         for b in numba.prange(batch):
             row, col, n = _extent(lengths, b, packed, steps)
-            stop = col + n
-            pf, pb = log_pf[row], log_pb[row]
+            end = _vector_end(col, n, steps)
+            pf, pb = log_pf[row, col:end], log_pb[row, col:end]
             total = zero
-            for t in range(col, _vector_end(col, n, steps)):
-                total += (pf[t] - pb[t]) if t < stop else zero
+            for t in range(end - col):
+                total += (pf[t] - pb[t]) if t < n else zero
             d_out[b] = total
     else:
         for b in numba.prange(batch):
             row, col, n = _extent(lengths, b, packed, steps)
-            stop = col + n
-            pf = log_pf[row]
+            end = _vector_end(col, n, steps)
+            pf = log_pf[row, col:end]
             total = zero
-            for t in range(col, _vector_end(col, n, steps)):
-                total += pf[t] if t < stop else zero
+            for t in range(end - col):
+                total += pf[t] if t < n else zero
             d_out[b] = total
     for b in numba.prange(batch):
         reward = log_reward[b]

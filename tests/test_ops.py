@@ -1,0 +1,178 @@
+"""The two ways an op runs (gfn_fast/_ops.py): directly in eager mode, and through the registered
+torch op (torch.compile, dispatch modes, or forced). They share the implementation and the
+backward, so values and gradients must be bitwise equal; and the eager path must really be the
+direct one (that is its reason to exist)."""
+
+import pytest
+import torch
+from conftest import backend_params
+
+import gfn_fast
+from gfn_fast import _ops, bfn
+
+
+def _tensors(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def _run(case, backend, seed):
+    """Outputs and input gradients of `case` on fresh inputs drawn from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs, fn = case(gen)
+    out = _tensors(fn(backend, **inputs))
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    grads = []
+    if leaves:
+        total = sum(o.float().sum() for o in out if o.requires_grad)
+        grads = list(torch.autograd.grad(total, leaves))
+    return out, grads
+
+
+def _padded(gen, batch=5, steps=7):
+    return {"log_pf": torch.randn(batch, steps, generator=gen, dtype=torch.float64,
+                                  requires_grad=True),
+            "log_pb": torch.randn(batch, steps, generator=gen, dtype=torch.float64,
+                                  requires_grad=True),
+            "lengths": torch.randint(1, steps + 1, (batch,), generator=gen)}
+
+
+def _tb(gen):
+    x = _padded(gen)
+    x.update(log_reward=torch.randn(5, generator=gen, dtype=torch.float64),
+             log_z=torch.randn(5, generator=gen, dtype=torch.float64, requires_grad=True))
+    return x, lambda b, log_pf, log_pb, log_reward, log_z, lengths: gfn_fast.trajectory_balance(
+        log_pf, log_pb, log_reward, log_z, lengths=lengths, loss="huber(0.7)", backend=b)
+
+
+def _vargrad(gen):
+    x = _padded(gen)
+    x.update(log_reward=torch.randn(5, generator=gen, dtype=torch.float64),
+             beta=torch.rand(5, generator=gen, dtype=torch.float64, requires_grad=True))
+    return x, lambda b, log_pf, log_pb, log_reward, beta, lengths: \
+        gfn_fast.log_partition_variance(log_pf, log_pb, log_reward, beta=beta, lengths=lengths,
+                                        reduction="none", backend=b)
+
+
+def _db(gen):
+    x = _padded(gen)
+    x.update(log_flow=torch.randn(5, 7, generator=gen, dtype=torch.float64, requires_grad=True),
+             log_reward=torch.randn(5, generator=gen, dtype=torch.float64))
+    return x, lambda b, log_pf, log_pb, log_flow, log_reward, lengths: gfn_fast.detailed_balance(
+        log_pf, log_pb, log_flow, log_reward, lengths=lengths, reduction="none", backend=b)
+
+
+def _subtb(gen):
+    x, _ = _db(gen)
+    return x, lambda b, log_pf, log_pb, log_flow, log_reward, lengths: \
+        gfn_fast.subtrajectory_balance(log_pf, log_pb, log_flow, log_reward, lengths=lengths,
+                                       lamda=0.8, backend=b)
+
+
+def _sample(gen):
+    x = {"logits": torch.randn(6, 9, generator=gen, dtype=torch.float64, requires_grad=True),
+         "mask": torch.rand(6, 9, generator=gen) > 0.3,
+         "scale": torch.rand(6, generator=gen, dtype=torch.float64, requires_grad=True) + 0.5}
+    x["mask"][:, 0] = True
+    return x, lambda b, logits, mask, scale: gfn_fast.sample_actions(
+        logits, mask, scale=scale, epsilon=0.1, seed=3, offset=2, return_log_mu=True,
+        return_entropy=True, backend=b)
+
+
+def _log_prob(gen):
+    x, _ = _sample(gen)
+    x["actions"] = torch.zeros(6, dtype=torch.int64)
+    return x, lambda b, logits, mask, scale, actions: gfn_fast.action_log_prob(
+        logits, actions, mask, scale=scale, temperature=0.7, backend=b)
+
+
+def _continuous(gen):
+    x = {"x": torch.rand(4, 10, generator=gen, dtype=torch.float64) * 2 - 1,
+         "t": torch.rand(4, generator=gen, dtype=torch.float64),
+         "eps_hat": torch.randn(4, 10, generator=gen, dtype=torch.float64, requires_grad=True)}
+
+    def fn(b, x, t, eps_hat):
+        mu = bfn.continuous_flow(x, t, 0.02, seed=5, backend=b)
+        return (mu, bfn.continuous_output(mu, eps_hat.detach(), t, 0.02, backend=b),
+                bfn.continuous_loss(x, mu, eps_hat, t, 0.02, backend=b),
+                bfn.continuous_loss(x, mu, eps_hat, t, 0.02, n_steps=20, backend=b),
+                bfn.continuous_update(mu, torch.ones_like(mu), x, 2.0, backend=b))
+    return x, fn
+
+
+def _discretised(gen):
+    x = {"x": torch.rand(3, 6, generator=gen, dtype=torch.float64) * 2 - 1,
+         "t": torch.rand(3, generator=gen, dtype=torch.float64),
+         "mu_x": torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True),
+         "log_sigma_x": torch.randn(3, 6, generator=gen, dtype=torch.float64,
+                                    requires_grad=True)}
+    return x, lambda b, x, t, mu_x, log_sigma_x: (
+        bfn.discretised_loss(x, mu_x, log_sigma_x, t, 0.02, 16, backend=b),
+        bfn.discretised_probs(mu_x.detach(), log_sigma_x.detach(), 16, backend=b))
+
+
+def _discrete(gen):
+    x = {"x_index": torch.randint(0, 5, (3, 4), generator=gen),
+         "t": torch.rand(3, generator=gen, dtype=torch.float64),
+         "logits": torch.randn(3, 4, 5, generator=gen, dtype=torch.float64, requires_grad=True)}
+
+    def fn(b, x_index, t, logits):
+        theta = bfn.discrete_flow(x_index, t, 0.5, 5, seed=7, backend=b)
+        return (theta, bfn.discrete_loss(x_index, logits, t, 0.5, backend=b),
+                bfn.discrete_loss(x_index, logits, t, 0.5, n_steps=10, seed=2, backend=b),
+                bfn.discrete_update(theta.log(), logits.detach(), backend=b))
+    return x, fn
+
+
+CASES = {"trajectory_balance": _tb, "log_partition_variance": _vargrad,
+         "detailed_balance": _db, "subtrajectory_balance": _subtb, "sample_actions": _sample,
+         "action_log_prob": _log_prob, "bfn_continuous": _continuous,
+         "bfn_discretised": _discretised, "bfn_discrete": _discrete}
+
+
+CPU_BACKENDS = [param for param in backend_params() if param.values[1] == "cpu"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(("backend", "device"), CPU_BACKENDS)
+def test_direct_and_op_paths_are_bitwise_equal(case, backend, device):
+    """CPU tensors (numba, and triton through the interpreter); the GPU paths share this code."""
+    direct_out, direct_grads = _run(CASES[case], backend, seed=11)
+    with _ops.force_op_path():
+        op_out, op_grads = _run(CASES[case], backend, seed=11)
+    assert len(direct_out) == len(op_out) and len(direct_grads) == len(op_grads)
+    for direct, through_op in zip(direct_out + direct_grads, op_out + op_grads, strict=True):
+        assert direct.dtype == through_op.dtype and direct.shape == through_op.shape
+        assert torch.equal(direct, through_op), f"{case}: direct and op paths differ"
+
+
+def test_eager_calls_skip_the_dispatcher_and_compile_uses_the_op():
+    inputs, fn = _tb(torch.Generator().manual_seed(0))
+    eager = fn("numba", **inputs)
+    assert type(eager.grad_fn).__name__ == "trajectory_balance_fwdBackward"
+    with _ops.force_op_path():
+        through_op = fn("numba", **inputs)
+    assert "gfn_fast_trajectory_balance_fwd" in type(through_op.grad_fn).__name__
+    assert torch.equal(eager, through_op)
+
+
+def test_fake_tensors_take_the_op_path():
+    """Shape inference without compiling (FakeTensorMode) reaches the op's fake implementation;
+    the direct path would hand fake tensors to a Numba kernel."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), gfn_fast.validation(False):
+        log_pf = torch.randn(4, 6)
+        loss = gfn_fast.trajectory_balance(log_pf, None, torch.randn(4), 0.0,
+                                           reduction="none", backend="numba")
+    assert loss.shape == (4,)
+
+
+def test_every_gfn_fast_op_is_registered_through_ops():
+    """No op bypasses gfn_fast._ops (which would lose the direct eager path)."""
+    registered = {name.split("::")[1] for name in _ops.REGISTRY}
+    in_torch = {name for name in dir(torch.ops.gfn_fast) if not name.startswith("_")}
+    in_torch -= {"name"}
+    assert in_torch <= registered, in_torch - registered
+    assert len(registered) >= 20
