@@ -88,7 +88,8 @@ def require_tensor(op: str, arg: str, value, *, floating: bool = False, integer:
 def same_device(op: str, reference_arg: str, reference: torch.Tensor, **others) -> None:
     for arg, value in others.items():
         if value is not None and value.device != reference.device:
-            fail(op, arg, f"must be on {reference.device} like `{reference_arg}`, got {value.device}")
+            fail(op, arg, f"must be on {reference.device} like `{reference_arg}`, "
+                 f"got {value.device}")
 
 
 def parse_loss(op: str, loss) -> tuple[int, float]:

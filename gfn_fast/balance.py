@@ -250,7 +250,8 @@ def trajectory_balance(
 ) -> torch.Tensor:
     """Trajectory balance loss, fused forward and backward.
 
-    d_b = log_z_b + sum_{t<n_b} log_pf[b, t] - sum_{t<n_b} log_pb[b, t] - beta_b * max(log R_b, clip)
+    d_b = log_z_b + sum_{t<n_b} log_pf[b, t] - sum_{t<n_b} log_pb[b, t]
+          - beta_b * max(log R_b, clip),
     and the loss is ``reduction`` over b of rho(d_b).
 
     Args:

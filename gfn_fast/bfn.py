@@ -425,12 +425,14 @@ def _discrete_inputs(op: str, x_index, logits, logits_arg: str = "logits_out"):
     _batched(op, "x_index", x_index, floating=False)
     _checks.require_tensor(op, logits_arg, logits, floating=True)
     if logits.shape[:-1] != x_index.shape:
-        _checks.fail(op, logits_arg, f"must be [*x_index.shape, K] = [{', '.join(map(str, x_index.shape))}"
-                     f", K], got {list(logits.shape)}")
+        expected = ", ".join(map(str, x_index.shape))
+        _checks.fail(op, logits_arg, f"must be [*x_index.shape, K] = [{expected}, K], got "
+                     f"{list(logits.shape)}")
     _checks.same_device(op, "x_index", x_index, **{logits_arg: logits})
     n_classes = logits.shape[-1]
     if n_classes < 2:
-        _checks.fail(op, logits_arg, f"must have K >= 2 classes in its last dimension, got {n_classes}")
+        _checks.fail(op, logits_arg, "must have K >= 2 classes in its last dimension, got "
+                     f"{n_classes}")
     x_index = _checks.class_indices(op, "x_index", x_index, n_classes)
     batch = x_index.shape[0]
     return x_index.reshape(batch, -1), logits.reshape(batch, -1, n_classes).contiguous()

@@ -383,6 +383,6 @@ def test_bad_input_error_style(name, index):
 
 def test_valid_inputs_of_the_audit_run():
     """The base inputs every case starts from are valid: each error comes from its change."""
-    for call in (tb, vargrad, db, subtb, sample, log_prob, c_output, c_loss, c_update, c_flow, d_loss,
-                 d_flow, d_update, ds_loss, ds_probs, c_step, d_step, ds_step, generate):
+    for call in (tb, vargrad, db, subtb, sample, log_prob, c_output, c_loss, c_update, c_flow,
+                 d_loss, d_flow, d_update, ds_loss, ds_probs, c_step, d_step, ds_step, generate):
         call()

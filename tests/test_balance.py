@@ -193,11 +193,11 @@ def test_gradcheck_float64(backend, device, loss):
         names = ["log_pf", "log_pb", "log_reward", "log_z", "beta"]
         tensors = [inputs[n].detach().clone().requires_grad_(True) for n in names]
 
-        def tb(log_pf, log_pb, log_reward, log_z, beta):
+        def tb(log_pf, log_pb, log_reward, log_z, beta, layout_args=layout_args):
             return gfn_fast.trajectory_balance(log_pf, log_pb, log_reward, log_z, beta=beta,
                                                loss=loss, backend=backend, **layout_args)
 
-        def vargrad(log_pf, log_pb, log_reward, log_z, beta):
+        def vargrad(log_pf, log_pb, log_reward, log_z, beta, layout_args=layout_args):
             return gfn_fast.log_partition_variance(log_pf, log_pb, log_reward, beta=beta,
                                                    loss=loss, reduction="none",
                                                    backend=backend, **layout_args)

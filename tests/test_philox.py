@@ -82,7 +82,8 @@ def _cuda_header_on_host(seed, offset, rows, cols):
             ROOT / "csrc/include/gfn_fast/philox.cuh").stat().st_mtime):
         subprocess.run([compiler, "-O2", "-std=c++17", "-ffp-contract=off", "-I",
                         str(ROOT / "csrc/include"), str(src), "-o", str(exe)], check=True)
-    lines = "\n".join(f"{seed} {offset} {r} {c}" for r, c in zip(rows.tolist(), cols.tolist(), strict=False))
+    lines = "\n".join(f"{seed} {offset} {r} {c}"
+                      for r, c in zip(rows.tolist(), cols.tolist(), strict=True))
     out = subprocess.run([str(exe)], input=lines, text=True, capture_output=True, check=True)
     values = torch.tensor([[int(v) for v in line.split()] for line in out.stdout.splitlines()],
                           dtype=torch.int64)

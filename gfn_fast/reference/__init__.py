@@ -1,1 +1,2 @@
-"""Plain-PyTorch implementations of the spec: differentiable by autograd, the ground truth of tests."""
+"""Plain-PyTorch implementations of the spec: differentiable by autograd, the ground truth of
+tests."""
