@@ -74,6 +74,45 @@ def _bfn_run(device, backend):
     return [loss.detach(), *grads, flow]
 
 
+FLOW_GRADS = ("log_pf", "log_pb", "log_flow", "log_state_reward", "log_reward", "beta")
+
+
+def _flow_inputs(device, dtype=torch.float32, batch=37, steps=13, seed=5):
+    """DB / SubTB inputs: forward-looking (log_state_reward), per-trajectory beta, random
+    lengths (they change with the seed, so a graph replay sees new trajectory extents)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+
+    def per_step():
+        return torch.randn(batch, steps, generator=generator).to(dtype).to(device)
+
+    return dict(log_pf=per_step(), log_pb=per_step(), log_flow=per_step(),
+                log_state_reward=per_step(),
+                log_reward=torch.randn(batch, generator=generator).to(device),
+                beta=(torch.rand(batch, generator=generator) + 0.5).to(device),
+                lengths=lengths.to(device))
+
+
+def _flow_loss(op, inputs, backend, **kwargs):
+    return op(inputs["log_pf"], inputs["log_pb"], inputs["log_flow"], inputs["log_reward"],
+              log_state_reward=inputs["log_state_reward"], beta=inputs["beta"],
+              lengths=inputs["lengths"], backend=backend, **kwargs)
+
+
+def _upstream(loss):
+    """A fixed, non-uniform upstream gradient shaped like the loss."""
+    return torch.linspace(0.5, 1.5, loss.numel(), device=loss.device,
+                          dtype=loss.dtype).reshape(loss.shape)
+
+
+def _flow_run(op, inputs, backend, **kwargs):
+    leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point())
+              for k, v in inputs.items()}
+    loss = _flow_loss(op, leaves, backend, **kwargs)
+    grads = torch.autograd.grad((loss * _upstream(loss)).sum(), [leaves[n] for n in FLOW_GRADS])
+    return [loss.detach(), *grads]
+
+
 def _bits(tensor):
     """Floating tensors as their raw bits, so NaNs compare equal to themselves."""
     if not tensor.is_floating_point():
@@ -97,6 +136,26 @@ def test_balance_bitwise_deterministic(backend, device, dtype):
             first = _balance_run(op, inputs, backend, loss=loss)
             second = _balance_run(op, inputs, backend, loss=loss)
             _assert_bitwise(first, second)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_subtb_bitwise_deterministic(backend, device, dtype):
+    """DB over losses and reductions; SubTB over weightings with a running-sum loss (squared)
+    and a pair-loop one (huber): the O(T) recurrences, the pair loops and the tabulated
+    `geometric` weights."""
+    inputs = _flow_inputs(device, dtype)
+    for loss in LOSSES:
+        for reduction in ("mean", "sum", "none"):
+            kwargs = dict(loss=loss, reduction=reduction)
+            _assert_bitwise(_flow_run(gfn_fast.detailed_balance, inputs, backend, **kwargs),
+                            _flow_run(gfn_fast.detailed_balance, inputs, backend, **kwargs))
+    for weighting in ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB"):
+        for loss in ("squared", "huber(0.5)"):
+            kwargs = dict(weighting=weighting, loss=loss, lamda=0.8)
+            _assert_bitwise(
+                _flow_run(gfn_fast.subtrajectory_balance, inputs, backend, **kwargs),
+                _flow_run(gfn_fast.subtrajectory_balance, inputs, backend, **kwargs))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -223,6 +282,34 @@ def test_cuda_graph_bfn(backend, device):
         flow = bfn.continuous_flow(inputs["x"], inputs["t"], 0.02, seed=1, offset=0,
                                    backend=backend)
         return [loss.detach(), *grads, flow]
+
+    _graph_check(make, run)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend,device", CUDA_ONLY)
+def test_cuda_graph_subtb(backend, device):
+    """DB (mean and per-step) and SubTB with every kernel path (running sums, tabulated
+    `geometric` weights whose M = max n_b stays on the device, pair loop, TB and DB weightings),
+    replayed on new values AND new lengths: nothing may be read on the host."""
+
+    def make(seed):
+        return _flow_inputs(device, seed=seed)
+
+    def run(inputs):
+        pf = inputs["log_pf"].requires_grad_(True)
+        flow = inputs["log_flow"].requires_grad_(True)
+        leaves = dict(inputs, log_pf=pf, log_flow=flow)
+        losses = [_flow_loss(gfn_fast.detailed_balance, leaves, backend, loss="huber(0.5)")]
+        steps = _flow_loss(gfn_fast.detailed_balance, leaves, backend, reduction="none")
+        for weighting, loss in (("geometric_within", "squared"), ("geometric", "squared"),
+                                ("equal", "huber(0.5)"), ("TB", "squared"), ("DB", "squared")):
+            losses.append(_flow_loss(gfn_fast.subtrajectory_balance, leaves, backend,
+                                     weighting=weighting, loss=loss))
+        total = sum(losses) + (steps * _upstream(steps)).sum()
+        grads = torch.autograd.grad(total, [pf, flow])
+        return [*(value.detach() for value in losses), steps.detach(), *grads]
 
     _graph_check(make, run)
 
