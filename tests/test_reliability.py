@@ -364,6 +364,82 @@ def test_balance_neg_inf_reward_with_and_without_clip(backend, device):
             assert not bool(torch.isfinite(unclipped).any())
 
 
+SUBTB_STRESS = [(gfn_fast.detailed_balance, {})] + [
+    (gfn_fast.subtrajectory_balance, dict(weighting=w))
+    for w in ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB")]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loss", ["half_squared", "huber(0.5)"])
+def test_subtb_large_magnitudes_finite(backend, device, dtype, loss):
+    """DB and SubTB with log-probs and log-flows of magnitude 1e3 (float32; ~60 for the half
+    types, whose spacing at 6e4 is 32) over 40 steps and log-rewards of -1e4: sub-trajectory
+    residuals reach ~4e4, finite, and the loss and every gradient match the float64 reference."""
+    batch, steps = 16, 40
+    generator = torch.Generator().manual_seed(3)
+    magnitude = 1e3 if dtype == torch.float32 else 60.0
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[0] = steps
+    values = {"log_pf": -torch.rand(batch, steps, generator=generator) * magnitude,
+              "log_pb": -torch.rand(batch, steps, generator=generator) * magnitude,
+              "log_flow": torch.randn(batch, steps, generator=generator) * magnitude}
+    log_reward = -torch.rand(batch, generator=generator) * 1e4
+    names = ["log_pf", "log_pb", "log_flow", "log_reward"]
+    for op, kwargs in SUBTB_STRESS:
+        leaves = [values[n].to(dtype).to(device).requires_grad_(True) for n in names[:3]]
+        leaves.append(log_reward.to(device).requires_grad_(True))
+        value = op(*leaves, lengths=lengths.to(device), loss=loss, backend=backend, **kwargs)
+        grads = torch.autograd.grad(value, leaves)
+        leaves64 = [values[n].to(dtype).double().requires_grad_(True) for n in names[:3]]
+        leaves64.append(log_reward.double().requires_grad_(True))
+        want = op(*leaves64, lengths=lengths, loss=loss, backend="reference", **kwargs)
+        want_grads = torch.autograd.grad(want, leaves64)
+        what = f"{op.__name__} {kwargs}"
+        assert torch.isfinite(value), what
+        torch.testing.assert_close(value.double().cpu(), want, rtol=1e-5, atol=0, msg=what)
+        for name, grad, want_grad in zip(names, grads, want_grads, strict=True):
+            assert bool(torch.isfinite(grad).all()), f"{what} d/d{name}"
+            # per-step gradients come back in the input dtype (a half type carries its rounding)
+            rtol = 1e-5 if dtype == torch.float32 or name == "log_reward" else 1e-2
+            torch.testing.assert_close(grad.double().cpu(), want_grad, rtol=rtol,
+                                       atol=rtol * float(want_grad.abs().max()),
+                                       msg=f"{what} d/d{name}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("loss", ["squared", "huber(0.5)"])
+def test_subtb_neg_inf_reward_with_and_without_clip(backend, device, loss):
+    """A finite clip makes L_b finite: finite loss and gradients, zero gradient to the clipped
+    log R. Without a clip the residual of each transition into a -inf terminal is +inf: DB's
+    per-step loss is +inf exactly there, and every DB / SubTB loss that sums it is +inf (never
+    NaN: the running sums must not form inf - inf)."""
+    generator = torch.Generator().manual_seed(4)
+    log_pf = -torch.rand(4, 5, generator=generator)
+    # flows rising along the trajectory: the potentials a(k) = F(k) - F(0) - P(k) rise too, so
+    # the running first moment sum_i lambda^(j-i) (a(i) - a(j)) is negative before the -inf step
+    log_flow = torch.rand(4, 5, generator=generator).cumsum(1)
+    lengths = torch.tensor([5, 3, 1, 4])
+    log_reward = torch.tensor([-math.inf, -1e4, 0.0, -3.0])
+    common = dict(lengths=lengths.to(device), loss=loss, backend=backend)
+    for op, kwargs in SUBTB_STRESS:
+        leaves = [t.to(device).requires_grad_(True) for t in (log_pf, log_flow, log_reward)]
+        pf, flow, reward = leaves
+        clipped = op(pf, None, flow, reward, log_reward_clip_min=-50.0, **common, **kwargs)
+        grads = torch.autograd.grad(clipped, leaves)
+        assert torch.isfinite(clipped), kwargs
+        assert all(bool(torch.isfinite(g).all()) for g in grads), kwargs
+        assert bool((grads[2][:2] == 0).all()), "a clipped log R gets zero gradient"
+        unclipped = op(pf, None, flow, reward, **common, **kwargs)
+        assert unclipped == math.inf, (kwargs, float(unclipped))
+    steps = gfn_fast.detailed_balance(log_pf.to(device), None, log_flow.to(device),
+                                      log_reward.to(device), reduction="none", **common).cpu()
+    infinite = torch.zeros(4, 5, dtype=torch.bool)
+    infinite[0, 4] = True  # the last transition of the -inf trajectory
+    assert bool((steps[infinite] == math.inf).all())
+    assert bool(torch.isfinite(steps[~infinite]).all())
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 def test_sampling_extreme_logits_and_single_allowed_action(backend, device, dtype):
