@@ -374,8 +374,8 @@ SUBTB_STRESS = [(gfn_fast.detailed_balance, {})] + [
 @pytest.mark.parametrize("loss", ["half_squared", "huber(0.5)"])
 def test_subtb_large_magnitudes_finite(backend, device, dtype, loss):
     """DB and SubTB with log-probs and log-flows of magnitude 1e3 (float32; ~60 for the half
-    types, whose spacing at 6e4 is 32) over 40 steps and log-rewards of -1e4: sub-trajectory
-    residuals reach ~4e4, finite, and the loss and every gradient match the float64 reference."""
+    types, whose spacing at 6e4 is 32) over 40 steps and log-rewards of -1e4: residuals up to
+    ~1.3e4, finite, and the loss and every gradient match the float64 reference."""
     batch, steps = 16, 40
     generator = torch.Generator().manual_seed(3)
     magnitude = 1e3 if dtype == torch.float32 else 60.0
@@ -438,6 +438,33 @@ def test_subtb_neg_inf_reward_with_and_without_clip(backend, device, loss):
     infinite[0, 4] = True  # the last transition of the -inf trajectory
     assert bool((steps[infinite] == math.inf).all())
     assert bool(torch.isfinite(steps[~infinite]).all())
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_subtb_neg_inf_log_prob(backend, device):
+    """An impossible transition (log P_F = -inf): DB's residual is -inf at that step only (its
+    per-step loss +inf there, finite elsewhere); SubTB never returns a finite loss for it (the
+    pairs spanning the step are infinite; pairs after it difference two infinite potentials,
+    so the sum may be NaN: docs/numerics.md); check_finite=True names the input."""
+    generator = torch.Generator().manual_seed(8)
+    log_pf = -torch.rand(3, 5, generator=generator)
+    log_pf[0, 2] = -math.inf
+    log_flow = torch.randn(3, 5, generator=generator)
+    log_reward = torch.randn(3, generator=generator)
+    args = (log_pf.to(device), None, log_flow.to(device), log_reward.to(device))
+    steps = gfn_fast.detailed_balance(*args, reduction="none", backend=backend).cpu()
+    assert steps[0, 2] == math.inf
+    steps[0, 2] = 0.0
+    assert bool(torch.isfinite(steps).all())
+    assert gfn_fast.detailed_balance(*args, backend=backend) == math.inf
+    for weighting in ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB"):
+        for loss in ("squared", "huber(0.5)"):
+            value = gfn_fast.subtrajectory_balance(*args, weighting=weighting, loss=loss,
+                                                   backend=backend)
+            assert not torch.isfinite(value), (weighting, loss)
+    for op in (gfn_fast.detailed_balance, gfn_fast.subtrajectory_balance):
+        with pytest.raises(ValueError, match=f"gfn_fast.{op.__name__}: `log_pf`.*infinite"):
+            op(*args, check_finite=True, backend=backend)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
