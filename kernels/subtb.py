@@ -260,7 +260,8 @@ def _subtb_forward_kernel(
         tl.store(a_ptr + base + k, a_k, mask=active)
         if RUNNING:
             delta = a_prev - a_k
-            m2 = lam * (m2 + 2.0 * delta * m1 + delta * delta * (s0 + 1.0))
+            # factored so that an infinite delta gives +inf, not inf - inf (cpu/subtb.py)
+            m2 = lam * (m2 + delta * (2.0 * m1 + delta * (s0 + 1.0)))
             m1 = lam * (m1 + delta * (s0 + 1.0))
             s0 = lam * (s0 + 1.0)
             total += tl.where(active, m2, 0.0)

@@ -74,6 +74,45 @@ def _bfn_run(device, backend):
     return [loss.detach(), *grads, flow]
 
 
+FLOW_GRADS = ("log_pf", "log_pb", "log_flow", "log_state_reward", "log_reward", "beta")
+
+
+def _flow_inputs(device, dtype=torch.float32, batch=37, steps=13, seed=5):
+    """DB / SubTB inputs: forward-looking (log_state_reward), per-trajectory beta, random
+    lengths (they change with the seed, so a graph replay sees new trajectory extents)."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+
+    def per_step():
+        return torch.randn(batch, steps, generator=generator).to(dtype).to(device)
+
+    return dict(log_pf=per_step(), log_pb=per_step(), log_flow=per_step(),
+                log_state_reward=per_step(),
+                log_reward=torch.randn(batch, generator=generator).to(device),
+                beta=(torch.rand(batch, generator=generator) + 0.5).to(device),
+                lengths=lengths.to(device))
+
+
+def _flow_loss(op, inputs, backend, **kwargs):
+    return op(inputs["log_pf"], inputs["log_pb"], inputs["log_flow"], inputs["log_reward"],
+              log_state_reward=inputs["log_state_reward"], beta=inputs["beta"],
+              lengths=inputs["lengths"], backend=backend, **kwargs)
+
+
+def _upstream(loss):
+    """A fixed, non-uniform upstream gradient shaped like the loss."""
+    return torch.linspace(0.5, 1.5, loss.numel(), device=loss.device,
+                          dtype=loss.dtype).reshape(loss.shape)
+
+
+def _flow_run(op, inputs, backend, **kwargs):
+    leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point())
+              for k, v in inputs.items()}
+    loss = _flow_loss(op, leaves, backend, **kwargs)
+    grads = torch.autograd.grad((loss * _upstream(loss)).sum(), [leaves[n] for n in FLOW_GRADS])
+    return [loss.detach(), *grads]
+
+
 def _bits(tensor):
     """Floating tensors as their raw bits, so NaNs compare equal to themselves."""
     if not tensor.is_floating_point():
@@ -97,6 +136,26 @@ def test_balance_bitwise_deterministic(backend, device, dtype):
             first = _balance_run(op, inputs, backend, loss=loss)
             second = _balance_run(op, inputs, backend, loss=loss)
             _assert_bitwise(first, second)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_subtb_bitwise_deterministic(backend, device, dtype):
+    """DB over losses and reductions; SubTB over weightings with a running-sum loss (squared)
+    and a pair-loop one (huber): the O(T) recurrences, the pair loops and the tabulated
+    `geometric` weights."""
+    inputs = _flow_inputs(device, dtype)
+    for loss in LOSSES:
+        for reduction in ("mean", "sum", "none"):
+            kwargs = dict(loss=loss, reduction=reduction)
+            _assert_bitwise(_flow_run(gfn_fast.detailed_balance, inputs, backend, **kwargs),
+                            _flow_run(gfn_fast.detailed_balance, inputs, backend, **kwargs))
+    for weighting in ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB"):
+        for loss in ("squared", "huber(0.5)"):
+            kwargs = dict(weighting=weighting, loss=loss, lamda=0.8)
+            _assert_bitwise(
+                _flow_run(gfn_fast.subtrajectory_balance, inputs, backend, **kwargs),
+                _flow_run(gfn_fast.subtrajectory_balance, inputs, backend, **kwargs))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -227,6 +286,34 @@ def test_cuda_graph_bfn(backend, device):
     _graph_check(make, run)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend,device", CUDA_ONLY)
+def test_cuda_graph_subtb(backend, device):
+    """DB (mean and per-step) and SubTB with every kernel path (running sums, tabulated
+    `geometric` weights whose M = max n_b stays on the device, pair loop, TB and DB weightings),
+    replayed on new values AND new lengths: nothing may be read on the host."""
+
+    def make(seed):
+        return _flow_inputs(device, seed=seed)
+
+    def run(inputs):
+        pf = inputs["log_pf"].requires_grad_(True)
+        flow = inputs["log_flow"].requires_grad_(True)
+        leaves = dict(inputs, log_pf=pf, log_flow=flow)
+        losses = [_flow_loss(gfn_fast.detailed_balance, leaves, backend, loss="huber(0.5)")]
+        steps = _flow_loss(gfn_fast.detailed_balance, leaves, backend, reduction="none")
+        for weighting, loss in (("geometric_within", "squared"), ("geometric", "squared"),
+                                ("equal", "huber(0.5)"), ("TB", "squared"), ("DB", "squared")):
+            losses.append(_flow_loss(gfn_fast.subtrajectory_balance, leaves, backend,
+                                     weighting=weighting, loss=loss))
+        total = sum(losses) + (steps * _upstream(steps)).sum()
+        grads = torch.autograd.grad(total, [pf, flow])
+        return [*(value.detach() for value in losses), steps.detach(), *grads]
+
+    _graph_check(make, run)
+
+
 # ---- numerical stress (docs/numerics.md) ----
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -275,6 +362,109 @@ def test_balance_neg_inf_reward_with_and_without_clip(backend, device):
         else:
             # the batch mean is -inf: every centred residual is inf - inf or +-inf
             assert not bool(torch.isfinite(unclipped).any())
+
+
+SUBTB_STRESS = [(gfn_fast.detailed_balance, {})] + [
+    (gfn_fast.subtrajectory_balance, dict(weighting=w))
+    for w in ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB")]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loss", ["half_squared", "huber(0.5)"])
+def test_subtb_large_magnitudes_finite(backend, device, dtype, loss):
+    """DB and SubTB with log-probs and log-flows of magnitude 1e3 (float32; ~60 for the half
+    types, whose spacing at 6e4 is 32) over 40 steps and log-rewards of -1e4: residuals up to
+    ~1.3e4, finite, and the loss and every gradient match the float64 reference."""
+    batch, steps = 16, 40
+    generator = torch.Generator().manual_seed(3)
+    magnitude = 1e3 if dtype == torch.float32 else 60.0
+    lengths = torch.randint(1, steps + 1, (batch,), generator=generator)
+    lengths[0] = steps
+    values = {"log_pf": -torch.rand(batch, steps, generator=generator) * magnitude,
+              "log_pb": -torch.rand(batch, steps, generator=generator) * magnitude,
+              "log_flow": torch.randn(batch, steps, generator=generator) * magnitude}
+    log_reward = -torch.rand(batch, generator=generator) * 1e4
+    names = ["log_pf", "log_pb", "log_flow", "log_reward"]
+    for op, kwargs in SUBTB_STRESS:
+        leaves = [values[n].to(dtype).to(device).requires_grad_(True) for n in names[:3]]
+        leaves.append(log_reward.to(device).requires_grad_(True))
+        value = op(*leaves, lengths=lengths.to(device), loss=loss, backend=backend, **kwargs)
+        grads = torch.autograd.grad(value, leaves)
+        leaves64 = [values[n].to(dtype).double().requires_grad_(True) for n in names[:3]]
+        leaves64.append(log_reward.double().requires_grad_(True))
+        want = op(*leaves64, lengths=lengths, loss=loss, backend="reference", **kwargs)
+        want_grads = torch.autograd.grad(want, leaves64)
+        what = f"{op.__name__} {kwargs}"
+        assert torch.isfinite(value), what
+        torch.testing.assert_close(value.double().cpu(), want, rtol=1e-5, atol=0, msg=what)
+        for name, grad, want_grad in zip(names, grads, want_grads, strict=True):
+            assert bool(torch.isfinite(grad).all()), f"{what} d/d{name}"
+            # per-step gradients come back in the input dtype (a half type carries its rounding)
+            rtol = 1e-5 if dtype == torch.float32 or name == "log_reward" else 1e-2
+            torch.testing.assert_close(grad.double().cpu(), want_grad, rtol=rtol,
+                                       atol=rtol * float(want_grad.abs().max()),
+                                       msg=f"{what} d/d{name}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("loss", ["squared", "huber(0.5)"])
+def test_subtb_neg_inf_reward_with_and_without_clip(backend, device, loss):
+    """A finite clip makes L_b finite: finite loss and gradients, zero gradient to the clipped
+    log R. Without a clip the residual of each transition into a -inf terminal is +inf: DB's
+    per-step loss is +inf exactly there, and every DB / SubTB loss that sums it is +inf (never
+    NaN: the running sums must not form inf - inf)."""
+    generator = torch.Generator().manual_seed(4)
+    log_pf = -torch.rand(4, 5, generator=generator)
+    # flows rising along the trajectory: the potentials a(k) = F(k) - F(0) - P(k) rise too, so
+    # the running first moment sum_i lambda^(j-i) (a(i) - a(j)) is negative before the -inf step
+    log_flow = torch.rand(4, 5, generator=generator).cumsum(1)
+    lengths = torch.tensor([5, 3, 1, 4])
+    log_reward = torch.tensor([-math.inf, -1e4, 0.0, -3.0])
+    common = dict(lengths=lengths.to(device), loss=loss, backend=backend)
+    for op, kwargs in SUBTB_STRESS:
+        leaves = [t.to(device).requires_grad_(True) for t in (log_pf, log_flow, log_reward)]
+        pf, flow, reward = leaves
+        clipped = op(pf, None, flow, reward, log_reward_clip_min=-50.0, **common, **kwargs)
+        grads = torch.autograd.grad(clipped, leaves)
+        assert torch.isfinite(clipped), kwargs
+        assert all(bool(torch.isfinite(g).all()) for g in grads), kwargs
+        assert bool((grads[2][:2] == 0).all()), "a clipped log R gets zero gradient"
+        unclipped = op(pf, None, flow, reward, **common, **kwargs)
+        assert unclipped == math.inf, (kwargs, float(unclipped))
+    steps = gfn_fast.detailed_balance(log_pf.to(device), None, log_flow.to(device),
+                                      log_reward.to(device), reduction="none", **common).cpu()
+    infinite = torch.zeros(4, 5, dtype=torch.bool)
+    infinite[0, 4] = True  # the last transition of the -inf trajectory
+    assert bool((steps[infinite] == math.inf).all())
+    assert bool(torch.isfinite(steps[~infinite]).all())
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_subtb_neg_inf_log_prob(backend, device):
+    """An impossible transition (log P_F = -inf): DB's residual is -inf at that step only (its
+    per-step loss +inf there, finite elsewhere); SubTB never returns a finite loss for it (the
+    pairs spanning the step are infinite; pairs after it difference two infinite potentials,
+    so the sum may be NaN: docs/numerics.md); check_finite=True names the input."""
+    generator = torch.Generator().manual_seed(8)
+    log_pf = -torch.rand(3, 5, generator=generator)
+    log_pf[0, 2] = -math.inf
+    log_flow = torch.randn(3, 5, generator=generator)
+    log_reward = torch.randn(3, generator=generator)
+    args = (log_pf.to(device), None, log_flow.to(device), log_reward.to(device))
+    steps = gfn_fast.detailed_balance(*args, reduction="none", backend=backend).cpu()
+    assert steps[0, 2] == math.inf
+    steps[0, 2] = 0.0
+    assert bool(torch.isfinite(steps).all())
+    assert gfn_fast.detailed_balance(*args, backend=backend) == math.inf
+    for weighting in ("geometric_within", "equal_within", "geometric", "equal", "TB", "DB"):
+        for loss in ("squared", "huber(0.5)"):
+            value = gfn_fast.subtrajectory_balance(*args, weighting=weighting, loss=loss,
+                                                   backend=backend)
+            assert not torch.isfinite(value), (weighting, loss)
+    for op in (gfn_fast.detailed_balance, gfn_fast.subtrajectory_balance):
+        with pytest.raises(ValueError, match=f"gfn_fast.{op.__name__}: `log_pf`.*infinite"):
+            op(*args, check_finite=True, backend=backend)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

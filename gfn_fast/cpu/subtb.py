@@ -157,7 +157,9 @@ def _subtb_forward(log_pf, log_pb, has_pb, flow, sr, has_sr, lengths, packed, lo
             a[base + k] = a_k
             if running:
                 delta = a_prev - a_k
-                m2 = lam * (m2 + 2.0 * delta * m1 + delta * delta * (s0 + 1.0))
+                # M2 gains delta (2 M1 + delta S): factored, an infinite delta (log R = -inf,
+                # no clip) gives the loss +inf; 2 delta M1 + delta^2 S would be inf - inf
+                m2 = lam * (m2 + delta * (2.0 * m1 + delta * (s0 + 1.0)))
                 m1 = lam * (m1 + delta * (s0 + 1.0))
                 s0 = lam * (s0 + 1.0)
                 total += m2

@@ -148,7 +148,8 @@ __global__ void subtb_forward_kernel(SubTBArgs a) {
     pot[k] = a_k;
     if (a.running) {
       const acc_t delta = a_prev - a_k;
-      m2 = lam * (m2 + acc_t(2) * delta * m1 + delta * delta * (s0 + acc_t(1)));
+      // factored so that an infinite delta gives +inf, not inf - inf (gfn_fast/cpu/subtb.py)
+      m2 = lam * (m2 + delta * (acc_t(2) * m1 + delta * (s0 + acc_t(1))));
       m1 = lam * (m1 + delta * (s0 + acc_t(1)));
       s0 = lam * (s0 + acc_t(1));
       total += m2;
