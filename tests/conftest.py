@@ -45,3 +45,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def property_settings(ci: int, long: int):
+    """Hypothesis settings for one property-test module: `ci` examples per test by default,
+    `long` with HYPOTHESIS_PROFILE=long. Attached to each test (not loaded as a global profile,
+    which the last module collected would set for every module)."""
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    examples = long if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "long" else ci
+    return settings(max_examples=examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])

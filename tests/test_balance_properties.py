@@ -6,22 +6,17 @@ tests/test_balance_properties.py` runs many more by hand.
 """
 
 import math
-import os
 
 import pytest
 import torch
-from conftest import available_backends
-from hypothesis import HealthCheck, given, settings
+from conftest import available_backends, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 from test_balance import check_against_reference
 
 import gfn_fast
 
-settings.register_profile("ci", max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+PROFILE = property_settings(ci=25, long=1000)
 
 LOSSES = ["squared", "half_squared", "absolute", "huber(0.3)", "shifted_cosh", "linex(0.5)"]
 
@@ -85,6 +80,7 @@ def build(problem):
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
+@PROFILE
 @given(problem=balance_problems())
 def test_random_problems_match_reference(backend, problem):
     inputs, layout_args = build(problem)

@@ -4,21 +4,16 @@ against the float64 reference. CI profile 10 examples per backend and op;
 `HYPOTHESIS_PROFILE=long pytest tests/test_bfn_properties.py` runs many more by hand.
 """
 
-import os
 
 import pytest
 import torch
-from conftest import available_backends
-from hypothesis import HealthCheck, given, settings
+from conftest import available_backends, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gfn_fast import bfn
 
-settings.register_profile("ci", max_examples=10, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=500, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+PROFILE = property_settings(ci=10, long=500)
 
 # relative tolerances (of the largest magnitude) for values and gradients per dtype
 TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (2e-5, 2e-4), torch.bfloat16: (2e-3, 2e-2),
@@ -76,6 +71,7 @@ def _leaf(tensor, dtype=None):
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
+@PROFILE
 @given(problem=shapes(), sigma_1=st.sampled_from([1e-3, 0.02, 0.3]),
        n_steps=st.sampled_from([None, 1, 25]), clamp=st.booleans())
 def test_continuous_loss_and_output(backend, problem, sigma_1, n_steps, clamp):
@@ -108,6 +104,7 @@ def test_continuous_loss_and_output(backend, problem, sigma_1, n_steps, clamp):
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
+@PROFILE
 @given(problem=shapes(), n_classes=st.sampled_from([2, 5, 27]),
        beta_1=st.sampled_from([0.5625, 3.0]))
 def test_discrete_loss_and_update(backend, problem, n_classes, beta_1):
@@ -134,6 +131,7 @@ def test_discrete_loss_and_update(backend, problem, n_classes, beta_1):
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
+@PROFILE
 @given(problem=shapes(), n_bins=st.sampled_from([2, 16, 256]),
        n_steps=st.sampled_from([None, 20]))
 def test_discretised_loss_and_probs(backend, problem, n_bins, n_steps):

@@ -6,22 +6,17 @@ The CI profile runs 12 examples per backend and op; `HYPOTHESIS_PROFILE=long pyt
 tests/test_sampling_properties.py` runs many more by hand.
 """
 
-import os
 
 import pytest
 import torch
-from conftest import available_backends
-from hypothesis import HealthCheck, given, settings
+from conftest import available_backends, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gfn_fast
 from gfn_fast.reference import sampling as ref
 
-settings.register_profile("ci", max_examples=12, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+PROFILE = property_settings(ci=12, long=1000)
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -95,6 +90,7 @@ def _exact(logits, mask, actions, kwargs):
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
+@PROFILE
 @given(problem=problems())
 def test_sample_actions_match_reference(backend, problem):
     logits, mask, _, kwargs = build(problem)
@@ -120,6 +116,7 @@ def test_sample_actions_match_reference(backend, problem):
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu"))
+@PROFILE
 @given(problem=problems())
 def test_action_log_prob_and_gradients_match_reference(backend, problem):
     logits, mask, kwargs, _ = build(problem)

@@ -9,22 +9,17 @@ tests/test_subtb_properties.py` runs many more by hand.
 """
 
 import math
-import os
 
 import pytest
 import torch
-from conftest import backend_params
-from hypothesis import HealthCheck, given, settings
+from conftest import backend_params, property_settings
+from hypothesis import given
 from hypothesis import strategies as st
 from test_balance import assert_close
 
 import gfn_fast
 
-# Settings attached to the test rather than loaded as the global default: a profile loaded at
-# import applies to every property-test module, so the last module collected would set them all.
-_EXAMPLES = {"ci": 25, "long": 1000}
-PROFILE = settings(max_examples=_EXAMPLES.get(os.environ.get("HYPOTHESIS_PROFILE", "ci"), 25),
-                   deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = property_settings(ci=25, long=1000)
 
 LOSSES = ["squared", "half_squared", "absolute", "huber(0.3)", "shifted_cosh", "linex(0.5)",
           "linex(-0.8)"]
