@@ -174,12 +174,15 @@ def _backward(ctx, grad_loss, _grad_d):
     log_pf, lengths, log_reward, beta, d = ctx.saved_tensors
     packed, clip_min, loss_id, loss_param, reduction, backend = ctx.config
     needs = ctx.needs_input_grad
+    # grad_log_pb is written only when asked for: a fixed backward policy (e.g. uniform P_B)
+    # needs none, and skipping it saves a [B, T] allocation and write.
+    need_pb = ctx.has_pb and needs[1]
     grad_pf, grad_pb, grad_row, grad_log_reward, grad_beta = _tb_backward(
-        grad_loss, d, log_pf, ctx.has_pb, lengths, log_reward, beta, ctx.log_z_shape is None,
+        grad_loss, d, log_pf, need_pb, lengths, log_reward, beta, ctx.log_z_shape is None,
         packed, clip_min, loss_id, loss_param, reduction, needs[3], needs[5] and beta is not None,
         backend, ctx.group_name)
     return (grad_pf if needs[0] else None,
-            grad_pb if ctx.has_pb and needs[1] else None,
+            grad_pb if need_pb else None,
             None,
             grad_log_reward if needs[3] else None,
             _sum_to(grad_row, ctx.log_z_shape) if ctx.log_z_shape is not None and needs[4]

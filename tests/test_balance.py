@@ -141,6 +141,29 @@ def test_optional_inputs(backend, device, log_z, beta, with_pb):
             check_against_reference(op, inputs, layout_args, backend, torch.float32)
 
 
+@pytest.mark.parametrize("backend,device", backend_params())
+def test_fixed_backward_policy_gets_no_gradient(backend, device):
+    """log_pb that does not require grad (a fixed P_B): no gradient for it, the same gradients
+    for everything else as when it does."""
+    for layout in ("padded", "packed"):
+        inputs, layout_args = make_batch(11, 6, torch.float32, layout, device=device)
+        for op in (gfn_fast.trajectory_balance, gfn_fast.log_partition_variance):
+            args = [inputs["log_pf"], inputs["log_pb"], inputs["log_reward"]]
+            if op is gfn_fast.trajectory_balance:
+                args.append(inputs["log_z"])
+            grads = {}
+            for pb_grad in (True, False):
+                leaves = [a.detach().clone().requires_grad_(a is not args[1] or pb_grad)
+                          for a in args]
+                loss = op(*leaves, backend=backend, **layout_args)
+                loss.backward()
+                grads[pb_grad] = [leaf.grad for leaf in leaves]
+            assert grads[False][1] is None and grads[True][1] is not None
+            for with_pb, without_pb in zip(grads[True], grads[False], strict=True):
+                if without_pb is not None:
+                    assert torch.equal(with_pb, without_pb)
+
+
 ODD_SHAPES = {
     "B=1": (1, 7, None),
     "T=1": (9, 1, None),
