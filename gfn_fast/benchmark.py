@@ -179,7 +179,11 @@ def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,
 
 def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds: float,
              progress: Callable[[str], None] = lambda _: None) -> list[dict]:
-    state = case.setup(device)
+    try:
+        state = case.setup(device)
+    except Exception as err:  # e.g. a peer library that cannot run on this device
+        return [{"op": case.op, "case": case.label, "impl": impl, "error": f"setup: {err!r}"}
+                for impl in case.impls]
     calls, rows = {}, []
     with gfn_fast.validation(False):
         for impl, fn in case.impls.items():
@@ -364,14 +368,24 @@ def sampling_cases(device: torch.device, quick: bool) -> list[Case]:
     return cases(device, quick)
 
 
+def subtb_cases(device: torch.device, quick: bool) -> list[Case]:
+    from gfn_fast.bench_cases.subtb import subtb_cases as cases
+
+    return cases(device, quick)
+
+
 def bfn_cases(device: torch.device, quick: bool) -> list[Case]:
     from gfn_fast.bench_cases.bfn import FAMILIES
 
     return [case for build in FAMILIES.values() for case in build(device, quick)]
 
 
-CASE_FAMILIES = {"balance": balance_cases, "rollout": rollout_cases,
+CASE_FAMILIES = {"balance": balance_cases, "subtb": subtb_cases, "rollout": rollout_cases,
                  "sampling": sampling_cases, "bfn": bfn_cases}
+FAMILY_HELP = {"balance": "trajectory balance", "subtb": "detailed and sub-trajectory balance "
+               "(and torchgfn's SubTB loss when installed)", "rollout": "HyperGrid rollouts "
+               "(and torchgfn's Sampler)", "sampling": "sample_actions, action_log_prob",
+               "bfn": "Bayesian Flow Network flows and losses"}
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -406,7 +420,8 @@ def update_readme(readme: str | Path, directory: str | Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--ops", default=",".join(CASE_FAMILIES),
-                        help=f"comma-separated families: {', '.join(CASE_FAMILIES)}")
+                        help="comma-separated op families (default: all): " + "; ".join(
+                            f"{name} = {FAMILY_HELP[name]}" for name in CASE_FAMILIES))
     parser.add_argument("--quick", action="store_true", help="small sizes, short timings")
     parser.add_argument("--out", default=None,
                         help="directory for results.jsonl, results.md and one PNG plot per op")
