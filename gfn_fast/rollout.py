@@ -38,6 +38,66 @@ def _policy_outputs(policy: Callable, features: torch.Tensor, conditioning):
     return out if isinstance(out, tuple) else (out, None)
 
 
+def _buffers(env, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(states [T+1, N, D] with s_0 set, actions [T, N] all exit, log_pf [T, N] zeros)."""
+    steps, device = env.max_steps, env.device
+    states = torch.empty(steps + 1, n, env.ndim, dtype=torch.int64, device=device)
+    states[0] = env.reset(n)
+    actions = torch.full((steps, n), env.exit_action, dtype=torch.int64, device=device)
+    log_pf = torch.zeros(steps, n, dtype=torch.float32, device=device)
+    return states, actions, log_pf
+
+
+def _lengths(actions: torch.Tensor, exit_action: int) -> torch.Tensor:
+    """Transitions up to and including the exit: the moves before it, plus one. Both loops leave
+    the exit action in every step after a row's end, so this needs no per-step bookkeeping."""
+    return ((actions != exit_action).sum(dim=0) + 1).clamp_(max=actions.shape[0])
+
+
+def _compacting_loop(policy, env, states, actions, log_pf, conditioning, sampling, rng):
+    live = None  # indices of unfinished rows; None while every row is live
+    current, row_condition = states[0], conditioning
+    for t in range(env.max_steps):
+        logits, scale = _policy_outputs(policy, env.encode(current), row_condition)
+        action, log_pi = sample_actions(logits, env.forward_mask(current), scale=scale,
+                                        **sampling, **rng(t))
+        following = env.step(current, action)
+        log_pi = log_pi.to(log_pf.dtype)
+        if live is None:
+            actions[t] = action
+            log_pf[t] = log_pi
+            states[t + 1] = following
+        else:
+            actions[t].index_copy_(0, live, action)
+            log_pf[t].index_copy_(0, live, log_pi)
+            states[t + 1] = states[t]
+            states[t + 1].index_copy_(0, live, following)
+        keep = (action != env.exit_action).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            states[t + 2:] = states[t + 1]
+            break
+        if keep.numel() < action.shape[0]:
+            live = keep if live is None else live.index_select(0, keep)
+            following = following.index_select(0, keep)
+            if row_condition is not None:
+                row_condition = row_condition.index_select(0, keep)
+        current = following
+
+
+def _fixed_shape_loop(policy, env, states, actions, log_pf, conditioning, sampling, rng):
+    done = torch.zeros(states.shape[1], dtype=torch.bool, device=states.device)
+    for t in range(env.max_steps):
+        current = states[t]
+        logits, scale = _policy_outputs(policy, env.encode(current), conditioning)
+        action, log_pi = sample_actions(logits, env.forward_mask(current), scale=scale,
+                                        **sampling, **rng(t))
+        action = torch.where(done, actions[t], action)
+        actions[t] = action
+        log_pf[t] = torch.where(done, log_pf[t], log_pi.to(torch.float32))
+        states[t + 1] = env.step(current, action)
+        done |= action == env.exit_action
+
+
 @torch.no_grad()
 def sample_trajectories(policy: Callable, env, n: int, *,
                         conditioning: torch.Tensor | None = None,
@@ -50,51 +110,26 @@ def sample_trajectories(policy: Callable, env, n: int, *,
     policy(features [M, F], conditioning [M, ...] or None) -> logits [M, A], or (logits, scale)
     where scale is the logit-scaling g(beta) [M] applied by the fused sampler; M = n, or the
     live rows when compacting (`conditioning`, e.g. beta or g(beta) per trajectory, is
-    compacted with them). Randomness: with `seed`, step t uses (seed, offset + t), reproducible on every
-    backend; otherwise `generator` (default: the device's) is advanced by each step. `compact`:
-    evaluate only live rows (default: on CPU only, see the module docstring).
+    compacted with them). Randomness: with `seed`, step t uses (seed, offset + t), reproducible
+    on every backend; otherwise `generator` (default: the device's) is advanced by each step.
+    `compact`: evaluate only live rows (default: on CPU only, see the module docstring).
     """
-    steps = env.max_steps
     device = env.device
     if compact is None:
         compact = device.type == "cpu"
     if isinstance(epsilon, torch.Tensor) and epsilon.dim() > 0 and compact:
         raise ValueError("gfn_fast.rollout.sample_trajectories: a per-row `epsilon` needs "
                          "compact=False")
-    states = torch.empty(steps + 1, n, env.ndim, dtype=torch.int64, device=device)
-    actions = torch.full((steps, n), env.exit_action, dtype=torch.int64, device=device)
-    log_pf = torch.zeros(steps, n, dtype=torch.float32, device=device)
-    lengths = torch.zeros(n, dtype=torch.int64, device=device)
-    states[0] = env.reset(n)
-    live = torch.arange(n, device=device)  # compacting loop: indices of unfinished rows
-    done = torch.zeros(n, dtype=torch.bool, device=device)  # fixed-shape loop
-    for t in range(steps):
-        rng = {"seed": seed, "offset": offset + t} if seed is not None else \
-            {"generator": generator}
-        if compact:
-            states[t + 1] = states[t]
-            if live.numel() == 0:
-                continue
-            current = states[t, live]
-            row_condition = conditioning[live] if conditioning is not None else None
-        else:
-            current = states[t]
-            row_condition = conditioning
-        logits, scale = _policy_outputs(policy, env.encode(current), row_condition)
-        action, log_pi = sample_actions(logits, env.forward_mask(current), scale=scale,
-                                        temperature=temperature, clip=clip, epsilon=epsilon,
-                                        backend=backend, **rng)
-        if compact:
-            actions[t, live] = action
-            log_pf[t, live] = log_pi.to(torch.float32)
-            lengths[live] += 1
-            states[t + 1, live] = env.step(current, action)
-            live = live[action != env.exit_action]
-        else:
-            action = torch.where(done, actions[t], action)
-            actions[t] = action
-            log_pf[t] = torch.where(done, log_pf[t], log_pi.to(torch.float32))
-            lengths += (~done).to(torch.int64)
-            states[t + 1] = env.step(current, action)
-            done |= action == env.exit_action
-    return Trajectories(states, actions, lengths, log_pf, states[steps], conditioning)
+    sampling = {"epsilon": epsilon, "temperature": temperature, "clip": clip,
+                "backend": backend}
+
+    def rng(t: int) -> dict:
+        if seed is not None:
+            return {"seed": seed, "offset": offset + t}
+        return {"generator": generator}
+
+    states, actions, log_pf = _buffers(env, n)
+    loop = _compacting_loop if compact else _fixed_shape_loop
+    loop(policy, env, states, actions, log_pf, conditioning, sampling, rng)
+    lengths = _lengths(actions, env.exit_action)
+    return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)
