@@ -11,8 +11,21 @@ losses read in place through `.T`):
   the longest one, so this does several times less policy work.
 The two loops draw different (equally distributed) samples for the same seed, since a row's
 random stream is keyed by its position in each sampler call.
+
+CUDA graphs (`cuda_graph`): the sampler takes its (seed, offset) as host integers baked into
+each kernel launch, so a captured graph replays exactly the draws of the (seed, offset) it was
+captured with. The whole fixed-shape T-step loop is therefore captured once per (policy, env, n,
+seed, offset, sampling options) and cached; a replay gives bit-for-bit the trajectories of the
+uncaptured fixed-shape loop with the same seed. Fresh randomness needs a new (seed, offset), and
+so a new capture: graphs pay off when the same call repeats (a fixed evaluation seed, a
+benchmark), which is why the automatic mode captures on the second identical call, not the
+first. The policy must be capturable: device work only (no .item(), no CPU tensors, no
+data-dependent Python control flow), the same kernels on every call, and parameters updated in
+place (optimizers do), since the graph reads them where they were at capture time.
 """
 
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,12 +111,119 @@ def _fixed_shape_loop(policy, env, states, actions, log_pf, conditioning, sampli
         done |= action == env.exit_action
 
 
+# ---- CUDA graphs: the fixed-shape loop captured once per call signature, replayed after
+
+
+@dataclass
+class _Graph:
+    graph: "torch.cuda.CUDAGraph"
+    policy: Callable            # held so that the ids in the key cannot be reused meanwhile
+    env: object
+    static_inputs: dict         # tensors the graph reads; new values are copied in per replay
+    outputs: tuple              # (states, actions, log_pf, lengths) written by each replay
+
+
+_GRAPHS: "OrderedDict[tuple, _Graph]" = OrderedDict()
+_SEEN: "OrderedDict[tuple, None]" = OrderedDict()
+_FAILED: set = set()
+_MAX_GRAPHS, _MAX_SEEN = 4, 64
+
+
+def clear_cuda_graphs() -> None:
+    """Release every cached rollout graph and its memory pool."""
+    _GRAPHS.clear()
+    _SEEN.clear()
+    _FAILED.clear()
+
+
+def _tensor_key(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device)
+    return value
+
+
+def _graph_key(policy, env, n, seed, offset, conditioning, sampling) -> tuple:
+    return (id(policy), id(env), n, seed, offset, _tensor_key(conditioning),
+            tuple((name, _tensor_key(value)) for name, value in sorted(sampling.items())))
+
+
+def _capture(policy, env, n, conditioning, sampling, rng) -> _Graph:
+    """Warm up on a side stream (lazy initialisation, kernel compilation), then capture the
+    fixed-shape loop into a graph whose inputs and outputs are static tensors."""
+    static_inputs = {"conditioning": conditioning}
+    static_inputs.update(sampling)
+    static_inputs = {name: value.clone() if isinstance(value, torch.Tensor) else value
+                     for name, value in static_inputs.items()}
+    static_sampling = {name: static_inputs[name] for name in sampling}
+
+    def fill(states, actions, log_pf):
+        _fixed_shape_loop(policy, env, states, actions, log_pf, static_inputs["conditioning"],
+                          static_sampling, rng)
+        return states, actions, log_pf, _lengths(actions, env.exit_action)
+
+    side = torch.cuda.Stream(device=env.device)
+    side.wait_stream(torch.cuda.current_stream(env.device))
+    with torch.cuda.stream(side):
+        fill(*_buffers(env, n))
+    torch.cuda.current_stream(env.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = fill(*_buffers(env, n))
+    return _Graph(graph, policy, env, static_inputs, outputs)
+
+
+def _replay(entry: _Graph, conditioning, sampling) -> tuple:
+    for name, value in (("conditioning", conditioning), *sampling.items()):
+        if isinstance(value, torch.Tensor):
+            entry.static_inputs[name].copy_(value)
+    entry.graph.replay()
+    # copies: the next replay overwrites the graph's buffers
+    return tuple(t.clone() for t in entry.outputs)
+
+
+def _graph_outputs(policy, env, n, seed, offset, conditioning, sampling, rng, explicit: bool):
+    """(states, actions, log_pf, lengths) from a cached or new graph, or None when the automatic
+    mode decides to run uncaptured (first sight of this call, or a policy that failed to
+    capture)."""
+    key = _graph_key(policy, env, n, seed, offset, conditioning, sampling)
+    entry = _GRAPHS.get(key)
+    if entry is not None and entry.policy is policy and entry.env is env:
+        _GRAPHS.move_to_end(key)
+        return _replay(entry, conditioning, sampling)
+    if not explicit:
+        if key in _FAILED:
+            return None
+        if key not in _SEEN:
+            _SEEN[key] = None
+            if len(_SEEN) > _MAX_SEEN:
+                _SEEN.popitem(last=False)
+            return None
+    try:
+        entry = _capture(policy, env, n, conditioning, sampling, rng)
+    except Exception as err:
+        if explicit:
+            raise RuntimeError(
+                "gfn_fast.rollout.sample_trajectories: capturing the rollout in a CUDA graph "
+                "failed; the policy must be capturable (device work only: no .item(), no CPU "
+                f"tensors, no data-dependent Python branches), or pass cuda_graph=False: {err}"
+            ) from err
+        warnings.warn(f"gfn_fast.rollout.sample_trajectories: CUDA graph capture failed, "
+                      f"running uncaptured ({err})", RuntimeWarning, stacklevel=3)
+        _FAILED.add(key)
+        return None
+    _GRAPHS[key] = entry
+    if len(_GRAPHS) > _MAX_GRAPHS:
+        _GRAPHS.popitem(last=False)
+    return _replay(entry, conditioning, sampling)
+
+
 @torch.no_grad()
 def sample_trajectories(policy: Callable, env, n: int, *,
                         conditioning: torch.Tensor | None = None,
                         epsilon: float | torch.Tensor = 0.0,
                         generator: torch.Generator | None = None, seed: int | None = None,
                         offset: int = 0, temperature=None, clip=None, compact: bool | None = None,
+                        cuda_graph: bool | None = None,
                         backend: str | None = None) -> Trajectories:
     """Sample n trajectories of `env` with `policy`.
 
@@ -113,6 +233,12 @@ def sample_trajectories(policy: Callable, env, n: int, *,
     compacted with them). Randomness: with `seed`, step t uses (seed, offset + t), reproducible
     on every backend; otherwise `generator` (default: the device's) is advanced by each step.
     `compact`: evaluate only live rows (default: on CPU only, see the module docstring).
+
+    `cuda_graph` (CUDA, fixed-shape loop, `seed` only; see the module docstring): True captures
+    the loop in a CUDA graph on first use of this (policy, env, n, seed, offset, options) and
+    replays it afterwards; None (default) does the same from the second identical call on, and
+    falls back to the uncaptured loop with a warning if capture fails; False never captures.
+    Replays return copies, identical to the uncaptured fixed-shape loop's trajectories.
     """
     device = env.device
     if compact is None:
@@ -120,6 +246,11 @@ def sample_trajectories(policy: Callable, env, n: int, *,
     if isinstance(epsilon, torch.Tensor) and epsilon.dim() > 0 and compact:
         raise ValueError("gfn_fast.rollout.sample_trajectories: a per-row `epsilon` needs "
                          "compact=False")
+    graphable = device.type == "cuda" and not compact and seed is not None
+    if cuda_graph and not graphable:
+        raise ValueError("gfn_fast.rollout.sample_trajectories: `cuda_graph=True` needs a CUDA "
+                         f"env, compact=False and an explicit `seed` (got device {device}, "
+                         f"compact={compact}, seed={seed})")
     sampling = {"epsilon": epsilon, "temperature": temperature, "clip": clip,
                 "backend": backend}
 
@@ -128,6 +259,12 @@ def sample_trajectories(policy: Callable, env, n: int, *,
             return {"seed": seed, "offset": offset + t}
         return {"generator": generator}
 
+    if graphable and cuda_graph is not False:
+        outputs = _graph_outputs(policy, env, n, seed, offset, conditioning, sampling, rng,
+                                 explicit=bool(cuda_graph))
+        if outputs is not None:
+            states, actions, log_pf, lengths = outputs
+            return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)
     states, actions, log_pf = _buffers(env, n)
     loop = _compacting_loop if compact else _fixed_shape_loop
     loop(policy, env, states, actions, log_pf, conditioning, sampling, rng)
