@@ -137,8 +137,12 @@ def clear_cuda_graphs() -> None:
 
 
 def _tensor_key(value):
+    """A hashable stand-in: tensors by shape, dtype and device (their values are copied in at
+    each replay), lists (a `clip` pair) as tuples, the rest as they are."""
     if isinstance(value, torch.Tensor):
         return ("tensor", tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, list):
+        return tuple(value)
     return value
 
 
