@@ -32,43 +32,50 @@ def plot_op(rows: list[dict], path: str | Path, title: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     timed = [r for r in rows if "median_ms" in r]
     cases = _ordered(r["case"] for r in timed)
     impls = _ordered(r["impl"] for r in timed)
-    by_key = {(r["case"], r["impl"]): r for r in timed}
-    height = 0.8 / max(len(impls), 1)
+    per_case = {case: [r for r in timed if r["case"] == case] for case in cases}
+    height = 0.8 / max(len(case_rows) for case_rows in per_case.values())
     colours = plt.get_cmap("tab10")
     fig, (left, right) = plt.subplots(
-        1, 2, figsize=(13, 1.2 + 0.45 * len(cases) * max(len(impls), 2)), sharey=True,
-        squeeze=True)
-    for k, impl in enumerate(impls):
-        positions, medians, lower, upper, speedups = [], [], [], [], []
-        for c, case in enumerate(cases):
-            row = by_key.get((case, impl))
-            if row is None:
-                continue
-            # cases top to bottom, implementations in harness order within a case
-            positions.append(len(cases) - 1 - c + 0.4 - (k + 0.5) * height)
-            medians.append(row["median_ms"])
-            lower.append(row["median_ms"] - row.get("p20_ms", row["median_ms"]))
-            upper.append(row.get("p80_ms", row["median_ms"]) - row["median_ms"])
-            speedups.append(row.get("speedup_vs_eager"))
-        colour = colours(k % 10)
-        left.barh(positions, medians, height=height, xerr=[lower, upper], color=colour,
-                  label=impl, capsize=2)
-        bars = right.barh(positions, [s or 0.0 for s in speedups], height=height, color=colour)
-        right.bar_label(bars, labels=["n/a" if s is None else f"{s:.2f}x" for s in speedups],
-                        padding=2, fontsize=8)
+        1, 2, figsize=(13, 1.2 + 0.4 * sum(max(len(r), 2) for r in per_case.values())),
+        sharey=True, squeeze=True)
+    labelled = set()
+    for c, case in enumerate(cases):
+        # cases top to bottom, implementations in harness order within a case
+        for k, row in enumerate(per_case[case]):
+            position = len(cases) - 1 - c + 0.4 - (k + 0.5) * height
+            colour = colours(impls.index(row["impl"]) % 10)
+            label = row["impl"] if row["impl"] not in labelled else None
+            labelled.add(row["impl"])
+            median = row["median_ms"]
+            error = [[median - row.get("p20_ms", median)], [row.get("p80_ms", median) - median]]
+            left.barh(position, median, height=height, xerr=error, color=colour, label=label,
+                      capsize=2)
+            speedup = row.get("speedup_vs_eager")
+            bars = right.barh(position, speedup or 0.0, height=height, color=colour)
+            right.bar_label(bars, labels=["n/a" if speedup is None else f"{speedup:.2f}x"],
+                            padding=2, fontsize=8)
     ticks = [len(cases) - 1 - c for c in range(len(cases))]
     left.set_yticks(ticks, cases)
     left.set_xscale("log")
+    plain = matplotlib.ticker.FormatStrFormatter("%g")
+    left.xaxis.set_major_formatter(plain)
+    # label the 2..9 ticks only when the times span less than a decade (else they collide)
+    lows = [r.get("p20_ms", r["median_ms"]) for r in timed]
+    highs = [r.get("p80_ms", r["median_ms"]) for r in timed]
+    narrow = max(highs) < 10 * min(lows)
+    left.xaxis.set_minor_formatter(plain if narrow else matplotlib.ticker.NullFormatter())
     left.set_xlabel("median time per call (ms, log scale; bars: p20-p80)")
     left.grid(axis="x", which="both", alpha=0.3)
     right.axvline(1.0, color="black", linewidth=0.8)
     ratios = [r["speedup_vs_eager"] for r in timed if r.get("speedup_vs_eager")] or [1.0]
     if max(ratios) / min(ratios) > 30:  # e.g. 1000x against a slow peer: linear hides the rest
         right.set_xscale("log")
+        right.xaxis.set_major_formatter(plain)
         right.set_xlim(0.5 * min(ratios + [1.0]), 3 * max(ratios + [1.0]))
         right.set_xlabel(f"speed-up vs {SPEEDUP_BASELINE} (log scale, higher is better)")
     else:
