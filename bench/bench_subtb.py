@@ -1,6 +1,8 @@
 """SubTB / DB benchmarks: gfn_fast against torchgfn's SubTBGFlowNet and against the eager
 plain-PyTorch reference. Timing and memory helpers are the shared harness's (gfn_fast.benchmark):
-round-robin sampling so load from other processes hits every implementation alike.
+round-robin sampling so load from other processes hits every implementation alike. The torchgfn
+driver (trajectories, estimators, the loss on cached estimator outputs) is shared with the
+harness's `subtb` family (gfn_fast/bench_cases/subtb.py, `python -m gfn_fast bench --ops subtb`).
 
 1. loss step, same trajectories: torchgfn's SubTBGFlowNet.loss with the estimator outputs
    precomputed and cached as leaf tensors requiring grad (its get_pfs_and_pbs and
@@ -33,6 +35,7 @@ from memory import peak_bytes
 
 import gfn_fast
 from gfn_fast import benchmark as harness
+from gfn_fast.bench_cases import subtb as cases
 
 
 def _measure(calls: dict, min_seconds: float, min_reps: int, timing: bool) -> dict:
@@ -54,82 +57,28 @@ def _summary(samples: list[float]) -> dict:
             "p80_s": harness._percentile(samples, 0.8), "reps": len(samples)}
 
 
-def hypergrid_batch(max_length: int, batch: int, seed: int):
-    """(env, trajectories) from torchgfn's sampler; lengths up to max_length + 1."""
-    from gfn.estimators import DiscretePolicyEstimator
-    from gfn.gym import HyperGrid
-    from gfn.preprocessors import KHotPreprocessor
-    from gfn.samplers import Sampler
-
-    class RarelyExit(torch.nn.Module):
-        """Uniform over moves, exit logit -4: trajectories mostly end at the far corner."""
-
-        def __init__(self, n_actions: int):
-            super().__init__()
-            self.n_actions = n_actions
-
-        def forward(self, states: torch.Tensor) -> torch.Tensor:
-            logits = torch.zeros(states.shape[0], self.n_actions)
-            logits[:, -1] = -4.0
-            return logits
-
-    torch.manual_seed(seed)
-    env = HyperGrid(ndim=2, height=max_length // 2 + 1, validate_modes=False)
-    preprocessor = KHotPreprocessor(env.height, env.ndim)
-    policy = DiscretePolicyEstimator(RarelyExit(env.n_actions), env.n_actions,
-                                     preprocessor=preprocessor)
-    with torch.no_grad():
-        trajectories = Sampler(policy).sample_trajectories(env, n=batch)
-    return env, preprocessor, trajectories
-
-
-def estimators(env, preprocessor, hidden: int = 64):
-    from gfn.estimators import DiscretePolicyEstimator, ScalarEstimator
-    from gfn.utils.modules import MLP
-
-    dim = preprocessor.output_dim
-    pf = DiscretePolicyEstimator(MLP(dim, env.n_actions, hidden_dim=hidden, n_hidden_layers=2),
-                                 env.n_actions, preprocessor=preprocessor)
-    pb = DiscretePolicyEstimator(MLP(dim, env.n_actions - 1, hidden_dim=hidden,
-                                     n_hidden_layers=2), env.n_actions,
-                                 preprocessor=preprocessor, is_backward=True)
-    log_flow = ScalarEstimator(MLP(dim, 1, hidden_dim=hidden, n_hidden_layers=2),
-                               preprocessor=preprocessor)
-    return pf, pb, log_flow
-
-
 def torchgfn_cases(max_length: int, batch: int, min_seconds: float, timing: bool) -> list[dict]:
     from gfn.gflownet import SubTBGFlowNet
 
     from gfn_fast.integrations import torchgfn as fused
 
-    env, preprocessor, trajectories = hypergrid_batch(max_length, batch, seed=max_length)
-    pf, pb, log_flow = estimators(env, preprocessor)
+    env, preprocessor, trajectories = cases.hypergrid_batch(max_length, batch, seed=max_length)
+    pf, pb, log_flow = cases.estimators(env, preprocessor)
     lengths = trajectories.terminating_idx
     shape = {"B": batch, "T": trajectories.max_length,
              "mean_length": float(lengths.double().mean()),
              "dtype": "float32", "lamda": 0.9, "weighting": "geometric_within"}
 
-    # cached estimator outputs, as leaves requiring grad
-    probe = SubTBGFlowNet(pf, pb, log_flow, lamda=0.9)
-    with torch.no_grad():
-        cached_pf, cached_pb = probe.get_pfs_and_pbs(trajectories)
-        cached_flow = probe.calculate_log_state_flows(env, trajectories, cached_pf)
-    leaves = [t.detach().clone().requires_grad_() for t in (cached_pf, cached_pb, cached_flow)]
+    cached, leaves = cases.cached_subtb(env, trajectories, pf, pb, log_flow)
     log_rewards = trajectories.log_rewards
-
-    class CachedSubTB(SubTBGFlowNet):
-        def get_pfs_and_pbs(self, trajectories, recalculate_all_logprobs=True):
-            return leaves[0], leaves[1]
-
-        def calculate_log_state_flows(self, env, trajectories, log_pf_trajectories):
-            return leaves[2]
-
-    cached = CachedSubTB(pf, pb, log_flow, lamda=0.9)
 
     def clear():
         for leaf in leaves:
             leaf.grad = None
+
+    def fused_loss(leaves):
+        return gfn_fast.subtrajectory_balance(leaves[0].T, leaves[1].T, leaves[2].T, log_rewards,
+                                              lengths=lengths, lamda=0.9)
 
     def torchgfn_step():
         clear()
@@ -137,28 +86,11 @@ def torchgfn_cases(max_length: int, batch: int, min_seconds: float, timing: bool
 
     def gfn_fast_step():
         clear()
-        gfn_fast.subtrajectory_balance(leaves[0].T, leaves[1].T, leaves[2].T, log_rewards,
-                                       lengths=lengths, lamda=0.9).backward()
+        fused_loss(leaves).backward()
 
     # same value and gradients before timing anything
-    clear()
-    reference_value = cached.loss(env, trajectories)
-    reference_value.backward()
-    reference_grads = [leaf.grad.clone() for leaf in leaves]
-    clear()
-    value = gfn_fast.subtrajectory_balance(leaves[0].T, leaves[1].T, leaves[2].T, log_rewards,
-                                           lengths=lengths, lamda=0.9)
-    value.backward()
-    relative = abs(float(value.detach()) - float(reference_value.detach())) / abs(
-        float(reference_value.detach()))
-    # torchgfn leaves log_pb of the exit action out of sub-trajectories ending at the sink (it
-    # is structurally 0 there, see docs/torchgfn.md), so its gradient there is 0; compare the
-    # other entries
-    steps = torch.arange(cached_pf.shape[0])[:, None]
-    exit_step = steps == (lengths - 1)[None, :]
-    reference_grads[1] = torch.where(exit_step, leaves[1].grad, reference_grads[1])
-    grad_error = max(float((leaf.grad - g).abs().max() / g.abs().max().clamp(min=1e-30))
-                     for leaf, g in zip(leaves, reference_grads, strict=False))
+    relative, grad_error = cases.compare_with_torchgfn(cached, env, trajectories, leaves,
+                                                       fused_loss)
     assert relative < 1e-4 and grad_error < 1e-3, (relative, grad_error)
 
     rows = []
@@ -185,19 +117,9 @@ def torchgfn_cases(max_length: int, batch: int, min_seconds: float, timing: bool
     return rows
 
 
-def synthetic(batch: int, steps: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, steps + 1, (batch,), generator=gen)
-    tensors = [torch.randn(batch, steps, generator=gen) for _ in range(3)]
-    tensors[0] = -tensors[0].abs()
-    tensors[1] = -tensors[1].abs()
-    log_reward = torch.randn(batch, generator=gen)
-    return [t.requires_grad_() for t in tensors], log_reward, lengths
-
-
 def reference_cases(batch: int, steps: int, min_seconds: float, chunk: int, timing: bool
                     ) -> list[dict]:
-    (log_pf, log_pb, log_flow), log_reward, lengths = synthetic(batch, steps)
+    (log_pf, log_pb, log_flow), log_reward, lengths = cases.synthetic(batch, steps)
     leaves = (log_pf, log_pb, log_flow)
 
     def clear():

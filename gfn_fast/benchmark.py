@@ -5,7 +5,8 @@ gfn_fast backends, the plain-PyTorch reference in eager mode and under torch.com
 where installed. Each row reports the median and 20th/80th percentile times, peak memory, a
 bytes-moved model read as GB/s and as a fraction of the copy bandwidth of this machine measured
 in the same run, and the speed-up against eager PyTorch. Results go out as JSON lines (with
-device, versions and date) and a markdown table.
+device, versions and date), a markdown table and one PNG plot per op (gfn_fast.bench_plots,
+needs matplotlib).
 
 Value checks are switched off while timing (`gfn_fast.validation(False)`), as in production.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 import gfn_fast
-from gfn_fast import _backends
+from gfn_fast import _backends, bench_plots
 
 
 @dataclass
@@ -178,7 +179,11 @@ def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,
 
 def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds: float,
              progress: Callable[[str], None] = lambda _: None) -> list[dict]:
-    state = case.setup(device)
+    try:
+        state = case.setup(device)
+    except Exception as err:  # e.g. a peer library that cannot run on this device
+        return [{"op": case.op, "case": case.label, "impl": impl, "error": f"setup: {err!r}"}
+                for impl in case.impls]
     calls, rows = {}, []
     with gfn_fast.validation(False):
         for impl, fn in case.impls.items():
@@ -217,7 +222,8 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
 
 def markdown(rows: list[dict], header: dict) -> str:
     lines = [f"Device: {header['device_name']} ({header['device']}); copy bandwidth "
-             f"{header['copy_gbps']:.1f} GB/s; {header['date']}; torch {header['versions']['torch']}",
+             f"{header['copy_gbps']:.1f} GB/s; {header['date']}; "
+             f"torch {header['versions']['torch']}",
              "",
              "| op | case | impl | median ms | p20-p80 ms | GB/s | % copy BW | items/s | peak MB "
              "| vs eager |",
@@ -362,14 +368,24 @@ def sampling_cases(device: torch.device, quick: bool) -> list[Case]:
     return cases(device, quick)
 
 
+def subtb_cases(device: torch.device, quick: bool) -> list[Case]:
+    from gfn_fast.bench_cases.subtb import subtb_cases as cases
+
+    return cases(device, quick)
+
+
 def bfn_cases(device: torch.device, quick: bool) -> list[Case]:
     from gfn_fast.bench_cases.bfn import FAMILIES
 
     return [case for build in FAMILIES.values() for case in build(device, quick)]
 
 
-CASE_FAMILIES = {"balance": balance_cases, "rollout": rollout_cases,
+CASE_FAMILIES = {"balance": balance_cases, "subtb": subtb_cases, "rollout": rollout_cases,
                  "sampling": sampling_cases, "bfn": bfn_cases}
+FAMILY_HELP = {"balance": "trajectory balance", "subtb": "detailed and sub-trajectory balance "
+               "(and torchgfn's SubTB loss when installed)", "rollout": "HyperGrid rollouts "
+               "(and torchgfn's Sampler)", "sampling": "sample_actions, action_log_prob",
+               "bfn": "Bayesian Flow Network flows and losses"}
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -404,18 +420,25 @@ def update_readme(readme: str | Path, directory: str | Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--ops", default=",".join(CASE_FAMILIES),
-                        help=f"comma-separated families: {', '.join(CASE_FAMILIES)}")
+                        help="comma-separated op families (default: all): " + "; ".join(
+                            f"{name} = {FAMILY_HELP[name]}" for name in CASE_FAMILIES))
     parser.add_argument("--quick", action="store_true", help="small sizes, short timings")
-    parser.add_argument("--out", default=None, help="directory for results.jsonl and results.md")
+    parser.add_argument("--out", default=None,
+                        help="directory for results.jsonl, results.md and one PNG plot per op")
     parser.add_argument("--min-seconds", type=float, default=None,
                         help="minimum timing per row (default 1.0, --quick 0.2)")
     parser.add_argument("--update-readme", nargs=2, metavar=("README", "RESULTS_DIR"),
                         help="only rewrite README's results table from RESULTS_DIR/*/results.jsonl")
+    parser.add_argument("--plots-only", metavar="DIR",
+                        help="only redraw the PNG plots of DIR/results.jsonl (a recorded run)")
 
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "update_readme", None):
         update_readme(*args.update_readme)
+        return 0
+    if getattr(args, "plots_only", None):
+        write_plots(bench_plots.plot_results_dir, args.plots_only)
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     min_seconds = args.min_seconds if args.min_seconds is not None else (
@@ -447,4 +470,17 @@ def main(args: argparse.Namespace) -> int:
                 f.write(json.dumps({**header, **row}) + "\n")
         (out / "results.md").write_text(table + "\n")
         print(f"wrote {out / 'results.jsonl'} and {out / 'results.md'}")
+        write_plots(lambda out: bench_plots.plot_rows(rows, out, header), out)
     return 0
+
+
+def write_plots(draw: Callable, out: str | Path) -> None:
+    """Draw the PNG plots with `draw(out)`; without matplotlib say how to get it, in one line."""
+    try:
+        paths = draw(out)
+    except ImportError as err:
+        print(f"no plots ({err.name or 'matplotlib'} is missing): plots need "
+              f'`pip install -e ".[bench]"`')
+        return
+    if paths:
+        print(f"wrote {len(paths)} plot(s): {', '.join(str(p) for p in paths)}")

@@ -24,6 +24,10 @@ class HyperGrid:
         self.ndim, self.height = ndim, height
         self.r0, self.r1, self.r2 = r0, r1, r2
         self.device = torch.device(device)
+        # column of coordinate i's value v in the one-hot encoding is i * H + v; action i < D
+        # moves axis i, so comparing an action with the axes gives its increment (none on exit)
+        self._axes = torch.arange(ndim, device=self.device)
+        self._one_hot_base = self._axes * height
 
     @property
     def n_actions(self) -> int:
@@ -47,19 +51,17 @@ class HyperGrid:
 
     def encode(self, states: torch.Tensor) -> torch.Tensor:
         """One-hot of each coordinate, concatenated: [N, D * H] float32."""
-        hot = torch.nn.functional.one_hot(states, self.height)
-        return hot.reshape(states.shape[0], self.ndim * self.height).to(torch.float32)
+        features = torch.zeros(states.shape[0], self.ndim * self.height, dtype=torch.float32,
+                               device=states.device)
+        return features.scatter_(1, states + self._one_hot_base, 1.0)
 
     def forward_mask(self, states: torch.Tensor) -> torch.Tensor:
         """[N, D + 1] bool: increments below the top, and exit, are allowed."""
-        exit_allowed = torch.ones(states.shape[0], 1, dtype=torch.bool, device=states.device)
-        return torch.cat([states < self.height - 1, exit_allowed], dim=1)
+        return torch.nn.functional.pad(states < self.height - 1, (0, 1), value=True)
 
     def step(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Next states (exit leaves the point unchanged); no host sync."""
-        increment = torch.nn.functional.one_hot(actions.clamp(max=self.ndim - 1), self.ndim)
-        moving = (actions != self.exit_action).unsqueeze(1)
-        return states + increment * moving
+        return states + (actions[:, None] == self._axes)
 
     def log_pb_uniform(self, next_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """log P_B(s | s') of uniform backward policy: -log(#parents of s'), 0 for exit."""

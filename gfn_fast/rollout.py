@@ -11,8 +11,21 @@ losses read in place through `.T`):
   the longest one, so this does several times less policy work.
 The two loops draw different (equally distributed) samples for the same seed, since a row's
 random stream is keyed by its position in each sampler call.
+
+CUDA graphs (`cuda_graph`): the sampler takes its (seed, offset) as host integers baked into
+each kernel launch, so a captured graph replays exactly the draws of the (seed, offset) it was
+captured with. The whole fixed-shape T-step loop is therefore captured once per (policy, env, n,
+seed, offset, sampling options) and cached; a replay gives bit-for-bit the trajectories of the
+uncaptured fixed-shape loop with the same seed. Fresh randomness needs a new (seed, offset), and
+so a new capture: graphs pay off when the same call repeats (a fixed evaluation seed, a
+benchmark), which is why the automatic mode captures on the second identical call, not the
+first. The policy must be capturable: device work only (no .item(), no CPU tensors, no
+data-dependent Python control flow), the same kernels on every call, and parameters updated in
+place (optimizers do), since the graph reads them where they were at capture time.
 """
 
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,63 +51,226 @@ def _policy_outputs(policy: Callable, features: torch.Tensor, conditioning):
     return out if isinstance(out, tuple) else (out, None)
 
 
+def _buffers(env, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(states [T+1, N, D] with s_0 set, actions [T, N] all exit, log_pf [T, N] zeros)."""
+    steps, device = env.max_steps, env.device
+    states = torch.empty(steps + 1, n, env.ndim, dtype=torch.int64, device=device)
+    states[0] = env.reset(n)
+    actions = torch.full((steps, n), env.exit_action, dtype=torch.int64, device=device)
+    log_pf = torch.zeros(steps, n, dtype=torch.float32, device=device)
+    return states, actions, log_pf
+
+
+def _lengths(actions: torch.Tensor, exit_action: int) -> torch.Tensor:
+    """Transitions up to and including the exit: the moves before it, plus one. Both loops leave
+    the exit action in every step after a row's end, so this needs no per-step bookkeeping."""
+    return ((actions != exit_action).sum(dim=0) + 1).clamp_(max=actions.shape[0])
+
+
+def _compacting_loop(policy, env, states, actions, log_pf, conditioning, sampling, rng):
+    live = None  # indices of unfinished rows; None while every row is live
+    current, row_condition = states[0], conditioning
+    for t in range(env.max_steps):
+        logits, scale = _policy_outputs(policy, env.encode(current), row_condition)
+        action, log_pi = sample_actions(logits, env.forward_mask(current), scale=scale,
+                                        **sampling, **rng(t))
+        following = env.step(current, action)
+        log_pi = log_pi.to(log_pf.dtype)
+        if live is None:
+            actions[t] = action
+            log_pf[t] = log_pi
+            states[t + 1] = following
+        else:
+            actions[t].index_copy_(0, live, action)
+            log_pf[t].index_copy_(0, live, log_pi)
+            states[t + 1] = states[t]
+            states[t + 1].index_copy_(0, live, following)
+        keep = (action != env.exit_action).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            states[t + 2:] = states[t + 1]
+            break
+        if keep.numel() < action.shape[0]:
+            live = keep if live is None else live.index_select(0, keep)
+            following = following.index_select(0, keep)
+            if row_condition is not None:
+                row_condition = row_condition.index_select(0, keep)
+        current = following
+
+
+def _fixed_shape_loop(policy, env, states, actions, log_pf, conditioning, sampling, rng):
+    done = torch.zeros(states.shape[1], dtype=torch.bool, device=states.device)
+    for t in range(env.max_steps):
+        current = states[t]
+        logits, scale = _policy_outputs(policy, env.encode(current), conditioning)
+        action, log_pi = sample_actions(logits, env.forward_mask(current), scale=scale,
+                                        **sampling, **rng(t))
+        action = torch.where(done, actions[t], action)
+        actions[t] = action
+        log_pf[t] = torch.where(done, log_pf[t], log_pi.to(torch.float32))
+        states[t + 1] = env.step(current, action)
+        done |= action == env.exit_action
+
+
+# ---- CUDA graphs: the fixed-shape loop captured once per call signature, replayed after
+
+
+@dataclass
+class _Graph:
+    graph: "torch.cuda.CUDAGraph"
+    policy: Callable            # held so that the ids in the key cannot be reused meanwhile
+    env: object
+    static_inputs: dict         # tensors the graph reads; new values are copied in per replay
+    outputs: tuple              # (states, actions, log_pf, lengths) written by each replay
+
+
+_GRAPHS: "OrderedDict[tuple, _Graph]" = OrderedDict()
+_SEEN: "OrderedDict[tuple, None]" = OrderedDict()
+_FAILED: set = set()
+_MAX_GRAPHS, _MAX_SEEN = 4, 64
+
+
+def clear_cuda_graphs() -> None:
+    """Release every cached rollout graph and its memory pool."""
+    _GRAPHS.clear()
+    _SEEN.clear()
+    _FAILED.clear()
+
+
+def _tensor_key(value):
+    """A hashable stand-in: tensors by shape, dtype and device (their values are copied in at
+    each replay), lists (a `clip` pair) as tuples, the rest as they are."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _graph_key(policy, env, n, seed, offset, conditioning, sampling) -> tuple:
+    return (id(policy), id(env), n, seed, offset, _tensor_key(conditioning),
+            tuple((name, _tensor_key(value)) for name, value in sorted(sampling.items())))
+
+
+def _capture(policy, env, n, conditioning, sampling, rng) -> _Graph:
+    """Warm up on a side stream (lazy initialisation, kernel compilation), then capture the
+    fixed-shape loop into a graph whose inputs and outputs are static tensors."""
+    static_inputs = {"conditioning": conditioning}
+    static_inputs.update(sampling)
+    static_inputs = {name: value.clone() if isinstance(value, torch.Tensor) else value
+                     for name, value in static_inputs.items()}
+    static_sampling = {name: static_inputs[name] for name in sampling}
+
+    def fill(states, actions, log_pf):
+        _fixed_shape_loop(policy, env, states, actions, log_pf, static_inputs["conditioning"],
+                          static_sampling, rng)
+        return states, actions, log_pf, _lengths(actions, env.exit_action)
+
+    side = torch.cuda.Stream(device=env.device)
+    side.wait_stream(torch.cuda.current_stream(env.device))
+    with torch.cuda.stream(side):
+        fill(*_buffers(env, n))
+    torch.cuda.current_stream(env.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = fill(*_buffers(env, n))
+    return _Graph(graph, policy, env, static_inputs, outputs)
+
+
+def _replay(entry: _Graph, conditioning, sampling) -> tuple:
+    for name, value in (("conditioning", conditioning), *sampling.items()):
+        if isinstance(value, torch.Tensor):
+            entry.static_inputs[name].copy_(value)
+    entry.graph.replay()
+    # copies: the next replay overwrites the graph's buffers
+    return tuple(t.clone() for t in entry.outputs)
+
+
+def _graph_outputs(policy, env, n, seed, offset, conditioning, sampling, rng, explicit: bool):
+    """(states, actions, log_pf, lengths) from a cached or new graph, or None when the automatic
+    mode decides to run uncaptured (first sight of this call, or a policy that failed to
+    capture)."""
+    key = _graph_key(policy, env, n, seed, offset, conditioning, sampling)
+    entry = _GRAPHS.get(key)
+    if entry is not None and entry.policy is policy and entry.env is env:
+        _GRAPHS.move_to_end(key)
+        return _replay(entry, conditioning, sampling)
+    if not explicit:
+        if key in _FAILED:
+            return None
+        if key not in _SEEN:
+            _SEEN[key] = None
+            if len(_SEEN) > _MAX_SEEN:
+                _SEEN.popitem(last=False)
+            return None
+    try:
+        entry = _capture(policy, env, n, conditioning, sampling, rng)
+    except Exception as err:
+        if explicit:
+            raise RuntimeError(
+                "gfn_fast.rollout.sample_trajectories: capturing the rollout in a CUDA graph "
+                "failed; the policy must be capturable (device work only: no .item(), no CPU "
+                f"tensors, no data-dependent Python branches), or pass cuda_graph=False: {err}"
+            ) from err
+        warnings.warn(f"gfn_fast.rollout.sample_trajectories: CUDA graph capture failed, "
+                      f"running uncaptured ({err})", RuntimeWarning, stacklevel=3)
+        _FAILED.add(key)
+        return None
+    _GRAPHS[key] = entry
+    if len(_GRAPHS) > _MAX_GRAPHS:
+        _GRAPHS.popitem(last=False)
+    return _replay(entry, conditioning, sampling)
+
+
 @torch.no_grad()
 def sample_trajectories(policy: Callable, env, n: int, *,
                         conditioning: torch.Tensor | None = None,
                         epsilon: float | torch.Tensor = 0.0,
                         generator: torch.Generator | None = None, seed: int | None = None,
                         offset: int = 0, temperature=None, clip=None, compact: bool | None = None,
+                        cuda_graph: bool | None = None,
                         backend: str | None = None) -> Trajectories:
     """Sample n trajectories of `env` with `policy`.
 
     policy(features [M, F], conditioning [M, ...] or None) -> logits [M, A], or (logits, scale)
     where scale is the logit-scaling g(beta) [M] applied by the fused sampler; M = n, or the
     live rows when compacting (`conditioning`, e.g. beta or g(beta) per trajectory, is
-    compacted with them). Randomness: with `seed`, step t uses (seed, offset + t), reproducible on every
-    backend; otherwise `generator` (default: the device's) is advanced by each step. `compact`:
-    evaluate only live rows (default: on CPU only, see the module docstring).
+    compacted with them). Randomness: with `seed`, step t uses (seed, offset + t), reproducible
+    on every backend; otherwise `generator` (default: the device's) is advanced by each step.
+    `compact`: evaluate only live rows (default: on CPU only, see the module docstring).
+
+    `cuda_graph` (CUDA, fixed-shape loop, `seed` only; see the module docstring): True captures
+    the loop in a CUDA graph on first use of this (policy, env, n, seed, offset, options) and
+    replays it afterwards; None (default) does the same from the second identical call on, and
+    falls back to the uncaptured loop with a warning if capture fails; False never captures.
+    Replays return copies, identical to the uncaptured fixed-shape loop's trajectories.
     """
-    steps = env.max_steps
     device = env.device
     if compact is None:
         compact = device.type == "cpu"
     if isinstance(epsilon, torch.Tensor) and epsilon.dim() > 0 and compact:
         raise ValueError("gfn_fast.rollout.sample_trajectories: a per-row `epsilon` needs "
                          "compact=False")
-    states = torch.empty(steps + 1, n, env.ndim, dtype=torch.int64, device=device)
-    actions = torch.full((steps, n), env.exit_action, dtype=torch.int64, device=device)
-    log_pf = torch.zeros(steps, n, dtype=torch.float32, device=device)
-    lengths = torch.zeros(n, dtype=torch.int64, device=device)
-    states[0] = env.reset(n)
-    live = torch.arange(n, device=device)  # compacting loop: indices of unfinished rows
-    done = torch.zeros(n, dtype=torch.bool, device=device)  # fixed-shape loop
-    for t in range(steps):
-        rng = {"seed": seed, "offset": offset + t} if seed is not None else \
-            {"generator": generator}
-        if compact:
-            states[t + 1] = states[t]
-            if live.numel() == 0:
-                continue
-            current = states[t, live]
-            row_condition = conditioning[live] if conditioning is not None else None
-        else:
-            current = states[t]
-            row_condition = conditioning
-        logits, scale = _policy_outputs(policy, env.encode(current), row_condition)
-        action, log_pi = sample_actions(logits, env.forward_mask(current), scale=scale,
-                                        temperature=temperature, clip=clip, epsilon=epsilon,
-                                        backend=backend, **rng)
-        if compact:
-            actions[t, live] = action
-            log_pf[t, live] = log_pi.to(torch.float32)
-            lengths[live] += 1
-            states[t + 1, live] = env.step(current, action)
-            live = live[action != env.exit_action]
-        else:
-            action = torch.where(done, actions[t], action)
-            actions[t] = action
-            log_pf[t] = torch.where(done, log_pf[t], log_pi.to(torch.float32))
-            lengths += (~done).to(torch.int64)
-            states[t + 1] = env.step(current, action)
-            done |= action == env.exit_action
-    return Trajectories(states, actions, lengths, log_pf, states[steps], conditioning)
+    graphable = device.type == "cuda" and not compact and seed is not None
+    if cuda_graph and not graphable:
+        raise ValueError("gfn_fast.rollout.sample_trajectories: `cuda_graph=True` needs a CUDA "
+                         f"env, compact=False and an explicit `seed` (got device {device}, "
+                         f"compact={compact}, seed={seed})")
+    sampling = {"epsilon": epsilon, "temperature": temperature, "clip": clip,
+                "backend": backend}
+
+    def rng(t: int) -> dict:
+        if seed is not None:
+            return {"seed": seed, "offset": offset + t}
+        return {"generator": generator}
+
+    if graphable and cuda_graph is not False:
+        outputs = _graph_outputs(policy, env, n, seed, offset, conditioning, sampling, rng,
+                                 explicit=bool(cuda_graph))
+        if outputs is not None:
+            states, actions, log_pf, lengths = outputs
+            return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)
+    states, actions, log_pf = _buffers(env, n)
+    loop = _compacting_loop if compact else _fixed_shape_loop
+    loop(policy, env, states, actions, log_pf, conditioning, sampling, rng)
+    lengths = _lengths(actions, env.exit_action)
+    return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 import gfn_fast
-from gfn_fast import _png
+from gfn_fast import _png, rollout
 from gfn_fast.envs import HyperGrid, total_variation
 from gfn_fast.rollout import sample_trajectories
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+FIELDS = ("states", "actions", "lengths", "log_pf", "terminal")
 
 
 def uniform_policy_probs(env):
@@ -92,6 +95,71 @@ def test_rollout_terminal_distribution_matches_exact(compact):
                                compact=compact)
     empirical = torch.bincount(env.index(traj.terminal), minlength=env.n_states).double()
     assert total_variation(exact, empirical / 200_000) < 0.01
+
+
+def assert_same_trajectories(got, expected):
+    for name in FIELDS:
+        assert torch.equal(getattr(got, name), getattr(expected, name)), name
+
+
+def test_cuda_graph_needs_cuda_fixed_shape_and_seed():
+    env = HyperGrid(ndim=2, height=3)
+    net = mlp_policy(env)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        sample_trajectories(lambda f, _: net(f), env, 8, seed=0, compact=False, cuda_graph=True)
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("conditioned", [False, True])
+def test_cuda_graph_replay_matches_uncaptured_loop(conditioned):
+    env = HyperGrid(ndim=3, height=5, device="cuda")
+    net = mlp_policy(env).cuda()
+    policy = (lambda f, b: (net(f), b * 0.5)) if conditioned else (lambda f, _: net(f))
+    beta = torch.rand(300, device="cuda") + 1.0 if conditioned else None
+
+    def sample(cuda_graph, offset=3, conditioning=beta):
+        return sample_trajectories(policy, env, 300, conditioning=conditioning, seed=5,
+                                   offset=offset, epsilon=0.1, compact=False,
+                                   cuda_graph=cuda_graph)
+
+    rollout.clear_cuda_graphs()
+    plain = sample(False)
+    assert_same_trajectories(sample(True), plain)   # captured, then replayed
+    assert_same_trajectories(sample(True), plain)   # replayed from the cache
+    assert len(rollout._GRAPHS) == 1
+    # replays read the parameters where they are updated in place, and copy new conditioning in
+    with torch.no_grad():
+        net[0].weight.mul_(3.0)
+    new_beta = torch.rand(300, device="cuda") + 1.0 if conditioned else None
+    assert_same_trajectories(sample(True, conditioning=new_beta),
+                             sample(False, conditioning=new_beta))
+    assert len(rollout._GRAPHS) == 1
+    # another offset draws other actions: its own graph
+    assert_same_trajectories(sample(True, offset=4), sample(False, offset=4))
+    assert len(rollout._GRAPHS) == 2
+    rollout.clear_cuda_graphs()
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_graph_automatic_mode_captures_on_the_second_identical_call():
+    env = HyperGrid(ndim=2, height=6, device="cuda")
+    net = mlp_policy(env).cuda()
+
+    def policy(features, _):
+        return net(features)
+
+    rollout.clear_cuda_graphs()
+    first = sample_trajectories(policy, env, 512, seed=9)  # CUDA: fixed shape by default
+    assert not rollout._GRAPHS
+    second = sample_trajectories(policy, env, 512, seed=9)
+    assert len(rollout._GRAPHS) == 1
+    third = sample_trajectories(policy, env, 512, seed=9)
+    assert_same_trajectories(second, first)
+    assert_same_trajectories(third, first)
+    assert not torch.equal(sample_trajectories(policy, env, 512, seed=10).actions, first.actions)
+    rollout.clear_cuda_graphs()
 
 
 def test_png_writer_round_trip(tmp_path):

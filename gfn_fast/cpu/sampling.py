@@ -21,10 +21,14 @@ import numpy as np
 import torch
 
 from gfn_fast.cpu import _philox
-from gfn_fast.cpu._common import as_numpy
+from gfn_fast.cpu._common import as_numpy, single_thread_if
 
 _U64 = np.uint64
 _INF = math.inf
+# Below this many Philox blocks (~40 ns each, serial) a call runs on the calling thread: waking
+# Numba's pool costs tens of microseconds idle and milliseconds on a loaded machine, more than
+# the work (a HyperGrid rollout's late steps sample a few hundred rows of 5 actions).
+_PARALLEL_MIN_BLOCKS = 2048
 
 
 @numba.njit(inline="always", cache=True)
@@ -111,9 +115,11 @@ def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
                     u_idx, u_key, u_z = a, ubits, z
         lse = float(m) + math.log(total)
         lse_out[r] = lse
-        coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
         eps = float(epsilon[r])
-        explore = float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
+        explore = False
+        if eps > 0.0:  # the coin (in [0, 1)) never falls below eps <= 0: skip its Philox block
+            coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
+            explore = float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
         chosen, z_a = (u_idx, u_z) if explore else (g_idx, g_z)
         actions[r] = chosen if chosen >= 0 else 0
         lp = float(z_a) - lse
@@ -173,9 +179,16 @@ def _log_prob_backward_rows(grad, logits, actions, mask, has_mask, packed, scale
             grad_scale[r] = acc
 
 
+_CONSTANTS: dict = {}
+
+
 def _row_view(value: torch.Tensor | None, rows: int, dtype: torch.dtype, default: float):
     if value is None:
-        value = torch.full((), default, dtype=dtype)
+        # a stride-0 view of one cached element: the same Numba array type as an expanded tensor
+        key = (dtype, default)
+        if key not in _CONSTANTS:
+            _CONSTANTS[key] = torch.full((1,), default, dtype=dtype).numpy()
+        return np.lib.stride_tricks.as_strided(_CONSTANTS[key], (rows,), (0,))
     return value.detach().to(dtype).reshape(-1).expand(rows).numpy()
 
 
@@ -207,11 +220,14 @@ def sample_forward(logits, mask, packed, scale, inv_temperature, clip, epsilon, 
     lse = torch.empty(rows, dtype=dtype)
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
-    _sample_rows(as_numpy(logits, dtype), mask_np, has_mask, packed,
-                 _row_view(scale, rows, dtype, 1.0), _row_view(inv_temperature, rows, dtype, 1.0),
-                 lo, hi, _row_view(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(),
-                 log_pi.numpy(), log_mu.numpy(), want_log_mu, entropy.numpy(), want_entropy,
-                 lse.numpy())
+    # Philox blocks drawn: one per pair of actions and one coin, per row
+    with single_thread_if(rows * ((logits.shape[1] + 3) >> 1) < _PARALLEL_MIN_BLOCKS):
+        _sample_rows(as_numpy(logits, dtype), mask_np, has_mask, packed,
+                     _row_view(scale, rows, dtype, 1.0),
+                     _row_view(inv_temperature, rows, dtype, 1.0), lo, hi,
+                     _row_view(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(),
+                     log_pi.numpy(), log_mu.numpy(), want_log_mu, entropy.numpy(),
+                     want_entropy, lse.numpy())
     return actions, log_pi, log_mu, entropy, lse
 
 
