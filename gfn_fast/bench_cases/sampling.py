@@ -7,14 +7,30 @@ import gfn_fast
 from gfn_fast.benchmark import Case
 
 
-def torch_sampler(logits, mask, scale, epsilon, generator=None):
-    """What one writes without gfn_fast: masked_fill, softmax, mixture, multinomial, gather."""
+def _multinomial(mu, generator=None):
+    return torch.multinomial(mu, 1, generator=generator)[:, 0]
+
+
+def torch_sampler(logits, mask, scale, epsilon, generator=None, draw=_multinomial):
+    """What one writes without gfn_fast: masked_fill, softmax, mixture, a categorical draw
+    (`draw(mu, generator)` -> [N] int64; torch.multinomial by default), gather."""
     z = (logits * scale[:, None]).masked_fill(~mask, float("-inf"))
     log_pi_all = torch.log_softmax(z, dim=1)
     uniform = mask / mask.sum(dim=1, keepdim=True)
     mu = (1 - epsilon) * log_pi_all.exp() + epsilon * uniform
-    actions = torch.multinomial(mu, 1, generator=generator)
-    return actions[:, 0], log_pi_all.gather(1, actions)[:, 0]
+    actions = draw(mu, generator)
+    return actions, log_pi_all.gather(1, actions[:, None])[:, 0]
+
+
+def flashinfer_draw():
+    """FlashInfer's fused categorical sampler as the draw, where it is installed (CUDA only).
+    Its API takes no mask, logit scale or epsilon mixture, so those stay PyTorch ops around it,
+    as a user would write them."""
+    try:
+        from flashinfer.sampling import sampling_from_probs
+    except ImportError:
+        return None
+    return lambda mu, generator=None: sampling_from_probs(mu, generator=generator).long()
 
 
 def torch_log_prob(logits, mask, scale, actions):
@@ -75,6 +91,12 @@ def sampling_cases(device, quick):
 
         impls = {"eager": eager, "torch.compile": compiled}
         impls.update({f"gfn_fast[{b}]": ours(b) for b in _backends_for(device)})
+        draw = flashinfer_draw() if device.type == "cuda" else None
+        if draw is not None:
+            def flashinfer(s, draw=draw):
+                with torch.no_grad():
+                    return torch_sampler(s["logits"], s["mask"], s["scale"], 0.1, draw=draw)
+            impls["PyTorch + flashinfer.sampling"] = flashinfer
         # bytes: read logits (4 B) and the bool mask (1 B) once; write actions + log_pi
         cases.append(Case("sample_actions", f"N={rows} A={width} fp32 mask+scale+eps",
                           {"N": rows, "A": width, "dtype": "float32"},
