@@ -56,9 +56,7 @@ class Op:
         # Ops that write into their arguments always dispatch, so that the version counters
         # autograd uses to detect in-place changes of saved tensors are bumped.
         self._direct = not mutates_args
-        defaults = [p.default for p in inspect.signature(fn).parameters.values()]
-        self._n_params = len(defaults)
-        self._defaults = defaults
+        self._defaults = tuple(p.default for p in inspect.signature(fn).parameters.values())
         self._function = None
         REGISTRY[name] = self
 
@@ -83,8 +81,8 @@ class Op:
     def __call__(self, *args):
         if not (self._direct and _eager(args)):
             return self.op(*args)
-        if len(args) < self._n_params:  # the op fills defaults; setup_context expects them
-            args = args + tuple(self._defaults[len(args):])
+        if len(args) < len(self._defaults):  # the op fills defaults; setup_context needs them
+            args = args + self._defaults[len(args):]
         if self._function is not None:
             return self._function.apply(*args)
         with torch.no_grad():
