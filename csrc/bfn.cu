@@ -27,7 +27,6 @@ cudaStream_t as_stream(std::uintptr_t stream) { return reinterpret_cast<cudaStre
 
 GFN_FAST_BFN_LAUNCH(bfn_continuous_output, continuous_output_kernel, elementwise_blocks(p.batch * p.dims))
 GFN_FAST_BFN_LAUNCH(bfn_continuous_loss_forward, continuous_loss_forward_kernel, static_cast<unsigned int>(p.batch))
-GFN_FAST_BFN_LAUNCH(bfn_continuous_loss_backward, continuous_loss_backward_kernel, elementwise_blocks(p.batch * p.dims))
 GFN_FAST_BFN_LAUNCH(bfn_continuous_update, continuous_update_kernel, elementwise_blocks(p.batch * p.dims))
 GFN_FAST_BFN_LAUNCH(bfn_discretised_loss_forward, discretised_loss_forward_kernel, static_cast<unsigned int>(p.batch))
 GFN_FAST_BFN_LAUNCH(bfn_discretised_loss_backward, discretised_loss_backward_kernel, elementwise_blocks(p.batch * p.dims))

@@ -231,7 +231,6 @@ void bfn_call(const py::dict& a) {
 void register_bfn(py::module_& m) {
   m.def("bfn_continuous_output", &bfn_call<gfn_fast::bfn_continuous_output>);
   m.def("bfn_continuous_loss_forward", &bfn_call<gfn_fast::bfn_continuous_loss_forward>);
-  m.def("bfn_continuous_loss_backward", &bfn_call<gfn_fast::bfn_continuous_loss_backward>);
   m.def("bfn_continuous_update", &bfn_call<gfn_fast::bfn_continuous_update>);
   m.def("bfn_discretised_loss_forward", &bfn_call<gfn_fast::bfn_discretised_loss_forward>);
   m.def("bfn_discretised_loss_backward", &bfn_call<gfn_fast::bfn_discretised_loss_backward>);

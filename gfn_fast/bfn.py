@@ -182,40 +182,35 @@ def continuous_output(mu: torch.Tensor, eps_hat: torch.Tensor, t, sigma_1: float
 @_ops.custom_op("gfn_fast::bfn_continuous_loss_fwd", mutates_args=())
 def _continuous_loss_op(x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor,
                         t: torch.Tensor, sigma_1: float, n_steps: int, t_min: float,
-                        x_min: float, x_max: float, clamp: bool, backend: str) -> torch.Tensor:
-    return _impl(backend).continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min,
-                                                  x_min, x_max, clamp)
+                        x_min: float, x_max: float, clamp: bool, backend: str,
+                        want_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample loss [B], d loss_b / d eps_hat [B, D] when want_grad else an empty tensor).
+    The kernel that reads x, mu and eps_hat for the loss writes the per-unit gradient in the same
+    pass, so the backward is the chain rule's one multiply (no second kernel, no re-read)."""
+    loss, unit = _impl(backend).continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps,
+                                                        t_min, x_min, x_max, clamp, want_grad)
+    return loss, (unit if want_grad else loss.new_empty(0))
 
 
 @_continuous_loss_op.register_fake
-def _(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp, backend):
-    return t.new_empty(x.shape[0])
-
-
-@_ops.custom_op("gfn_fast::bfn_continuous_loss_bwd", mutates_args=())
-def _continuous_loss_bwd_op(grad: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
-                            eps_hat: torch.Tensor, t: torch.Tensor, sigma_1: float, n_steps: int,
-                            t_min: float, x_min: float, x_max: float, clamp: bool, backend: str
-                            ) -> torch.Tensor:
-    return _impl(backend).continuous_loss_backward(grad.contiguous(), x, mu, eps_hat, t,
-                                                   sigma_1, n_steps, t_min, x_min, x_max, clamp)
-
-
-@_continuous_loss_bwd_op.register_fake
-def _(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp, backend):
-    return torch.empty_like(eps_hat, memory_format=torch.contiguous_format)
+def _(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp, backend, want_grad=False):
+    return t.new_empty(x.shape[0]), t.new_empty(x.shape if want_grad else (0,))
 
 
 def _continuous_loss_setup(ctx, inputs, output):
-    x, mu, eps_hat, t = inputs[:4]
-    ctx.save_for_backward(x, mu, eps_hat, t)
-    ctx.config = inputs[4:]
+    ctx.save_for_backward(*inputs[:4], output[1])
+    ctx.config = inputs[4:11]
+    ctx.mark_non_differentiable(output[1])
 
 
-def _continuous_loss_backward(ctx, grad):
-    x, mu, eps_hat, t = ctx.saved_tensors
-    grad_eps = _continuous_loss_bwd_op(grad.to(t.dtype), x, mu, eps_hat, t, *ctx.config)
-    return (None, None, grad_eps) + (None,) * 8
+def _continuous_loss_backward(ctx, grad, _grad_unit):
+    x, mu, eps_hat, t, unit = ctx.saved_tensors
+    if not ctx.needs_input_grad[2]:
+        return (None,) * 12
+    if unit.numel() == 0:  # a direct call of the op with want_grad=False: one more pass
+        unit = _continuous_loss_op(x, mu, eps_hat, t, *ctx.config, True)[1]
+    grad_eps = (unit * grad.to(unit.dtype).unsqueeze(1)).to(eps_hat.dtype)
+    return (None, None, grad_eps) + (None,) * 9
 
 
 _continuous_loss_op.register_autograd(_continuous_loss_backward,
@@ -248,8 +243,10 @@ def continuous_loss(x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor, t,
     if name == "reference":
         return reference.continuous_loss(_flat(x), _flat(mu.detach()), _flat(eps_hat), t,
                                          sigma_1, steps, t_min, (x_min, x_max) if clamp else None)
-    return _continuous_loss_op(_flat(x.detach()), _flat(mu.detach()), _flat(eps_hat), t,
-                               sigma_1, steps, t_min, x_min, x_max, clamp, name)
+    want_grad = eps_hat.requires_grad and torch.is_grad_enabled()
+    loss, _ = _continuous_loss_op(_flat(x.detach()), _flat(mu.detach()), _flat(eps_hat), t,
+                                  sigma_1, steps, t_min, x_min, x_max, clamp, name, want_grad)
+    return loss
 
 
 # ---------------------------------------------------------------------------- continuous update

@@ -47,12 +47,15 @@ def _continuous_output_kernel(mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements, dims,
 
 
 @triton.jit
-def _continuous_loss_fwd_kernel(x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, dims, log_s, w_scale,
-                                t_min, x_min, x_max, CLAMP: tl.constexpr, ACC: tl.constexpr,
-                                BLOCK: tl.constexpr):
+def _continuous_loss_fwd_kernel(x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, unit_ptr, dims, log_s,
+                                w_scale, t_min, x_min, x_max, CLAMP: tl.constexpr,
+                                UNIT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """out[b] = loss_b; with UNIT also unit[b, d] = d loss_b / d eps_hat[b, d] (zero where x_hat
+    is clamped away), so the backward is one multiply by the upstream gradient."""
     b = tl.program_id(0).to(tl.int64)
     t = tl.load(t_ptr + b).to(ACC)
     a, c = _output_coefficients(t, log_s, t_min)
+    weight = w_scale * tl.exp(-2.0 * t * log_s)
     total = tl.zeros([BLOCK], dtype=ACC)
     row = b * dims
     for d0 in range(0, dims, BLOCK):
@@ -60,31 +63,17 @@ def _continuous_loss_fwd_kernel(x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, dims, lo
         mask = d < dims
         x_hat = a * tl.load(mu_ptr + row + d, mask=mask, other=0.0).to(ACC) \
             - c * tl.load(eps_ptr + row + d, mask=mask, other=0.0).to(ACC)
+        outside = (x_hat < x_min) | (x_hat > x_max)
         if CLAMP:
             x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
         diff = tl.load(x_ptr + row + d, mask=mask, other=0.0).to(ACC) - x_hat
         total += tl.where(mask, diff * diff, 0.0)
-    weight = w_scale * tl.exp(-2.0 * t * log_s)
+        if UNIT:
+            unit = 2.0 * c * weight * diff
+            if CLAMP:
+                unit = tl.where(outside, 0.0, unit)
+            tl.store(unit_ptr + row + d, unit, mask=mask)
     tl.store(out_ptr + b, weight * tl.sum(total, axis=0))
-
-
-@triton.jit
-def _continuous_loss_bwd_kernel(grad_ptr, x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements,
-                                dims, log_s, w_scale, t_min, x_min, x_max, CLAMP: tl.constexpr,
-                                ACC: tl.constexpr, BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = idx < n_elements
-    b = idx // dims
-    t = tl.load(t_ptr + b, mask=mask, other=1.0).to(ACC)
-    a, c = _output_coefficients(t, log_s, t_min)
-    x_hat = a * tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC) \
-        - c * tl.load(eps_ptr + idx, mask=mask, other=0.0).to(ACC)
-    scale = -2.0 * c * tl.load(grad_ptr + b, mask=mask, other=0.0).to(ACC) \
-        * w_scale * tl.exp(-2.0 * t * log_s)
-    g = scale * (x_hat - tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC))
-    if CLAMP:
-        g = tl.where((x_hat < x_min) | (x_hat > x_max), 0.0, g)
-    tl.store(out_ptr + idx, g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -503,25 +492,16 @@ def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
     return out
 
 
-def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp):
+def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp,
+                            want_unit):
     acc = _acc(x, mu, eps_hat)
     out = torch.empty(x.shape[0], dtype=acc, device=x.device)
+    unit = torch.empty(x.shape if want_unit else (1, 1), dtype=acc, device=x.device)
     _continuous_loss_fwd_kernel[(x.shape[0],)](
-        x, mu, eps_hat, t, out, x.shape[1], math.log(sigma_1), loss_weight_scale(sigma_1, n_steps),
-        t_min, x_min, x_max, CLAMP=clamp, ACC=accumulator(acc), BLOCK=_block(x.shape[1]))
-    return out
-
-
-def continuous_loss_backward(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max,
-                             clamp):
-    out = torch.empty_like(eps_hat)
-    n = x.numel()
-    block = _block(n)
-    _continuous_loss_bwd_kernel[(triton.cdiv(n, block),)](
-        grad, x, mu, eps_hat, t, out, n, x.shape[1], math.log(sigma_1),
+        x, mu, eps_hat, t, out, unit, x.shape[1], math.log(sigma_1),
         loss_weight_scale(sigma_1, n_steps), t_min, x_min, x_max, CLAMP=clamp,
-        ACC=accumulator(_acc(x, mu, eps_hat)), BLOCK=block)
-    return out
+        UNIT=bool(want_unit), ACC=accumulator(acc), BLOCK=_block(x.shape[1]))
+    return out, (unit if want_unit else None)
 
 
 def continuous_update(mu, rho, y, alpha):

@@ -65,6 +65,31 @@ def test_continuous_loss_and_output(backend, device, dtype, rtol, gtol, n_steps,
           "x_hat")
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("x_range", [None, (-1.0, 1.0)])
+def test_continuous_loss_op_without_saved_gradient(backend, device, x_range):
+    """The loss op writes d loss / d eps_hat in its forward only when asked (want_grad, set by
+    `continuous_loss` when eps_hat needs a gradient). Called directly without it, as opcheck or
+    another caller may, the backward recomputes it: same gradient either way, and the same as
+    the public function's."""
+    x, mu, eps_hat, t = _continuous(4, 33, torch.float64, device)
+    clamp = x_range is not None
+    config = (0.05, 0, 1e-6, *(x_range or (0.0, 0.0)), clamp, backend)
+    grads = []
+    for want_grad in (False, True):
+        e = eps_hat.clone().requires_grad_(True)
+        loss, unit = bfn._continuous_loss_op(x, mu, e, t, *config, want_grad)
+        assert unit.shape == ((4, 33) if want_grad else (0,))
+        grads.append(torch.autograd.grad((loss * torch.arange(1.0, 5.0, dtype=F64,
+                                                              device=device)).sum(), [e])[0])
+    e = eps_hat.clone().requires_grad_(True)
+    public = bfn.continuous_loss(x, mu, e, t, 0.05, x_range=x_range, backend="reference")
+    (expected,) = torch.autograd.grad((public * torch.arange(1.0, 5.0, dtype=F64,
+                                                             device=device)).sum(), [e])
+    close(grads[0], expected, 1e-12, "grad, recomputed in the backward")
+    close(grads[1], expected, 1e-12, "grad, saved by the forward")
+
+
 @pytest.mark.parametrize("dtype,rtol,gtol", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("n_bins", [2, 16, 256])
@@ -517,15 +542,12 @@ def _triton_cases():
                           dict(mu_ptr=fp, eps_ptr=fp, t_ptr=accp, out_ptr=fp, n_elements=i,
                                dims=i, log_s=scalar, t_min=scalar, x_min=scalar, x_max=scalar),
                           dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
-            cases.append(("_continuous_loss_fwd_kernel",
-                          dict(x_ptr=fp, mu_ptr=fp, eps_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
-                               log_s=scalar, w_scale=scalar, t_min=scalar, x_min=scalar,
-                               x_max=scalar), dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
-            cases.append(("_continuous_loss_bwd_kernel",
-                          dict(grad_ptr=accp, x_ptr=fp, mu_ptr=fp, eps_ptr=fp, t_ptr=accp,
-                               out_ptr=fp, n_elements=i, dims=i, log_s=scalar, w_scale=scalar,
-                               t_min=scalar, x_min=scalar, x_max=scalar),
-                          dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
+            for unit in (False, True):
+                cases.append(("_continuous_loss_fwd_kernel",
+                              dict(x_ptr=fp, mu_ptr=fp, eps_ptr=fp, t_ptr=accp, out_ptr=accp,
+                                   unit_ptr=accp, dims=i, log_s=scalar, w_scale=scalar,
+                                   t_min=scalar, x_min=scalar, x_max=scalar),
+                              dict(CLAMP=clamp, UNIT=unit, ACC=acc, BLOCK=1024)))
             cases.append(("_continuous_step_kernel",
                           dict(mu_ptr=fp, rho_ptr=accp, eps_hat_ptr=fp, n_elements=i, dims=i,
                                a=scalar, c=scalar, inv_sqrt_alpha=scalar, alpha=scalar,

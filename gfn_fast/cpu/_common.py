@@ -1,7 +1,7 @@
 """Helpers shared by the Numba kernels: loss functions and tensor <-> NumPy views."""
 
-import contextlib
 import math
+import types
 
 import numba
 import numpy as np
@@ -66,16 +66,28 @@ def per_row(tensor: torch.Tensor | None, batch: int, dtype: torch.dtype) -> np.n
     return tensor.detach().to(dtype).reshape(-1).expand(batch).numpy()
 
 
-@contextlib.contextmanager
-def single_thread_if(small: bool):
-    """Run the enclosed Numba calls on the calling thread when `small`: waking the worker pool
-    costs tens of microseconds idle (milliseconds on a loaded machine), more than small calls."""
-    threads = numba.get_num_threads()
-    if not small or threads == 1:
-        yield
-        return
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
+_SERIAL_TWINS: dict = {}
+
+
+def serial_if(kernel, small: bool):
+    """`kernel` (a parallel=True Numba function), or when `small` its twin compiled without
+    parallel=True, whose prange loops run on the calling thread. Waking the worker pool costs tens
+    of microseconds idle (milliseconds on a loaded machine), more than small calls take; the twin
+    avoids that without numba.set_num_threads, whose save-and-restore cost ~3 us per call.
+
+    The twin is a copy of the Python function under its own name: Numba's on-disk cache indexes
+    compiled code by the function's qualified name and bytecode, not by its compile flags, so a
+    twin of the same name would load the parallel build (or overwrite it)."""
+    if not small:
+        return kernel
+    twin = _SERIAL_TWINS.get(kernel)
+    if twin is None:
+        fn = kernel.py_func
+        copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                  fn.__defaults__, fn.__closure__)
+        copy.__qualname__ = fn.__qualname__ + "_serial"
+        copy.__module__ = fn.__module__
+        options = {key: value for key, value in kernel.targetoptions.items()
+                   if key not in ("parallel", "nopython")}
+        twin = _SERIAL_TWINS[kernel] = numba.njit(cache=True, **options)(copy)
+    return twin

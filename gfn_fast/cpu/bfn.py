@@ -14,7 +14,7 @@ import torch
 
 from gfn_fast.cpu import _philox as px
 from gfn_fast.cpu import _vmath as vm
-from gfn_fast.cpu._common import as_numpy, single_thread_if
+from gfn_fast.cpu._common import as_numpy, serial_if
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
 # The loops over logits and noise vectorise only without calls and exceptions in their bodies:
@@ -59,33 +59,27 @@ def _continuous_output(mu, eps_hat, t, log_s, t_min, x_min, x_max, clamp, out):
 
 @numba.njit(**_KERNEL)
 def _continuous_loss_forward(x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_max, clamp,
-                             out):
+                             want_unit, out, unit):
+    """out[b] = loss_b; when want_unit, also unit[b, d] = d loss_b / d eps_hat[b, d] (the
+    backward is then one multiply by the upstream gradient, with no second pass over x, mu and
+    eps_hat). A clamped-away x_hat has no gradient."""
     batch, dims = x.shape
     for b in numba.prange(batch):
         a, c = _output_coefficients(t[b], log_s, t_min)
+        weight = _loss_weight(t[b], log_s, n_steps)
+        unit_scale = 2.0 * c * weight
         total = 0.0
         for d in range(dims):
             x_hat = a * mu[b, d] - c * eps_hat[b, d]
+            inside = True
             if clamp:
+                inside = not (x_hat < x_min or x_hat > x_max)  # NaN keeps its gradient
                 x_hat = min(max(x_hat, x_min), x_max)
             diff = x[b, d] - x_hat
             total += diff * diff
-        out[b] = _loss_weight(t[b], log_s, n_steps) * total
-
-
-@numba.njit(**_KERNEL)
-def _continuous_loss_backward(grad, x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_max,
-                              clamp, grad_eps_hat):
-    batch, dims = x.shape
-    for b in numba.prange(batch):
-        a, c = _output_coefficients(t[b], log_s, t_min)
-        scale = -2.0 * c * grad[b] * _loss_weight(t[b], log_s, n_steps)
-        for d in range(dims):
-            x_hat = a * mu[b, d] - c * eps_hat[b, d]
-            g = scale * (x_hat - x[b, d])
-            if clamp and (x_hat < x_min or x_hat > x_max):
-                g = 0.0
-            grad_eps_hat[b, d] = g
+            if want_unit:
+                unit[b, d] = unit_scale * diff if inside else 0.0
+        out[b] = weight * total
 
 
 @numba.njit(**_KERNEL)
@@ -283,13 +277,12 @@ def _np(tensor: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
 # is estimated below _SERIAL_BELOW_NS run on the calling thread alone. Per-element costs are
 # single-thread measurements at the benchmark shapes (float32): the CIFAR-shape continuous
 # loss (~25 us) runs serial, the flow (98K normals, ~90 us) in parallel.
-_SERIAL_BELOW_NS = 50_000
+_SERIAL_BELOW_NS = 20_000
 _NS_CHEAP, _NS_LOGIT, _NS_NOISE = 0.25, 1.0, 1.0
 
 
 def _run(kernel, work_ns: float, *args) -> None:
-    with single_thread_if(work_ns < _SERIAL_BELOW_NS):
-        kernel(*args)
+    serial_if(kernel, work_ns < _SERIAL_BELOW_NS)(*args)
 
 
 def _acc(*tensors) -> torch.dtype:
@@ -311,25 +304,17 @@ def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
     return out.to(mu.dtype)
 
 
-def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp):
-    """Per-sample loss [B] in the compute dtype."""
+def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp,
+                            want_unit):
+    """(per-sample loss [B], d loss_b / d eps_hat [B, D] or None), both in the compute dtype."""
     acc = _acc(x, mu, eps_hat)
     out = torch.empty(x.shape[0], dtype=acc)
-    _run(_continuous_loss_forward, _NS_CHEAP * x.numel(), _np(x, acc), _np(mu, acc),
-         _np(eps_hat, acc), _np(t, acc), math.log(sigma_1), int(n_steps), _like(t_min, acc),
-         float(x_min), float(x_max), bool(clamp), out.numpy())
-    return out
-
-
-def continuous_loss_backward(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max,
-                             clamp):
-    """d loss / d eps_hat [B, D] in eps_hat's dtype; grad is [B] in the compute dtype."""
-    acc = _acc(x, mu, eps_hat)
-    out = torch.empty(eps_hat.shape, dtype=acc)
-    _run(_continuous_loss_backward, _NS_CHEAP * x.numel(), _np(grad, acc), _np(x, acc),
+    unit = torch.empty(x.shape if want_unit else (1, 1), dtype=acc)
+    _run(_continuous_loss_forward, (2 if want_unit else 1) * _NS_CHEAP * x.numel(), _np(x, acc),
          _np(mu, acc), _np(eps_hat, acc), _np(t, acc), math.log(sigma_1), int(n_steps),
-         _like(t_min, acc), float(x_min), float(x_max), bool(clamp), out.numpy())
-    return out.to(eps_hat.dtype)
+         _like(t_min, acc), float(x_min), float(x_max), bool(clamp), bool(want_unit),
+         out.numpy(), unit.numpy())
+    return out, (unit if want_unit else None)
 
 
 def continuous_update(mu, rho, y, alpha):

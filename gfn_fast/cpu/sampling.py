@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gfn_fast.cpu import _philox
-from gfn_fast.cpu._common import as_numpy, single_thread_if
+from gfn_fast.cpu._common import as_numpy, serial_if
 
 _U64 = np.uint64
 _INF = math.inf
@@ -221,13 +221,12 @@ def sample_forward(logits, mask, packed, scale, inv_temperature, clip, epsilon, 
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
     # Philox blocks drawn: one per pair of actions and one coin, per row
-    with single_thread_if(rows * ((logits.shape[1] + 3) >> 1) < _PARALLEL_MIN_BLOCKS):
-        _sample_rows(as_numpy(logits, dtype), mask_np, has_mask, packed,
-                     _row_view(scale, rows, dtype, 1.0),
-                     _row_view(inv_temperature, rows, dtype, 1.0), lo, hi,
-                     _row_view(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(),
-                     log_pi.numpy(), log_mu.numpy(), want_log_mu, entropy.numpy(),
-                     want_entropy, lse.numpy())
+    small = rows * ((logits.shape[1] + 3) >> 1) < _PARALLEL_MIN_BLOCKS
+    serial_if(_sample_rows, small)(
+        as_numpy(logits, dtype), mask_np, has_mask, packed, _row_view(scale, rows, dtype, 1.0),
+        _row_view(inv_temperature, rows, dtype, 1.0), lo, hi,
+        _row_view(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(), log_pi.numpy(),
+        log_mu.numpy(), want_log_mu, entropy.numpy(), want_entropy, lse.numpy())
     return actions, log_pi, log_mu, entropy, lse
 
 

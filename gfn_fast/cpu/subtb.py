@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import as_numpy, per_row, rho, rho_grad, single_thread_if
+from gfn_fast.cpu._common import as_numpy, per_row, rho, rho_grad, serial_if
 from gfn_fast.cpu.balance import _as_2d, _beta, _extent
 
 SQUARED, HALF_SQUARED = 0, 1
@@ -28,8 +28,8 @@ SQUARED, HALF_SQUARED = 0, 1
 _PARALLEL_MIN_WORK = 1 << 16
 
 
-def _threads_for(work: int):
-    return single_thread_if(work < _PARALLEL_MIN_WORK)
+def _threads_for(kernel, work: int):
+    return serial_if(kernel, work < _PARALLEL_MIN_WORK)
 
 
 @numba.njit(inline="always", cache=True)
@@ -297,10 +297,10 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
     rows = torch.empty(batch, dtype=dtype)
     steps_out = torch.empty(log_pf.shape if per_step else (1,), dtype=dtype)
     step_view = _as_2d(steps_out, packed).numpy() if per_step else np.zeros((1, 1), pf.dtype)
-    with _threads_for(log_pf.numel()):
-        _db_forward(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
-                    lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
-                    float(clip_min), loss_id, float(loss_param), per_step, step_view, rows.numpy())
+    kernel = _threads_for(_db_forward, log_pf.numel())
+    kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
+           lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
+           float(clip_min), loss_id, float(loss_param), per_step, step_view, rows.numpy())
     return rows, (steps_out if per_step else None)
 
 
@@ -315,14 +315,14 @@ def db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths,
     grads = _grad_buffers(log_pf, log_pb is not None, dtype, batch, need_log_reward, need_beta)
     grad_pf, grad_pb, grad_flow, grad_log_reward, grad_beta = grads
     gpf = _as_2d(grad_pf, packed).numpy()
-    with _threads_for(log_pf.numel()):
-        _db_backward(as_numpy(_as_2d(grad_steps.to(dtype), packed), dtype), pf, pb,
-                     log_pb is not None, flow, sr, log_state_reward is not None, lengths.numpy(),
-                     packed, log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min),
-                     loss_id, float(loss_param), gpf,
-                     _as_2d(grad_pb, packed).numpy() if grad_pb is not None else gpf,
-                     _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(), need_log_reward,
-                     grad_beta.numpy(), need_beta)
+    kernel = _threads_for(_db_backward, log_pf.numel())
+    kernel(as_numpy(_as_2d(grad_steps.to(dtype), packed), dtype), pf, pb,
+           log_pb is not None, flow, sr, log_state_reward is not None, lengths.numpy(),
+           packed, log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min),
+           loss_id, float(loss_param), gpf,
+           _as_2d(grad_pb, packed).numpy() if grad_pb is not None else gpf,
+           _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(), need_log_reward,
+           grad_beta.numpy(), need_beta)
     grad_pf, grad_pb, grad_flow = _narrow(log_pf, grad_pf, grad_pb, grad_flow)
     return (grad_pf, grad_pb, grad_flow, grad_log_reward if need_log_reward else None,
             grad_beta if need_beta else None)
@@ -337,12 +337,12 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
     rows = torch.empty(batch, dtype=dtype)
     a = torch.zeros(a_size, dtype=dtype)  # slots past n_b stay 0 (a deterministic output)
     table_np = table.numpy() if table is not None else np.ones(1, rows.numpy().dtype)
-    with _threads_for(_subtb_work(log_pf, running)):
-        _subtb_forward(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
-                       lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
-                       float(clip_min), loss_id, float(loss_param), float(lam),
-                       per_row(row_weight, batch, dtype), table_np, table is not None, running,
-                       a.numpy(), rows.numpy())
+    kernel = _threads_for(_subtb_forward, _subtb_work(log_pf, running))
+    kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
+           lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
+           float(clip_min), loss_id, float(loss_param), float(lam),
+           per_row(row_weight, batch, dtype), table_np, table is not None, running,
+           a.numpy(), rows.numpy())
     return rows, a
 
 
@@ -358,14 +358,14 @@ def subtb_backward(grad_loss, a, lengths, packed, log_pf, has_pb, log_reward, be
     gpf = _as_2d(grad_pf, packed).numpy()
     g = torch.empty_like(a)
     table_np = table.numpy() if table is not None else np.ones(1, a.numpy().dtype)
-    with _threads_for(_subtb_work(log_pf, running)):
-        _subtb_backward(per_row(grad_loss, 1, dtype), a.numpy(), g.numpy(), lengths.numpy(),
-                        packed, steps, per_row(row_weight, batch, dtype), table_np,
-                        table is not None, float(lam), running, loss_id, float(loss_param),
-                        log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min), gpf,
-                        _as_2d(grad_pb, packed).numpy() if has_pb else gpf, has_pb,
-                        _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(),
-                        need_log_reward, grad_beta.numpy(), need_beta)
+    kernel = _threads_for(_subtb_backward, _subtb_work(log_pf, running))
+    kernel(per_row(grad_loss, 1, dtype), a.numpy(), g.numpy(), lengths.numpy(),
+           packed, steps, per_row(row_weight, batch, dtype), table_np,
+           table is not None, float(lam), running, loss_id, float(loss_param),
+           log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min), gpf,
+           _as_2d(grad_pb, packed).numpy() if has_pb else gpf, has_pb,
+           _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(),
+           need_log_reward, grad_beta.numpy(), need_beta)
     grad_pf, grad_pb, grad_flow = _narrow(log_pf, grad_pf, grad_pb, grad_flow)
     return (grad_pf, grad_pb, grad_flow, grad_log_reward if need_log_reward else None,
             grad_beta if need_beta else None)

@@ -46,28 +46,17 @@ def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
     return out.to(mu.dtype)
 
 
-def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp):
+def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp,
+                            want_unit):
     x_c, mu_c, eps_c = _common(x, mu, eps_hat)
     acc = _acc(x_c.dtype)
     out = torch.empty(x.shape[0], dtype=acc, device=x.device)
+    unit = torch.empty(x.shape, dtype=acc, device=x.device) if want_unit else None
     _call("bfn_continuous_loss_forward", x_c, x=(x_c), mu=(mu_c), eps=(eps_c),
-          t=(t.to(acc).contiguous()), out=(out), batch=x.shape[0], dims=x.shape[1],
+          t=(t.to(acc).contiguous()), out=(out), out2=unit, batch=x.shape[0], dims=x.shape[1],
           log_sigma_1=math.log(sigma_1), weight_scale=_weight_scale(sigma_1, n_steps),
           t_min=float(t_min), x_min=float(x_min), x_max=float(x_max), clamp=bool(clamp))
-    return out
-
-
-def continuous_loss_backward(grad, x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max,
-                             clamp):
-    x_c, mu_c, eps_c = _common(x, mu, eps_hat)
-    acc = _acc(x_c.dtype)
-    out = torch.empty_like(eps_c)
-    _call("bfn_continuous_loss_backward", x_c, x=(x_c), mu=(mu_c), eps=(eps_c),
-          t=(t.to(acc).contiguous()), grad=(grad.to(acc).contiguous()), out=(out),
-          batch=x.shape[0], dims=x.shape[1], log_sigma_1=math.log(sigma_1),
-          weight_scale=_weight_scale(sigma_1, n_steps), t_min=float(t_min), x_min=float(x_min),
-          x_max=float(x_max), clamp=bool(clamp))
-    return out.to(eps_hat.dtype)
+    return out, unit
 
 
 def continuous_update(mu, rho, y, alpha):

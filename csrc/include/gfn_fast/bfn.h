@@ -19,7 +19,8 @@ struct BfnArgs {
   const int64_t* index = nullptr;   // [B, D] class indices (discrete)
   const void* logits = nullptr;     // [B, D, K] network logits or log theta (discrete)
   void* out = nullptr;              // result: [B] loss (acc_t) or an array like the data
-  void* out2 = nullptr;             // second result (discretised backward: d/d log_sigma_x)
+  void* out2 = nullptr;             // second result (discretised backward: d/d log_sigma_x;
+                                    // continuous loss forward: d loss / d eps_hat, optional)
   int64_t batch = 0, dims = 0, classes = 0, bins = 0;
   int64_t stride_rho_b = 0, stride_rho_d = 0;
   double log_sigma_1 = 0, weight_scale = 0, t_min = 0, x_min = 0, x_max = 0, beta_1 = 0;
@@ -37,7 +38,6 @@ struct BfnArgs {
 // acc_t is float64 for float64 data, else float32. Throw std::runtime_error on a launch failure.
 void bfn_continuous_output(const BfnArgs& p, int dtype, std::uintptr_t stream);
 void bfn_continuous_loss_forward(const BfnArgs& p, int dtype, std::uintptr_t stream);
-void bfn_continuous_loss_backward(const BfnArgs& p, int dtype, std::uintptr_t stream);
 void bfn_continuous_update(const BfnArgs& p, int dtype, std::uintptr_t stream);
 void bfn_discretised_loss_forward(const BfnArgs& p, int dtype, std::uintptr_t stream);
 void bfn_discretised_loss_backward(const BfnArgs& p, int dtype, std::uintptr_t stream);
