@@ -459,12 +459,15 @@ def per_sample(op: str, arg: str, value, batch: int, like: torch.Tensor, dtype: 
         return torch.full((batch,), value, dtype=dtype, device=like.device)
     require_tensor(op, arg, value, floating=True)
     same_device(op, "the data", like, **{arg: value})
-    if value.numel() == 1 and value.dim() <= 1:
-        value = value.reshape(()).expand(batch)
-    elif value.dim() == 0 or value.shape[0] != batch or value.numel() != batch:
-        fail(op, arg, f"must be a scalar, [B] or [B, 1, ...] with B = {batch}, got "
-             f"{_shape(value)}")
-    value = value.reshape(batch).to(dtype).contiguous()
+    # A contiguous [B] tensor of the compute dtype is already what the kernels take.
+    if not (value.dim() == 1 and value.shape[0] == batch and value.dtype == dtype
+            and value.is_contiguous()):
+        if value.numel() == 1 and value.dim() <= 1:
+            value = value.reshape(()).expand(batch)
+        elif value.dim() == 0 or value.shape[0] != batch or value.numel() != batch:
+            fail(op, arg, f"must be a scalar, [B] or [B, 1, ...] with B = {batch}, got "
+                 f"{_shape(value)}")
+        value = value.reshape(batch).to(dtype).contiguous()
     if value_checks_enabled():
         if low is not None:
             bad = (value < low) | (value > high) | torch.isnan(value)

@@ -90,7 +90,10 @@ def discrete_alpha(i, n_steps: int, beta_1: float):
 # ---------------------------------------------------------------------------- shared validation
 
 def _flat(tensor: torch.Tensor) -> torch.Tensor:
-    """[B, ...] -> contiguous [B, D]."""
+    """[B, ...] -> contiguous [B, D]. A contiguous [B, D] tensor is returned as it is: reshaping
+    it would still add a view (and, for an input needing a gradient, an autograd node)."""
+    if tensor.dim() == 2 and tensor.is_contiguous():
+        return tensor
     return tensor.reshape(tensor.shape[0], -1).contiguous()
 
 
@@ -104,11 +107,14 @@ def _batched(op: str, arg: str, tensor, *, floating: bool = True) -> torch.Tenso
 def _continuous_inputs(op: str, first: str, tensors: dict) -> list[torch.Tensor]:
     """Same-shape, same-device floating [B, ...] tensors."""
     lead = _batched(op, first, tensors[first])
+    shape, device = lead.shape, lead.device
     for name, value in tensors.items():
-        if name != first:
-            _batched(op, name, value)
-            _checks.same_shape(op, first, lead, **{name: value})
-            _checks.same_device(op, first, lead, **{name: value})
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                value.shape == shape and value.device == device:
+            continue  # the checks below would all pass (the lead is [B, ...] with B >= 1)
+        _batched(op, name, value)
+        _checks.same_shape(op, first, lead, **{name: value})
+        _checks.same_device(op, first, lead, **{name: value})
     return list(tensors.values())
 
 
