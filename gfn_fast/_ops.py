@@ -85,8 +85,13 @@ class Op:
             args = args + self._defaults[len(args):]
         if self._function is not None:
             return self._function.apply(*args)
-        with torch.no_grad():
+        # torch.no_grad() as a context manager costs ~1 us here; the flag itself ~0.1 us
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
             return self._fn(*args)
+        finally:
+            torch._C._set_grad_enabled(enabled)
 
 
 def custom_op(name: str, *, mutates_args=()) -> Callable[[Callable], Op]:

@@ -204,18 +204,23 @@ def _(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x_max, clamp, backend, 
 
 
 def _continuous_loss_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4], output[1])
+    # The inputs are kept only for a direct call of the op without want_grad (opcheck does
+    # that): its backward recomputes the per-unit gradient in one more pass.
+    ctx.recompute = output[1].numel() == 0
+    ctx.save_for_backward(*(inputs[:4] if ctx.recompute else output[1:]))
     ctx.config = inputs[4:11]
+    ctx.eps_dtype = inputs[2].dtype
     ctx.mark_non_differentiable(output[1])
 
 
 def _continuous_loss_backward(ctx, grad, _grad_unit):
-    x, mu, eps_hat, t, unit = ctx.saved_tensors
     if not ctx.needs_input_grad[2]:
         return (None,) * 12
-    if unit.numel() == 0:  # a direct call of the op with want_grad=False: one more pass
-        unit = _continuous_loss_op(x, mu, eps_hat, t, *ctx.config, True)[1]
-    grad_eps = (unit * grad.to(unit.dtype).unsqueeze(1)).to(eps_hat.dtype)
+    if ctx.recompute:
+        unit = _continuous_loss_op(*ctx.saved_tensors, *ctx.config, True)[1]
+    else:
+        unit, = ctx.saved_tensors
+    grad_eps = (unit * grad.to(unit.dtype).unsqueeze(1)).to(ctx.eps_dtype)
     return (None, None, grad_eps) + (None,) * 9
 
 

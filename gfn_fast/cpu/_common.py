@@ -56,7 +56,7 @@ def as_numpy(tensor: torch.Tensor, compute: torch.dtype) -> np.ndarray:
     """A NumPy view of a CPU tensor (same strides); half types are widened to `compute`."""
     if tensor.dtype not in _NUMBA_FLOATS and tensor.is_floating_point():
         tensor = tensor.to(compute)
-    return tensor.detach().numpy()
+    return (tensor.detach() if tensor.requires_grad else tensor).numpy()
 
 
 def per_row(tensor: torch.Tensor | None, batch: int, dtype: torch.dtype) -> np.ndarray:
