@@ -82,8 +82,9 @@ def cifar_cases(device, quick):
 
     impls = {"eager": eager}
     impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
-    # flow: read x, write mu; loss fwd: read x, mu, eps_hat; bwd: read them again, write grad
-    moved = batch * dims * 4 * 9
+    # flow: read x, write mu; loss fwd: read x, mu, eps_hat, write d loss / d eps_hat;
+    # bwd: read that, write the gradient
+    moved = batch * dims * 4 * 8
     return [harness.Case("bfn_continuous_flow+loss", f"CIFAR-10 B={batch} D={dims} fwd+bwd", p,
                          moved, setup, impls)]
 
