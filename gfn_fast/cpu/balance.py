@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import as_numpy, per_row, rho, rho_grad
+from gfn_fast.cpu._common import as_numpy, ones_row, per_row, rho, rho_grad, serial_if
 
 
 @numba.njit(inline="always", cache=True)
@@ -119,12 +119,22 @@ def _broadcast_rows(grad_row, lengths, packed, grad_pf, grad_pb, has_pb):
                 out_pb[t] = -value if t < n else zero
 
 
+# Below this many log-prob entries the kernels run on the calling thread: a parallel region
+# costs ~2.5 us more than the serial loop even with the pool awake, and B*T = 2^15 float32
+# entries are summed in ~5 us on one core.
+_PARALLEL_MIN_ENTRIES = 1 << 15
+
+
+def _small(log_pf: torch.Tensor) -> bool:
+    return log_pf.numel() < _PARALLEL_MIN_ENTRIES
+
+
 def _as_2d(tensor: torch.Tensor, packed: bool) -> torch.Tensor:
     return tensor.unsqueeze(0) if packed else tensor
 
 
 def _beta(beta, batch, dtype) -> np.ndarray:
-    return per_row(beta if beta is not None else torch.ones((), dtype=dtype), batch, dtype)
+    return per_row(beta, batch, dtype) if beta is not None else ones_row(batch, dtype)
 
 
 def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_min, loss_id,
@@ -137,10 +147,10 @@ def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_
     loss = torch.empty(batch if apply_loss else 1, dtype=dtype)
     pf = as_numpy(_as_2d(log_pf, packed), dtype)
     pb = as_numpy(_as_2d(log_pb, packed), dtype) if log_pb is not None else pf
-    _rows_forward(pf, pb, log_pb is not None, lengths.numpy(), packed, log_reward.numpy(),
-                  per_row(log_z, batch, dtype), log_z is not None, _beta(beta, batch, dtype),
-                  float(clip_min), loss_id, float(loss_param), apply_loss, d.numpy(),
-                  loss.numpy())
+    kernel = serial_if(_rows_forward, _small(log_pf))
+    kernel(pf, pb, log_pb is not None, lengths.numpy(), packed, log_reward.numpy(),
+           per_row(log_z, batch, dtype), log_z is not None, _beta(beta, batch, dtype),
+           float(clip_min), loss_id, float(loss_param), apply_loss, d.numpy(), loss.numpy())
     return d, (loss if apply_loss else None)
 
 
@@ -158,13 +168,15 @@ def rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, leng
     grad_row = torch.empty(batch, dtype=dtype)
     grad_log_reward = torch.empty(batch if need_log_reward else 1, dtype=dtype)
     grad_beta = torch.empty(batch if need_beta else 1, dtype=dtype)
-    _row_gradients(per_row(grad_rows, batch, dtype), d.numpy(), from_residual, float(weight),
-                   loss_id, float(loss_param), log_reward.numpy(), _beta(beta, batch, dtype),
-                   float(clip_min), grad_row.numpy(), grad_log_reward.numpy(), need_log_reward,
-                   grad_beta.numpy(), need_beta)
+    small = _small(log_pf)
+    serial_if(_row_gradients, small)(
+        per_row(grad_rows, batch, dtype), d.numpy(), from_residual, float(weight), loss_id,
+        float(loss_param), log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min),
+        grad_row.numpy(), grad_log_reward.numpy(), need_log_reward, grad_beta.numpy(), need_beta)
     out_pf = _as_2d(grad_pf, packed).numpy()
-    _broadcast_rows(grad_row.numpy(), lengths.numpy(), packed, out_pf,
-                    _as_2d(grad_pb, packed).numpy() if has_pb else out_pf, has_pb)
+    serial_if(_broadcast_rows, small)(grad_row.numpy(), lengths.numpy(), packed, out_pf,
+                                      _as_2d(grad_pb, packed).numpy() if has_pb else out_pf,
+                                      has_pb)
     if wide != log_pf.dtype:
         grad_pf = grad_pf.to(log_pf.dtype)
         grad_pb = grad_pb.to(log_pf.dtype) if has_pb else None
