@@ -12,6 +12,9 @@ v < exp(z - best + slack). The slack (1e-3 plus a relative 1e-6 of the magnitude
 float rounding, so a skipped element is one whose computed key would lose too: the result is
 exactly the argmax of the computed keys, as on the GPU backends, which compute every key.
 Sums of exponentials accumulate in float64.
+
+action_log_prob's kernels (no randomness) are different: two vectorised passes over a row (the
+max, then the sum of exponentials) forward, one backward; see _row_log_prob.
 """
 
 import math
@@ -21,7 +24,9 @@ import numpy as np
 import torch
 
 from gfn_fast.cpu import _philox
+from gfn_fast.cpu import _vmath as vm
 from gfn_fast.cpu._common import as_numpy, serial_if
+from gfn_fast.cpu._vmath import _bits_of_f64, _f64_from_bits
 
 _U64 = np.uint64
 _INF = math.inf
@@ -130,51 +135,122 @@ def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
             entropy[r] = math.log(total) - tilt / total
 
 
-@numba.njit(parallel=True, cache=True)
+# The log-prob kernels run branch-free loops over a row that LLVM vectorises, with
+# _vmath.exp for the exponentials (a libm call per element kept them scalar, ~6 ns an element)
+# and reassociation only (no nnan/ninf), so NaN and inf still propagate. Which mask a row has is
+# decided outside the loops: the row helpers take the mask test as a function argument, and
+# Numba compiles one specialisation per test (a run-time flag inside the loop blocked
+# vectorisation, measured 7x slower).
+_REASSOC = {"reassoc", "contract"}
+
+
+@numba.njit(inline="always", cache=True)
+def _allow_all(mask_row, a):
+    return True
+
+
+@numba.njit(inline="always", cache=True)
+def _allow_byte(mask_row, a):
+    return mask_row[a] != 0
+
+
+@numba.njit(inline="always", cache=True)
+def _allow_bit(mask_row, a):
+    return (mask_row[a >> 3] >> (a & 7)) & 1 != 0
+
+
+_MIN_KEY = np.int64(-(2 ** 63))
+_LOW_63 = np.int64(2 ** 63 - 1)
+
+
+@numba.njit(inline="always", cache=True)
+def _order_key(value):
+    """An int64 that orders like the float64 `value` (sign-magnitude -> two's complement)."""
+    bits = _bits_of_f64(np.float64(value))
+    return bits ^ ((bits >> np.int64(63)) & _LOW_63)
+
+
+@numba.njit(inline="always", cache=True)
+def _order_key_inverse(key):
+    return key ^ ((key >> np.int64(63)) & _LOW_63)
+
+
+@numba.njit(inline="always", cache=True, fastmath=_REASSOC)
+def _row_log_prob(row, mask_row, allow, s_r, lo, hi, it_r, a_r):
+    """(lse, log pi(a_r)) of one row: the max, then the sum of exponentials in float64. A masked
+    action is -inf; an infinite max counts 1 for each element equal to it (torch.logsumexp's
+    convention); NaN propagates; nothing allowed gives lse = -inf."""
+    # The max runs over order-preserving integer keys of the float64 values: an integer max
+    # vectorises, a float one does not without nnan (measured 5x). A NaN lands above +inf or
+    # below -inf; either way the sum below turns it into a NaN lse.
+    key = _MIN_KEY
+    for a in range(row.shape[0]):
+        z = float(_scaled(row[a], s_r, lo, hi, it_r)) if allow(mask_row, a) else -_INF
+        k = _order_key(z)
+        key = k if k > key else key
+    m = _f64_from_bits(_order_key_inverse(key))
+    total = 0.0
+    for a in range(row.shape[0]):
+        z = float(_scaled(row[a], s_r, lo, hi, it_r)) if allow(mask_row, a) else -_INF
+        total += 0.0 if z == -_INF else (1.0 if z == m else vm.exp(z - m))
+    lse = m + math.log(total)
+    z_a = float(_scaled(row[a_r], s_r, lo, hi, it_r)) if allow(mask_row, a_r) else -_INF
+    return lse, z_a - lse
+
+
+@numba.njit(inline="always", cache=True, fastmath=_REASSOC)
+def _row_log_prob_grad(row, mask_row, allow, g, s_r, lo, hi, it_r, lse_r, a_r, grad_row,
+                       need_logits):
+    """Writes d log_pi / d logits of one row (when need_logits) and returns d / d scale."""
+    s_f, it_f = float(s_r), float(it_r)
+    acc = 0.0
+    for a in range(row.shape[0]):
+        x = row[a]
+        y = s_r * x
+        live = allow(mask_row, a) & (y >= lo) & (y <= hi)
+        z = float(_scaled(x, s_r, lo, hi, it_r))
+        value = g * it_f * ((1.0 if a == a_r else 0.0) - vm.exp(z - lse_r)) if live else 0.0
+        acc += value * float(x) if live else 0.0
+        if need_logits:
+            grad_row[a] = value * s_f
+    return acc
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_REASSOC)
 def _log_prob_rows(logits, actions, mask, has_mask, packed, scale, inv_t, lo, hi, log_pi, lse_out):
     rows, width = logits.shape
     for r in numba.prange(rows):
-        s_r, it_r = scale[r], inv_t[r]
-        m = -_INF
-        total = 0.0
-        for a in range(width):
-            if not _allowed(mask, has_mask, packed, r, a):
-                continue
-            z = float(_scaled(logits[r, a], s_r, lo, hi, it_r))
-            if z > m:
-                total = total * math.exp(m - z) + 1.0 if total > 0.0 else 1.0
-                m = z
-            elif z != -_INF:
-                total += math.exp(z - m)
-        lse = m + math.log(total)
-        a = min(max(actions[r], 0), width - 1)
-        z_a = float(_scaled(logits[r, a], s_r, lo, hi, it_r))
-        if not _allowed(mask, has_mask, packed, r, a):
-            z_a = -_INF
+        a_r = min(max(actions[r], 0), width - 1)
+        if not has_mask:
+            lse, lp = _row_log_prob(logits[r], mask[0], _allow_all, scale[r], lo, hi, inv_t[r],
+                                    a_r)
+        elif packed:
+            lse, lp = _row_log_prob(logits[r], mask[r], _allow_bit, scale[r], lo, hi, inv_t[r],
+                                    a_r)
+        else:
+            lse, lp = _row_log_prob(logits[r], mask[r], _allow_byte, scale[r], lo, hi, inv_t[r],
+                                    a_r)
         lse_out[r] = lse
-        log_pi[r] = z_a - lse
+        log_pi[r] = lp
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath=_REASSOC)
 def _log_prob_backward_rows(grad, logits, actions, mask, has_mask, packed, scale, inv_t, lo, hi,
                             lse, grad_logits, need_logits, grad_scale, need_scale):
-    rows, width = logits.shape
-    for r in numba.prange(rows):
-        g, s_r, it_r, lse_r = float(grad[r]), float(scale[r]), float(inv_t[r]), float(lse[r])
-        a_r = actions[r]
-        acc = 0.0
-        for a in range(width):
-            value = 0.0
-            if _allowed(mask, has_mask, packed, r, a):
-                y = scale[r] * logits[r, a]
-                if y >= lo and y <= hi:
-                    z = float(_scaled(logits[r, a], scale[r], lo, hi, inv_t[r]))
-                    d = (1.0 if a == a_r else 0.0) - math.exp(z - lse_r)
-                    value = g * it_r * d
-                    acc += value * float(logits[r, a])
-                    value *= s_r
-            if need_logits:
-                grad_logits[r, a] = value
+    """d log_pi_r / d logits[r, a] = scale_r inv_t_r (1[a = a_r] - pi_ra) where the scaled logit
+    is allowed and not clipped (0 elsewhere); d / d scale_r = sum_a inv_t_r (...) logits[r, a]."""
+    for r in numba.prange(logits.shape[0]):
+        out = grad_logits[np.int64(r) if need_logits else np.int64(0)]
+        g, lse_r, a_r = float(grad[r]), float(lse[r]), actions[r]
+        if not has_mask:
+            acc = _row_log_prob_grad(logits[r], mask[0], _allow_all, g, scale[r], lo, hi,
+                                     inv_t[r], lse_r, a_r, out, need_logits)
+        elif packed:
+            acc = _row_log_prob_grad(logits[r], mask[r], _allow_bit, g, scale[r], lo, hi,
+                                     inv_t[r], lse_r, a_r, out, need_logits)
+        else:
+            acc = _row_log_prob_grad(logits[r], mask[r], _allow_byte, g, scale[r], lo, hi,
+                                     inv_t[r], lse_r, a_r, out, need_logits)
         if need_scale:
             grad_scale[r] = acc
 
