@@ -220,7 +220,11 @@ def _continuous_loss_backward(ctx, grad, _grad_unit):
         unit = _continuous_loss_op(*ctx.saved_tensors, *ctx.config, True)[1]
     else:
         unit, = ctx.saved_tensors
-    grad_eps = (unit * grad.to(unit.dtype).unsqueeze(1)).to(ctx.eps_dtype)
+    # Under no_grad: the gradient is once differentiable, like every fused op's. With
+    # create_graph, a multiply tracked through `grad` alone would give a silently partial second
+    # derivative (unit depends on eps_hat too); untracked, a double backward raises instead.
+    with torch.no_grad():
+        grad_eps = (unit * grad.to(unit.dtype).unsqueeze(1)).to(ctx.eps_dtype)
     return (None, None, grad_eps) + (None,) * 9
 
 
