@@ -77,13 +77,18 @@ def per_row(tensor: torch.Tensor | None, batch: int, dtype: torch.dtype) -> np.n
     return tensor.reshape(-1).expand(batch).numpy()
 
 
-_ONES = {torch.float32: np.ones(1, np.float32), torch.float64: np.ones(1, np.float64)}
+_CONSTANTS: dict = {}
 
 
-def ones_row(batch: int, dtype: torch.dtype) -> np.ndarray:
-    """[B] ones (stride 0) in float32 or float64: the default of a per-row factor."""
-    one = _ONES[dtype]
-    return np.ndarray((batch,), one.dtype, one, 0, (0,))
+def constant_row(batch: int, dtype: torch.dtype, value: float) -> np.ndarray:
+    """[B] copies of `value` in `dtype` (float32 or float64): a stride-0 view of one cached
+    element, the same Numba array type as an expanded scalar tensor. The default of a per-row
+    factor (beta, scale, temperature, epsilon) that was not given."""
+    key = (dtype, value)
+    element = _CONSTANTS.get(key)
+    if element is None:
+        element = _CONSTANTS[key] = torch.full((1,), value, dtype=dtype).numpy()
+    return np.ndarray((batch,), element.dtype, element, 0, (0,))
 
 
 _SERIAL_TWINS: dict = {}

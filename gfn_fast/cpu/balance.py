@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import as_numpy, ones_row, per_row, rho, rho_grad, serial_if
+from gfn_fast.cpu._common import as_numpy, constant_row, per_row, rho, rho_grad, serial_if
 
 
 @numba.njit(inline="always", cache=True)
@@ -134,7 +134,7 @@ def _as_2d(tensor: torch.Tensor, packed: bool) -> torch.Tensor:
 
 
 def _beta(beta, batch, dtype) -> np.ndarray:
-    return per_row(beta, batch, dtype) if beta is not None else ones_row(batch, dtype)
+    return per_row(beta, batch, dtype) if beta is not None else constant_row(batch, dtype, 1.0)
 
 
 def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_min, loss_id,

@@ -25,7 +25,7 @@ import torch
 
 from gfn_fast.cpu import _philox
 from gfn_fast.cpu import _vmath as vm
-from gfn_fast.cpu._common import as_numpy, serial_if
+from gfn_fast.cpu._common import as_numpy, constant_row, per_row, serial_if
 from gfn_fast.cpu._vmath import _bits_of_f64, _f64_from_bits
 
 _U64 = np.uint64
@@ -255,17 +255,8 @@ def _log_prob_backward_rows(grad, logits, actions, mask, has_mask, packed, scale
             grad_scale[r] = acc
 
 
-_CONSTANTS: dict = {}
-
-
 def _row_view(value: torch.Tensor | None, rows: int, dtype: torch.dtype, default: float):
-    if value is None:
-        # a stride-0 view of one cached element: the same Numba array type as an expanded tensor
-        key = (dtype, default)
-        if key not in _CONSTANTS:
-            _CONSTANTS[key] = torch.full((1,), default, dtype=dtype).numpy()
-        return np.lib.stride_tricks.as_strided(_CONSTANTS[key], (rows,), (0,))
-    return value.detach().to(dtype).reshape(-1).expand(rows).numpy()
+    return per_row(value, rows, dtype) if value is not None else constant_row(rows, dtype, default)
 
 
 def _mask_view(mask: torch.Tensor | None) -> tuple[np.ndarray, bool]:
