@@ -78,7 +78,8 @@ def time_call(fn: Callable, device: torch.device, *, warmup: int = 3, min_reps: 
 
 def peak_memory(fn: Callable, device: torch.device) -> int:
     """Peak bytes allocated by torch during one call, above what was allocated before it.
-    CUDA: the caching allocator's statistics. CPU: the profiler's memory timeline."""
+    CUDA: the caching allocator's statistics. CPU: the profiler's memory timeline, with the
+    Numba backend's output reuse off, so that its outputs count as the allocations they are."""
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -88,8 +89,10 @@ def peak_memory(fn: Callable, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                                  record_shapes=True) as prof:
+    from gfn_fast.cpu import output_reuse
+
+    with output_reuse(False), _quiet_stderr(), profile(
+            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
         fn()
     try:
         # One event per allocation and per free, in order (torch's memory timeline).

@@ -1,6 +1,8 @@
 """Helpers shared by the Numba kernels: loss functions and tensor <-> NumPy views."""
 
 import math
+import os
+import threading
 import types
 
 import numba
@@ -116,3 +118,94 @@ def serial_if(kernel, small: bool):
                    if key not in ("parallel", "nopython")}
         twin = _SERIAL_TWINS[kernel] = numba.njit(cache=True, **options)(copy)
     return twin
+
+
+# ---- Large outputs in reused memory
+
+class _OutputPool:
+    """Storages for large kernel outputs, handed out again once nothing else refers to them.
+
+    Why: on the VMs this library is benchmarked on, a fresh multi-megabyte CPU allocation comes
+    back from the OS page by page, each first write taking a page fault (~1 us per 4 KiB page;
+    the heap is trimmed whenever a larger free happens in between). A TB backward at B=16384,
+    T=64 writes two 4 MiB gradients, and the faults alone cost twice the kernels. The pool keeps
+    the storages of the last few large outputs; a request of the same byte size reuses one whose
+    only remaining reference is the pool's own, so nothing the caller can still reach is ever
+    overwritten. The check is PyTorch's own storage use count (every tensor or view on the
+    storage holds one), taken under a lock and raised by the new tensor before the lock is
+    released. Turn it off with `gfn_fast.cpu.set_output_reuse(False)` or
+    GFN_FAST_REUSE_OUTPUTS=0.
+    """
+
+    min_bytes = 1 << 20
+    max_storages = 8
+
+    def __init__(self):
+        self._storages: list = []  # most recently handed out last
+        self._lock = threading.Lock()
+        # PyTorch's count of references to a storage (private API): without it there is no
+        # safe way to know a buffer is free, and nothing is reused
+        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
+        self.available = self._use_count is not None
+        self.enabled = self.available and os.environ.get("GFN_FAST_REUSE_OUTPUTS", "1") != "0"
+
+    def empty(self, shape: tuple, dtype: torch.dtype, stride: tuple | None = None):
+        numel = math.prod(shape)
+        nbytes = numel * dtype.itemsize
+        if not self.enabled or nbytes < self.min_bytes:
+            return (torch.empty(shape, dtype=dtype) if stride is None
+                    else torch.empty_strided(shape, stride, dtype=dtype))
+        if stride is None:
+            stride = _contiguous_strides(shape)
+        with self._lock:
+            for i, storage in enumerate(self._storages):
+                if storage.nbytes() == nbytes and self._use_count(storage._cdata) == 1:
+                    out = torch.empty(0, dtype=dtype).set_(storage, 0, shape, stride)
+                    self._storages.append(self._storages.pop(i))
+                    return out
+            out = torch.empty_strided(shape, stride, dtype=dtype)
+            self._storages.append(out.untyped_storage())
+            if len(self._storages) > self.max_storages:
+                self._storages.pop(0)
+            return out
+
+    def clear(self):
+        with self._lock:
+            self._storages.clear()
+
+
+def _contiguous_strides(shape: tuple) -> tuple:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+OUTPUTS = _OutputPool()
+
+
+def output_like(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor shaped and laid out like `tensor` (as torch.empty_like: the same
+    strides when `tensor` is a dense permutation of a contiguous tensor, such as a time-major
+    [T, B] passed as `.T`; contiguous otherwise), from the output pool when large."""
+    shape = tuple(tensor.shape)
+    if tensor.is_contiguous():
+        return OUTPUTS.empty(shape, dtype)
+    return OUTPUTS.empty(shape, dtype, _dense_strides(tensor))
+
+
+def _dense_strides(tensor: torch.Tensor) -> tuple | None:
+    """`tensor`'s strides when they cover its elements without gaps or overlaps, else None."""
+    strides = tensor.stride()
+    expected = 1
+    for dim in sorted(range(tensor.dim()), key=lambda i: (strides[i], tensor.shape[i])):
+        if tensor.shape[dim] != 1 and strides[dim] != expected:
+            return None
+        expected *= tensor.shape[dim]
+    return strides
+
+
+def empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty(shape, dtype=dtype) for a kernel output, from the output pool when large."""
+    return OUTPUTS.empty(tuple(shape) if not isinstance(shape, int) else (shape,), dtype)

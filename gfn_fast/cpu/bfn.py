@@ -14,7 +14,7 @@ import torch
 
 from gfn_fast.cpu import _philox as px
 from gfn_fast.cpu import _vmath as vm
-from gfn_fast.cpu._common import as_numpy, serial_if
+from gfn_fast.cpu._common import as_numpy, empty, serial_if
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
 # The loops over logits and noise vectorise only without calls and exceptions in their bodies:
@@ -298,7 +298,7 @@ def _like(value: float, dtype: torch.dtype):
 def continuous_output(mu, eps_hat, t, sigma_1, t_min, x_min, x_max, clamp):
     """x_hat [B, D] in mu's dtype (mu, eps_hat [B, D] contiguous; t [B])."""
     acc = _acc(mu, eps_hat)
-    out = torch.empty(mu.shape, dtype=acc)
+    out = empty(mu.shape, dtype=acc)
     _run(_continuous_output, _NS_CHEAP * mu.numel(), _np(mu, acc), _np(eps_hat, acc), _np(t, acc),
          math.log(sigma_1), _like(t_min, acc), float(x_min), float(x_max), bool(clamp), out.numpy())
     return out.to(mu.dtype)
@@ -309,7 +309,7 @@ def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x
     """(per-sample loss [B], d loss_b / d eps_hat [B, D] or None), both in the compute dtype."""
     acc = _acc(x, mu, eps_hat)
     out = torch.empty(x.shape[0], dtype=acc)
-    unit = torch.empty(x.shape if want_unit else (1, 1), dtype=acc)
+    unit = empty(x.shape if want_unit else (1, 1), dtype=acc)
     _run(_continuous_loss_forward, (2 if want_unit else 1) * _NS_CHEAP * x.numel(), _np(x, acc),
          _np(mu, acc), _np(eps_hat, acc), _np(t, acc), math.log(sigma_1), int(n_steps),
          _like(t_min, acc), float(x_min), float(x_max), bool(clamp), bool(want_unit),
@@ -320,7 +320,7 @@ def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x
 def continuous_update(mu, rho, y, alpha):
     """mu' [B, D] in mu's dtype; rho [B, D] (may be an expanded view), alpha [B]."""
     acc = _acc(mu, rho, y, alpha)
-    out = torch.empty(mu.shape, dtype=acc)
+    out = empty(mu.shape, dtype=acc)
     _run(_continuous_update, _NS_CHEAP * mu.numel(), _np(mu, acc), _np(rho, acc), _np(y, acc),
          _np(alpha, acc), out.numpy())
     return out.to(mu.dtype)
@@ -338,8 +338,8 @@ def discretised_loss_forward(x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
 def discretised_loss_backward(grad, x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
     """(d loss / d mu_x, d loss / d log_sigma_x), [B, D] each in their input dtypes."""
     acc = _acc(x, mu_x, log_sigma_x)
-    grad_mu = torch.empty(mu_x.shape, dtype=acc)
-    grad_log_sigma = torch.empty(mu_x.shape, dtype=acc)
+    grad_mu = empty(mu_x.shape, dtype=acc)
+    grad_log_sigma = empty(mu_x.shape, dtype=acc)
     _run(_discretised_loss_backward, _NS_CHEAP * x.numel() * n_bins, _np(grad, acc), _np(x, acc),
          _np(mu_x, acc), _np(log_sigma_x, acc), _np(t, acc), math.log(sigma_1), int(n_steps),
          int(n_bins), grad_mu.numpy(), grad_log_sigma.numpy())
@@ -349,7 +349,7 @@ def discretised_loss_backward(grad, x, mu_x, log_sigma_x, t, sigma_1, n_steps, n
 def discretised_probs(mu_x, log_sigma_x, n_bins):
     """[N, K] bin probabilities (compute dtype) of flat [N] mu_x / log_sigma_x."""
     acc = _acc(mu_x, log_sigma_x)
-    out = torch.empty((mu_x.shape[0], n_bins), dtype=acc)
+    out = empty((mu_x.shape[0], n_bins), dtype=acc)
     _run(_discretised_probs, _NS_CHEAP * mu_x.numel() * n_bins, _np(mu_x, acc),
          _np(log_sigma_x, acc), int(n_bins), out.numpy())
     return out
@@ -365,7 +365,7 @@ def discrete_loss_forward(x_index, logits, t, beta_1):
 
 def discrete_loss_backward(grad, x_index, logits, t, beta_1):
     acc = _acc(logits)
-    out = torch.empty(logits.shape, dtype=acc)
+    out = empty(logits.shape, dtype=acc)
     _run(_discrete_loss_backward, _NS_LOGIT * logits.numel(), _np(grad, acc), x_index.numpy(),
          _np(logits, acc), _np(t, acc), float(beta_1), out.numpy())
     return out.to(logits.dtype)
@@ -373,7 +373,7 @@ def discrete_loss_backward(grad, x_index, logits, t, beta_1):
 
 def discrete_update(log_theta, y):
     acc = _acc(log_theta, y)
-    out = torch.empty(log_theta.shape, dtype=acc)
+    out = empty(log_theta.shape, dtype=acc)
     _run(_discrete_update, _NS_LOGIT * log_theta.numel(), _np(log_theta, acc), _np(y, acc),
          out.numpy())
     return out.to(log_theta.dtype)
@@ -681,7 +681,7 @@ def _key(seed: int, offset: int):
 
 def continuous_flow(x, t, sigma_1, seed, offset):
     acc = _acc(x)
-    out = torch.empty(x.shape, dtype=acc)
+    out = empty(x.shape, dtype=acc)
     _run(_continuous_flow, _NS_NOISE * x.numel(), _np(x, acc), _np(t, acc), math.log(sigma_1),
          *_key(seed, offset), out.numpy())
     return out.to(x.dtype)
@@ -689,7 +689,7 @@ def continuous_flow(x, t, sigma_1, seed, offset):
 
 def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
     """theta (or log theta) [B, D, K] in t's dtype."""
-    out = torch.empty((*x_index.shape, n_classes), dtype=t.dtype)
+    out = empty((*x_index.shape, n_classes), dtype=t.dtype)
     _run(_discrete_flow, _NS_NOISE * out.numel(), x_index.numpy(), t.numpy(), float(beta_1),
          *_key(seed, offset), bool(log), out.numpy())
     return out
@@ -706,7 +706,7 @@ def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offse
 
 def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed, offset):
     acc = _acc(logits)
-    out = torch.empty(logits.shape, dtype=acc)
+    out = empty(logits.shape, dtype=acc)
     _run(_discrete_nstep_loss_backward, 2 * _NS_NOISE * logits.numel(), _np(grad, acc),
          x_index.numpy(), _np(logits, acc), _np(t, acc), float(beta_1), int(n_steps),
          *_key(seed, offset), out.numpy())

@@ -25,7 +25,7 @@ import torch
 
 from gfn_fast.cpu import _philox
 from gfn_fast.cpu import _vmath as vm
-from gfn_fast.cpu._common import as_numpy, constant_row, per_row, serial_if
+from gfn_fast.cpu._common import as_numpy, constant_row, empty, per_row, serial_if
 from gfn_fast.cpu._vmath import _bits_of_f64, _f64_from_bits
 
 _U64 = np.uint64
@@ -317,7 +317,7 @@ def log_prob_backward(grad, logits, actions, mask, packed, scale, inv_temperatur
     rows = logits.shape[0]
     dtype = lse.dtype
     wide = logits.dtype if logits.dtype in (torch.float32, torch.float64) else dtype
-    grad_logits = torch.empty(logits.shape if need_logits else (1, 1), dtype=wide)
+    grad_logits = empty(logits.shape if need_logits else (1, 1), dtype=wide)
     grad_scale = torch.empty(rows if need_scale else 1, dtype=dtype)
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import as_numpy, per_row, rho, rho_grad, serial_if
+from gfn_fast.cpu._common import as_numpy, empty, output_like, per_row, rho, rho_grad, serial_if
 from gfn_fast.cpu.balance import _as_2d, _beta, _extent
 
 SQUARED, HALF_SQUARED = 0, 1
@@ -271,9 +271,9 @@ def _inputs(log_pf, log_pb, log_flow, log_state_reward, packed, dtype):
 
 def _grad_buffers(log_pf, has_pb, dtype, batch, need_log_reward, need_beta):
     wide = log_pf.dtype if log_pf.dtype in (torch.float32, torch.float64) else dtype
-    grad_pf = torch.empty_like(log_pf, dtype=wide)
-    grad_pb = torch.empty_like(log_pf, dtype=wide) if has_pb else None
-    grad_flow = torch.empty_like(log_pf, dtype=wide)
+    grad_pf = output_like(log_pf, wide)
+    grad_pb = output_like(log_pf, wide) if has_pb else None
+    grad_flow = output_like(log_pf, wide)
     grad_log_reward = torch.empty(batch if need_log_reward else 1, dtype=dtype)
     grad_beta = torch.empty(batch if need_beta else 1, dtype=dtype)
     return grad_pf, grad_pb, grad_flow, grad_log_reward, grad_beta
@@ -295,7 +295,7 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
     batch = log_reward.shape[0]
     pf, pb, flow, sr = _inputs(log_pf, log_pb, log_flow, log_state_reward, packed, dtype)
     rows = torch.empty(batch, dtype=dtype)
-    steps_out = torch.empty(log_pf.shape if per_step else (1,), dtype=dtype)
+    steps_out = empty(log_pf.shape if per_step else (1,), dtype=dtype)
     step_view = _as_2d(steps_out, packed).numpy() if per_step else np.zeros((1, 1), pf.dtype)
     kernel = _threads_for(_db_forward, log_pf.numel())
     kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
@@ -356,7 +356,7 @@ def subtb_backward(grad_loss, a, lengths, packed, log_pf, has_pb, log_reward, be
     grads = _grad_buffers(log_pf, has_pb, dtype, batch, need_log_reward, need_beta)
     grad_pf, grad_pb, grad_flow, grad_log_reward, grad_beta = grads
     gpf = _as_2d(grad_pf, packed).numpy()
-    g = torch.empty_like(a)
+    g = output_like(a, a.dtype)
     table_np = table.numpy() if table is not None else np.ones(1, a.numpy().dtype)
     kernel = _threads_for(_subtb_backward, _subtb_work(log_pf, running))
     kernel(per_row(grad_loss, 1, dtype), a.numpy(), g.numpy(), lengths.numpy(),

@@ -1,0 +1,83 @@
+"""The Numba backend's reuse of large output buffers: never visible in results, and effective."""
+
+import pytest
+import torch
+
+import gfn_fast
+from gfn_fast.cpu import output_reuse, set_output_reuse
+from gfn_fast.cpu._common import OUTPUTS
+
+pytestmark = pytest.mark.skipif(not OUTPUTS.available,
+                                reason="this torch has no storage use count")
+
+B, T = 8192, 64  # 2 MiB float32 gradients: above the pool's 1 MiB threshold
+
+
+def _tb_grads(seed: int, time_major: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (T, B) if time_major else (B, T)
+    log_pf = torch.randn(shape, generator=gen).requires_grad_()
+    log_pb = torch.randn(shape, generator=gen).requires_grad_()
+    lengths = torch.randint(1, T + 1, (B,), generator=gen)
+    pf, pb = (log_pf.T, log_pb.T) if time_major else (log_pf, log_pb)
+    loss = gfn_fast.trajectory_balance(pf, pb, torch.randn(B, generator=gen), torch.zeros(()),
+                                       lengths=lengths, backend="numba")
+    return torch.autograd.grad(loss, (log_pf, log_pb))
+
+
+def test_held_gradients_are_never_overwritten():
+    with output_reuse(True):
+        first = _tb_grads(0)
+        expected = [g.clone() for g in first]
+        view = _tb_grads(1)[0][3:]          # only a view of the second call's grad_pf kept
+        view_expected = view.clone()
+        for seed in range(2, 6):            # freed calls in between may recycle buffers
+            _tb_grads(seed)
+        for held, want in zip(first, expected, strict=True):
+            assert torch.equal(held, want)
+        assert torch.equal(view, view_expected)
+
+
+def test_freed_buffers_are_reused_and_results_unchanged():
+    with output_reuse(False):
+        fresh = [g.clone() for g in _tb_grads(7)]
+    with output_reuse(True):
+        first = _tb_grads(7)
+        pointers = {g.data_ptr() for g in first}
+        del first
+        second = _tb_grads(7)
+        assert {g.data_ptr() for g in second} == pointers
+        for got, want in zip(second, fresh, strict=True):
+            assert torch.equal(got, want)
+
+
+def test_layout_follows_the_input_like_empty_like():
+    with output_reuse(True):
+        for _ in range(2):  # the second call takes its buffers from the pool
+            grads = _tb_grads(3, time_major=True)
+            for g in grads:
+                assert g.shape == (T, B) and g.stride() == (B, 1)
+            grads = _tb_grads(3)
+            for g in grads:
+                assert g.shape == (B, T) and g.stride() == (T, 1)
+
+
+def test_turning_it_off_allocates_fresh_memory_and_releases_the_pool():
+    previous = set_output_reuse(True)
+    try:
+        pointers = {g.data_ptr() for g in _tb_grads(0)}
+        assert set_output_reuse(False) is True
+        assert OUTPUTS._storages == []
+        held = _tb_grads(0)
+        later = _tb_grads(0)
+        assert not {g.data_ptr() for g in later} & {g.data_ptr() for g in held}
+        del pointers
+    finally:
+        set_output_reuse(previous)
+
+
+def test_small_outputs_are_not_pooled():
+    with output_reuse(True):
+        OUTPUTS.clear()
+        small = OUTPUTS.empty((1000,), torch.float32)
+        assert OUTPUTS._storages == [] and small.numel() == 1000
