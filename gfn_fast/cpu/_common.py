@@ -150,20 +150,21 @@ class _OutputPool:
         self.enabled = self.available and os.environ.get("GFN_FAST_REUSE_OUTPUTS", "1") != "0"
 
     def empty(self, shape: tuple, dtype: torch.dtype, stride: tuple | None = None):
-        numel = math.prod(shape)
-        nbytes = numel * dtype.itemsize
+        """torch.empty (contiguous) or, given `stride`, torch.empty_strided of a dense layout."""
+        nbytes = math.prod(shape) * dtype.itemsize
         if not self.enabled or nbytes < self.min_bytes:
-            return (torch.empty(shape, dtype=dtype) if stride is None
-                    else torch.empty_strided(shape, stride, dtype=dtype))
-        if stride is None:
-            stride = _contiguous_strides(shape)
+            return _allocate(shape, dtype, stride)
         with self._lock:
             for i, storage in enumerate(self._storages):
                 if storage.nbytes() == nbytes and self._use_count(storage._cdata) == 1:
-                    out = torch.empty(0, dtype=dtype).set_(storage, 0, shape, stride)
+                    out = torch.empty(0, dtype=dtype)
+                    if stride is None:  # set_ without a stride lays it out contiguously
+                        out.set_(storage, 0, shape)
+                    else:
+                        out.set_(storage, 0, shape, stride)
                     self._storages.append(self._storages.pop(i))
                     return out
-            out = torch.empty_strided(shape, stride, dtype=dtype)
+            out = _allocate(shape, dtype, stride)
             self._storages.append(out.untyped_storage())
             if len(self._storages) > self.max_storages:
                 self._storages.pop(0)
@@ -174,38 +175,26 @@ class _OutputPool:
             self._storages.clear()
 
 
-def _contiguous_strides(shape: tuple) -> tuple:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return tuple(reversed(strides))
+def _allocate(shape: tuple, dtype: torch.dtype, stride: tuple | None) -> torch.Tensor:
+    if stride is None:
+        return torch.empty(shape, dtype=dtype)
+    return torch.empty_strided(shape, stride, dtype=dtype)
 
 
 OUTPUTS = _OutputPool()
 
 
 def output_like(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor shaped and laid out like `tensor` (as torch.empty_like: the same
-    strides when `tensor` is a dense permutation of a contiguous tensor, such as a time-major
-    [T, B] passed as `.T`; contiguous otherwise), from the output pool when large."""
+    """torch.empty_like(tensor, dtype=dtype), from the output pool when large. A non-contiguous
+    tensor (e.g. a time-major [T, B] passed as `.T`) gets empty_like's layout, taken from a meta
+    tensor so that nothing is allocated for it."""
     shape = tuple(tensor.shape)
     if tensor.is_contiguous():
         return OUTPUTS.empty(shape, dtype)
-    return OUTPUTS.empty(shape, dtype, _dense_strides(tensor))
-
-
-def _dense_strides(tensor: torch.Tensor) -> tuple | None:
-    """`tensor`'s strides when they cover its elements without gaps or overlaps, else None."""
-    strides = tensor.stride()
-    expected = 1
-    for dim in sorted(range(tensor.dim()), key=lambda i: (strides[i], tensor.shape[i])):
-        if tensor.shape[dim] != 1 and strides[dim] != expected:
-            return None
-        expected *= tensor.shape[dim]
-    return strides
+    layout = torch.empty_like(tensor, dtype=dtype, device="meta")
+    return OUTPUTS.empty(shape, dtype, layout.stride())
 
 
 def empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """torch.empty(shape, dtype=dtype) for a kernel output, from the output pool when large."""
-    return OUTPUTS.empty(tuple(shape) if not isinstance(shape, int) else (shape,), dtype)
+    return OUTPUTS.empty(tuple(shape), dtype)
