@@ -12,6 +12,11 @@ losses read in place through `.T`):
 The two loops draw different (equally distributed) samples for the same seed, since a row's
 random stream is keyed by its position in each sampler call.
 
+Fused steps: the compacting loop over a gfn_fast.envs.HyperGrid on the Numba sampler runs each
+step's sampling, environment step, buffer writes, compaction and encoding in one kernel
+(gfn_fast/cpu/rollout.py) around the policy call, instead of about fifteen small torch ops. It
+gives bit-for-bit the trajectories of the generic compacting loop (tests/test_rollout.py).
+
 CUDA graphs (`cuda_graph`): the sampler takes its (seed, offset) as host integers baked into
 each kernel launch, so a captured graph replays exactly the draws of the (seed, offset) it was
 captured with. The whole fixed-shape T-step loop is therefore captured once per (policy, env, n,
@@ -31,7 +36,14 @@ from dataclasses import dataclass
 
 import torch
 
+from gfn_fast import _backends, _checks, _rng
+from gfn_fast.envs import HyperGrid
+from gfn_fast.reference import _philox
 from gfn_fast.sampling import sample_actions
+
+# The fused HyperGrid steps (module docstring); tests switch them off to compare with the
+# generic loop.
+_FUSE_STEPS = True
 
 
 @dataclass
@@ -95,6 +107,44 @@ def _compacting_loop(policy, env, states, actions, log_pf, conditioning, samplin
             if row_condition is not None:
                 row_condition = row_condition.index_select(0, keep)
         current = following
+
+
+def _fused_steps(env, compact: bool, backend: str | None):
+    """The backend module with a fused step for this rollout, or None (generic loop)."""
+    if not (_FUSE_STEPS and compact and type(env) is HyperGrid):
+        return None
+    name = _backends.resolve("sample_actions", backend, env.device)
+    return _backends.module(name, "rollout") if name == "numba" else None
+
+
+def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioning, sampling,
+                          rng):
+    """The compacting loop with one fused kernel call per step (same trajectories)."""
+    op = "sample_actions"
+    n = states.shape[1]
+    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0]))
+    rows, row_condition = n, conditioning
+    for t in range(env.max_steps):
+        logits, scale = _policy_outputs(policy, work.features[:rows], row_condition)
+        if not isinstance(logits, torch.Tensor) or logits.shape != (rows, env.n_actions) or \
+                logits.device != env.device:
+            got = (f"{list(logits.shape)} on {logits.device}"
+                   if isinstance(logits, torch.Tensor) else type(logits).__name__)
+            raise ValueError(f"gfn_fast.rollout.sample_trajectories: the policy must return "
+                             f"logits [M, {env.n_actions}] on {env.device} for M = {rows} rows, "
+                             f"got {got}")
+        inputs = _checks.sampling_inputs(op, logits, None, scale, sampling["temperature"],
+                                         sampling["clip"], sampling["epsilon"])
+        seed, offset = _rng.seed_offset(op, env.device, **rng(t))
+        survivors = impl.hypergrid_step(
+            work, rows, t, logits, inputs.scale, inputs.inv_temperature, inputs.clip,
+            inputs.epsilon, (*_philox.split_seed(seed), *_philox.split_offset(offset)), states,
+            actions, log_pf)
+        if survivors == 0:
+            return
+        if row_condition is not None and survivors < rows:
+            row_condition = row_condition.index_select(0, work.picked[:survivors])
+        rows = survivors
 
 
 def _fixed_shape_loop(policy, env, states, actions, log_pf, conditioning, sampling, rng):
@@ -270,7 +320,12 @@ def sample_trajectories(policy: Callable, env, n: int, *,
             states, actions, log_pf, lengths = outputs
             return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)
     states, actions, log_pf = _buffers(env, n)
-    loop = _compacting_loop if compact else _fixed_shape_loop
-    loop(policy, env, states, actions, log_pf, conditioning, sampling, rng)
+    fused = _fused_steps(env, compact, backend)
+    if fused is not None:
+        _fused_hypergrid_loop(fused, policy, env, states, actions, log_pf, conditioning,
+                              sampling, rng)
+    else:
+        loop = _compacting_loop if compact else _fixed_shape_loop
+        loop(policy, env, states, actions, log_pf, conditioning, sampling, rng)
     lengths = _lengths(actions, env.exit_action)
     return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)

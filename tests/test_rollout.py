@@ -102,6 +102,71 @@ def assert_same_trajectories(got, expected):
         assert torch.equal(getattr(got, name), getattr(expected, name)), name
 
 
+CASES = {
+    "plain": (lambda net: lambda f, _: net(f), dict(seed=3)),
+    "scaled": (lambda net: lambda f, b: (net(f), b * 0.5),
+               dict(seed=5, offset=7, epsilon=0.1, temperature=1.5, clip=(-2.0, 2.0))),
+    "float64": (lambda net: lambda f, _: net(f).double(), dict(seed=1)),
+    "half": (lambda net: lambda f, _: net(f).half(), dict(seed=2, epsilon=0.5)),
+}
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (2, 5), (3, 2)])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_hypergrid_steps_match_the_generic_loop(monkeypatch, shape, case):
+    """The Numba fused step (sample, step, record, compact, encode in one kernel) gives bit for
+    bit the trajectories of the generic compacting loop on the Numba sampler."""
+    env = HyperGrid(*shape)
+    assert rollout._fused_steps(env, True, None) is not None  # the default CPU path is fused
+    net = mlp_policy(env, seed=4)
+    make, options = CASES[case]
+    beta = torch.rand(3000) + 0.5
+    kwargs = dict(options, conditioning=beta, backend="numba")
+    fused = sample_trajectories(make(net), env, 3000, **kwargs)
+    monkeypatch.setattr(rollout, "_FUSE_STEPS", False)
+    assert rollout._fused_steps(env, True, None) is None
+    generic = sample_trajectories(make(net), env, 3000, **kwargs)
+    assert_same_trajectories(fused, generic)
+    assert int(fused.lengths.max()) > 2 and int(fused.lengths.min()) == 1
+
+
+def test_fused_hypergrid_steps_follow_the_generator_and_compact_conditioning(monkeypatch):
+    env = HyperGrid(3, 4)
+    net = mlp_policy(env, seed=5)
+    seen = {True: [], False: []}
+    beta = torch.arange(700, dtype=torch.float32)
+
+    def runs(fused):
+        monkeypatch.setattr(rollout, "_FUSE_STEPS", fused)
+
+        def policy(features, rows):
+            if rows is not None:
+                seen[fused].append(rows.clone())
+            return net(features)
+        generator = torch.Generator().manual_seed(9)
+        first = sample_trajectories(policy, env, 700, generator=generator, conditioning=beta)
+        return first, sample_trajectories(policy, env, 700, generator=generator)
+
+    fused, generic = runs(True), runs(False)
+    for got, expected in zip(fused, generic, strict=True):
+        assert_same_trajectories(got, expected)
+    assert not torch.equal(fused[0].actions, fused[1].actions)  # the generator advanced
+    # the conditioning handed to the policy is compacted with the live rows, identically
+    assert len(seen[True]) == len(seen[False])
+    for got, expected in zip(seen[True], seen[False], strict=True):
+        assert torch.equal(got, expected)
+    assert seen[True][1].shape[0] < 700
+
+
+def test_fused_hypergrid_steps_reject_a_policy_of_the_wrong_shape():
+    env = HyperGrid(2, 3)
+    with pytest.raises(ValueError, match=r"logits \[M, 3\].*M = 10 rows, got \[10, 4\]"):
+        sample_trajectories(lambda f, _: torch.zeros(f.shape[0], 4), env, 10, seed=0)
+    with pytest.raises(ValueError, match="temperature.*must be > 0"):
+        sample_trajectories(lambda f, _: torch.zeros(f.shape[0], 3), env, 10, seed=0,
+                            temperature=-1.0)
+
+
 def test_cuda_graph_needs_cuda_fixed_shape_and_seed():
     env = HyperGrid(ndim=2, height=3)
     net = mlp_policy(env)

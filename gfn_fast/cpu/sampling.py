@@ -37,12 +37,12 @@ _PARALLEL_MIN_BLOCKS = 2048
 
 
 @numba.njit(inline="always", cache=True)
-def _allowed(mask, has_mask, packed, r, a):
+def _allowed(mask_row, has_mask, packed, a):
     if not has_mask:
         return True
     if packed:
-        return (mask[r, a >> 3] >> (a & 7)) & 1 != 0
-    return mask[r, a] != 0
+        return (mask_row[a >> 3] >> (a & 7)) & 1 != 0
+    return mask_row[a] != 0
 
 
 @numba.njit(inline="always", cache=True)
@@ -70,64 +70,74 @@ def log_mixture(log_pi, eps, count):
     return high + math.log1p(math.exp(low - high))
 
 
+@numba.njit(inline="always", cache=True)
+def _sample_row(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0, key1, o0, o1):
+    """Row r's draw: (action, log pi(action), logsumexp, allowed count, sum of exponentials
+    relative to the max, their tilt sum). The random words are those of row r of a call keyed
+    (key0, key1, o0, o1): any kernel calling this for the same row draws the same action."""
+    width = row.shape[0]
+    m = row.dtype.type(-_INF)
+    total = 0.0
+    tilt = 0.0
+    count = 0
+    g_idx, g_key, g_z = -1, row.dtype.type(-_INF), row.dtype.type(0.0)
+    u_idx, u_key, u_z = -1, _U64(0), row.dtype.type(0.0)
+    for pair in range((width + 1) >> 1):
+        w0, w1, w2, w3 = _philox.philox4x32(key0, key1, _U64(pair), _U64(r), o0, o1)
+        for j in range(2):
+            a = 2 * pair + j
+            if a >= width or not _allowed(mask_row, has_mask, packed, a):
+                continue
+            count += 1
+            z = _scaled(row[a], s_r, lo, hi, it_r)
+            if z > m:
+                if total > 0.0:
+                    alpha = math.exp(float(m) - float(z))
+                    tilt = alpha * (tilt + (float(m) - float(z)) * total)
+                    total = total * alpha
+                total += 1.0
+                m = z
+            elif z != -_INF:
+                delta = float(z) - float(m)
+                e = math.exp(delta)
+                total += e
+                tilt += e * delta
+            bits = w0 if j == 0 else w2
+            try_gumbel = True
+            if g_idx >= 0:
+                slack = 1e-3 + 1e-6 * (abs(float(z)) + abs(float(g_key)))
+                v = min(_philox.open_unit(bits), _philox.ONE_MINUS_TWO_M24)
+                try_gumbel = not v >= math.exp(float(z) - float(g_key) + slack)
+            if try_gumbel:
+                key = z + _philox.gumbel(bits)
+                if key != key:
+                    key = -_INF
+                if g_idx < 0 or key > g_key:
+                    g_idx, g_key, g_z = a, key, z
+            ubits = w1 if j == 0 else w3
+            if u_idx < 0 or ubits > u_key:
+                u_idx, u_key, u_z = a, ubits, z
+    lse = float(m) + math.log(total)
+    explore = False
+    if eps > 0.0:  # the coin (in [0, 1)) never falls below eps <= 0: skip its Philox block
+        coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
+        explore = float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
+    chosen, z_a = (u_idx, u_z) if explore else (g_idx, g_z)
+    return (chosen if chosen >= 0 else 0), float(z_a) - lse, lse, count, total, tilt
+
+
 @numba.njit(parallel=True, cache=True)
 def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo,
                  off_hi, actions, log_pi, log_mu, want_log_mu, entropy, want_entropy, lse_out):
-    rows, width = logits.shape
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
-    for r in numba.prange(rows):
-        s_r, it_r = scale[r], inv_t[r]
-        m = logits.dtype.type(-_INF)
-        total = 0.0
-        tilt = 0.0
-        count = 0
-        g_idx, g_key, g_z = -1, logits.dtype.type(-_INF), logits.dtype.type(0.0)
-        u_idx, u_key, u_z = -1, _U64(0), logits.dtype.type(0.0)
-        for pair in range((width + 1) >> 1):
-            w0, w1, w2, w3 = _philox.philox4x32(key0, key1, _U64(pair), _U64(r), o0, o1)
-            for j in range(2):
-                a = 2 * pair + j
-                if a >= width or not _allowed(mask, has_mask, packed, r, a):
-                    continue
-                count += 1
-                z = _scaled(logits[r, a], s_r, lo, hi, it_r)
-                if z > m:
-                    if total > 0.0:
-                        alpha = math.exp(float(m) - float(z))
-                        tilt = alpha * (tilt + (float(m) - float(z)) * total)
-                        total = total * alpha
-                    total += 1.0
-                    m = z
-                elif z != -_INF:
-                    delta = float(z) - float(m)
-                    e = math.exp(delta)
-                    total += e
-                    tilt += e * delta
-                bits = w0 if j == 0 else w2
-                try_gumbel = True
-                if g_idx >= 0:
-                    slack = 1e-3 + 1e-6 * (abs(float(z)) + abs(float(g_key)))
-                    v = min(_philox.open_unit(bits), _philox.ONE_MINUS_TWO_M24)
-                    try_gumbel = not v >= math.exp(float(z) - float(g_key) + slack)
-                if try_gumbel:
-                    key = z + _philox.gumbel(bits)
-                    if key != key:
-                        key = -_INF
-                    if g_idx < 0 or key > g_key:
-                        g_idx, g_key, g_z = a, key, z
-                ubits = w1 if j == 0 else w3
-                if u_idx < 0 or ubits > u_key:
-                    u_idx, u_key, u_z = a, ubits, z
-        lse = float(m) + math.log(total)
-        lse_out[r] = lse
+    for r in numba.prange(logits.shape[0]):
         eps = float(epsilon[r])
-        explore = False
-        if eps > 0.0:  # the coin (in [0, 1)) never falls below eps <= 0: skip its Philox block
-            coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
-            explore = float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
-        chosen, z_a = (u_idx, u_z) if explore else (g_idx, g_z)
-        actions[r] = chosen if chosen >= 0 else 0
-        lp = float(z_a) - lse
+        mask_row = mask[np.int64(r) if has_mask else np.int64(0)]
+        chosen, lp, lse, count, total, tilt = _sample_row(
+            logits[r], mask_row, has_mask, packed, r, scale[r], inv_t[r], lo, hi, eps, key0, key1,
+            o0, o1)
+        lse_out[r] = lse
+        actions[r] = chosen
         log_pi[r] = lp
         if want_log_mu:
             log_mu[r] = log_mixture(lp, eps, float(count))

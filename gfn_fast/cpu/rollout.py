@@ -1,0 +1,100 @@
+"""Numba kernel of one compacting HyperGrid rollout step: sample, step, record, compact, encode.
+
+The generic compacting loop of gfn_fast.rollout spends each step on about fifteen small torch
+ops around the policy (one-hot encoding, mask, sampler call, environment step, three scatters
+into the trajectory buffers, the live-row compaction); on a CPU those cost more than the
+sampling itself. For gfn_fast.envs.HyperGrid this kernel does all of it in one call per step.
+
+Bit-for-bit equal to the generic loop on the Numba sampler: row r of the live rows (compacted,
+in ascending trajectory order) draws through cpu.sampling._sample_row with the same key and row
+index as sample_actions would give it, the mask is HyperGrid.forward_mask's (increments below
+the top, exit always), the next state is HyperGrid.step's, and the survivors keep their order.
+"""
+
+import numba
+import numpy as np
+import torch
+
+from gfn_fast.cpu._common import as_numpy, serial_if
+from gfn_fast.cpu.sampling import _PARALLEL_MIN_BLOCKS, _U64, _clip, _row_view, _sample_row
+
+
+@numba.njit(parallel=True, cache=True)
+def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_hi, height, t,
+                    current, live, states, actions, log_pf, mask, keep, next_current, next_live,
+                    picked, features):
+    """Samples every live row r (trajectory live[r], state current[r]) and writes its action and
+    log-probability at step t, its next state at t + 1 (and at every later step when it exits:
+    the exit leaves the point unchanged). Then packs the rows that did not exit into
+    next_current / next_live (picked[i] = their position among this step's rows), writes their
+    one-hot features, and returns how many there are."""
+    rows, ndim = current.shape
+    exit_action = ndim
+    top = height - 1
+    key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
+    for r in numba.prange(rows):
+        mask_row = mask[r]
+        for d in range(ndim):
+            mask_row[d] = 1 if current[r, d] < top else 0
+        mask_row[exit_action] = 1
+        action, lp, _, _, _, _ = _sample_row(logits[r], mask_row, True, False, r, scale[r],
+                                             inv_t[r], lo, hi, float(epsilon[r]), key0, key1,
+                                             o0, o1)
+        row = live[r]
+        actions[t, row] = action
+        log_pf[t, row] = lp
+        last = t + 1 if action != exit_action else states.shape[0] - 1
+        for s in range(t + 1, last + 1):
+            for d in range(ndim):
+                states[s, row, d] = current[r, d] + (1 if d == action else 0)
+        keep[r] = action != exit_action
+    count = 0
+    for r in range(rows):
+        if keep[r]:
+            next_live[count] = live[r]
+            picked[count] = r
+            for d in range(ndim):
+                next_current[count, d] = states[t + 1, live[r], d]
+            count += 1
+    for i in numba.prange(count):
+        for j in range(features.shape[1]):
+            features[i, j] = 0.0
+        for d in range(ndim):
+            features[i, d * height + next_current[i, d]] = 1.0
+    return count
+
+
+class HyperGridWork:
+    """Per-rollout scratch of the fused step: ping-pong live states and indices, the mask rows,
+    the survivors' positions and the policy's input features (all [N, ...])."""
+
+    def __init__(self, first_states: torch.Tensor, height: int, first_features: torch.Tensor):
+        n, ndim = first_states.shape
+        self.height = height
+        self.current = [first_states.clone(), torch.empty(n, ndim, dtype=torch.int64)]
+        self.live = [torch.arange(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)]
+        self.mask = np.empty((n, ndim + 1), dtype=np.uint8)
+        self.keep = np.empty(n, dtype=np.bool_)
+        self.picked = torch.empty(n, dtype=torch.int64)
+        self.features = first_features.contiguous()
+        self.side = 0
+
+
+def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, inv_temperature, clip,
+                   epsilon, seed_words, states, actions, log_pf) -> int:
+    """One fused step over the first `rows` live rows; returns the survivors' count. After it,
+    work.features[:count] and work.picked[:count] describe the next step's rows."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    lo, hi = _clip(clip, dtype)
+    width = logits.shape[1]
+    small = rows * ((width + 3) >> 1) < _PARALLEL_MIN_BLOCKS
+    side = work.side
+    count = serial_if(_hypergrid_step, small)(
+        as_numpy(logits, dtype), _row_view(scale, rows, dtype, 1.0),
+        _row_view(inv_temperature, rows, dtype, 1.0), lo, hi, _row_view(epsilon, rows, dtype, 0.0),
+        *seed_words, work.height, t, work.current[side].numpy()[:rows],
+        work.live[side].numpy()[:rows], states.numpy(), actions.numpy(), log_pf.numpy(),
+        work.mask, work.keep, work.current[1 - side].numpy(), work.live[1 - side].numpy(),
+        work.picked.numpy(), work.features.numpy())
+    work.side = 1 - side
+    return count
