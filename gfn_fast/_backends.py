@@ -105,6 +105,14 @@ def resolve(op: str, backend: str | None, device: torch.device) -> str:
     raise RuntimeError(f"gfn_fast.{op}: no backend can run on {device_type} tensors")
 
 
+_MODULES: dict = {}
+
+
 def module(backend: str, family: str):
-    """The implementation module of an op family ("balance", ...) for a backend."""
-    return importlib.import_module(f"{_MODULE_ROOT[backend]}.{family}")
+    """The implementation module of an op family ("balance", ...) for a backend. Imported once:
+    every op call asks, and importlib's lookup costs ~1-2 us a call."""
+    found = _MODULES.get((backend, family))
+    if found is None:
+        found = _MODULES[(backend, family)] = importlib.import_module(
+            f"{_MODULE_ROOT[backend]}.{family}")
+    return found
