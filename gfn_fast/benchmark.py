@@ -321,7 +321,8 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
     from gfn_fast.envs import HyperGrid
     from gfn_fast.rollout import sample_trajectories
 
-    sizes = [1024] if quick else ([4096, 65536] if device.type == "cpu" else [65536, 1_000_000])
+    cpu_sizes = [4096, 16384, 65536]
+    sizes = [1024] if quick else (cpu_sizes if device.type == "cpu" else [65536, 1_000_000])
     cases = []
     for n in sizes:
         def setup(dev):
