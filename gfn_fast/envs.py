@@ -49,11 +49,13 @@ class HyperGrid:
     def reset(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.ndim, dtype=torch.int64, device=self.device)
 
-    def encode(self, states: torch.Tensor) -> torch.Tensor:
-        """One-hot of each coordinate, concatenated: [N, D * H] float32."""
-        features = torch.zeros(states.shape[0], self.ndim * self.height, dtype=torch.float32,
-                               device=states.device)
-        return features.scatter_(1, states + self._one_hot_base, 1.0)
+    def encode(self, states: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One-hot of each coordinate, concatenated: [N, D * H] float32 (written into `out`
+        when given)."""
+        if out is None:
+            out = torch.empty(states.shape[0], self.ndim * self.height, dtype=torch.float32,
+                              device=states.device)
+        return out.zero_().scatter_(1, states + self._one_hot_base, 1.0)
 
     def forward_mask(self, states: torch.Tensor) -> torch.Tensor:
         """[N, D + 1] bool: increments below the top, and exit, are allowed."""

@@ -63,13 +63,18 @@ def _policy_outputs(policy: Callable, features: torch.Tensor, conditioning):
     return out if isinstance(out, tuple) else (out, None)
 
 
-def _buffers(env, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(states [T+1, N, D] with s_0 set, actions [T, N] all exit, log_pf [T, N] zeros)."""
-    steps, device = env.max_steps, env.device
-    states = torch.empty(steps + 1, n, env.ndim, dtype=torch.int64, device=device)
+def _buffers(env, n: int, empty: Callable | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(states [T+1, N, D] with s_0 set, actions [T, N] all exit, log_pf [T, N] zeros), from
+    `empty(shape, dtype)` (default: torch.empty on the env's device)."""
+    if empty is None:
+        def empty(shape, dtype):
+            return torch.empty(shape, dtype=dtype, device=env.device)
+    steps = env.max_steps
+    states = empty((steps + 1, n, env.ndim), torch.int64)
     states[0] = env.reset(n)
-    actions = torch.full((steps, n), env.exit_action, dtype=torch.int64, device=device)
-    log_pf = torch.zeros(steps, n, dtype=torch.float32, device=device)
+    actions = empty((steps, n), torch.int64).fill_(env.exit_action)
+    log_pf = empty((steps, n), torch.float32).zero_()
     return states, actions, log_pf
 
 
@@ -122,7 +127,8 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
     """The compacting loop with one fused kernel call per step (same trajectories)."""
     op = "sample_actions"
     n = states.shape[1]
-    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0]))
+    features = impl.trajectory_buffer((n, env.ndim * env.height), torch.float32)
+    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0], out=features))
     rows, row_condition = n, conditioning
     for t in range(env.max_steps):
         logits, scale = _policy_outputs(policy, work.features[:rows], row_condition)
@@ -319,8 +325,8 @@ def sample_trajectories(policy: Callable, env, n: int, *,
         if outputs is not None:
             states, actions, log_pf, lengths = outputs
             return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)
-    states, actions, log_pf = _buffers(env, n)
     fused = _fused_steps(env, compact, backend)
+    states, actions, log_pf = _buffers(env, n, fused.trajectory_buffer if fused else None)
     if fused is not None:
         _fused_hypergrid_loop(fused, policy, env, states, actions, log_pf, conditioning,
                               sampling, rng)

@@ -81,3 +81,38 @@ def test_small_outputs_are_not_pooled():
         OUTPUTS.clear()
         small = OUTPUTS.empty((1000,), torch.float32)
         assert OUTPUTS._storages == [] and small.numel() == 1000
+
+
+def test_rollout_buffers_are_reused_only_once_released():
+    """The fused HyperGrid rollout takes its trajectory buffers from the pool: trajectories (or
+    just their terminal states, a view) that the caller holds stay intact; released ones are
+    recycled, with the same results as fresh memory."""
+    from gfn_fast.envs import HyperGrid
+    from gfn_fast.rollout import sample_trajectories
+
+    env = HyperGrid(4, 8)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5))
+
+    def rollout(seed):
+        return sample_trajectories(lambda f, _: net(f), env, 2048, seed=seed)
+
+    with output_reuse(True):
+        held = rollout(0)
+        copies = {name: getattr(held, name).clone() for name in ("states", "actions", "log_pf")}
+        terminal = rollout(1).terminal      # a view keeps the second call's states alive
+        terminal_copy = terminal.clone()
+        for seed in range(2, 5):
+            rollout(seed)
+        for name, want in copies.items():
+            assert torch.equal(getattr(held, name), want)
+        assert torch.equal(terminal, terminal_copy)
+        pointer = rollout(7).states.data_ptr()  # released at once: its storage is free again
+        again = rollout(7)
+        assert again.states.data_ptr() == pointer
+        pooled = {storage.data_ptr() for storage in OUTPUTS._storages}
+        assert {again.states.data_ptr(), again.actions.data_ptr()} <= pooled
+    with output_reuse(False):
+        fresh = rollout(7)
+    for name in ("states", "actions", "log_pf", "lengths"):
+        assert torch.equal(getattr(again, name), getattr(fresh, name))

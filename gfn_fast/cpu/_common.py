@@ -149,10 +149,12 @@ class _OutputPool:
         self.available = self._use_count is not None
         self.enabled = self.available and os.environ.get("GFN_FAST_REUSE_OUTPUTS", "1") != "0"
 
-    def empty(self, shape: tuple, dtype: torch.dtype, stride: tuple | None = None):
-        """torch.empty (contiguous) or, given `stride`, torch.empty_strided of a dense layout."""
+    def empty(self, shape: tuple, dtype: torch.dtype, stride: tuple | None = None, *,
+              min_bytes: int | None = None):
+        """torch.empty (contiguous) or, given `stride`, torch.empty_strided of a dense layout.
+        Pooled from `min_bytes` (default: the class's) up."""
         nbytes = math.prod(shape) * dtype.itemsize
-        if not self.enabled or nbytes < self.min_bytes:
+        if not self.enabled or nbytes < (self.min_bytes if min_bytes is None else min_bytes):
             return _allocate(shape, dtype, stride)
         with self._lock:
             for i, storage in enumerate(self._storages):

@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import as_numpy, serial_if
+from gfn_fast.cpu._common import OUTPUTS, as_numpy, serial_if
 from gfn_fast.cpu.sampling import _PARALLEL_MIN_BLOCKS, _U64, _clip, _row_view, _sample_row
 
 
@@ -64,6 +64,17 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
     return count
 
 
+# The trajectory buffers are outputs the caller receives; from this size up they come from the
+# output pool (cpu/_common.py): at N=4096 on the benchmark VM, fresh buffers cost ~1300 page
+# faults per rollout, as much time as the sampling.
+_POOL_FROM_BYTES = 256 << 10
+
+
+def trajectory_buffer(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised buffer of a rollout (states, actions, log_pf, policy features)."""
+    return OUTPUTS.empty(shape, dtype, min_bytes=_POOL_FROM_BYTES)
+
+
 class HyperGridWork:
     """Per-rollout scratch of the fused step: ping-pong live states and indices, the mask rows,
     the survivors' positions and the policy's input features (all [N, ...])."""
@@ -76,7 +87,7 @@ class HyperGridWork:
         self.mask = np.empty((n, ndim + 1), dtype=np.uint8)
         self.keep = np.empty(n, dtype=np.bool_)
         self.picked = torch.empty(n, dtype=torch.int64)
-        self.features = first_features.contiguous()
+        self.features = first_features
         self.side = 0
 
 
