@@ -127,11 +127,14 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
     """The compacting loop with one fused kernel call per step (same trajectories)."""
     op = "sample_actions"
     n = states.shape[1]
-    features = impl.trajectory_buffer((n, env.ndim * env.height), torch.float32)
-    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0], out=features))
+    first = env.encode(states[0], out=impl.trajectory_buffer((n, env.ndim * env.height),
+                                                             torch.float32))
+    work = impl.HyperGridWork(states[0], env.height, first)
+    del first
     rows, row_condition = n, conditioning
     for t in range(env.max_steps):
-        logits, scale = _policy_outputs(policy, work.features[:rows], row_condition)
+        logits, scale = _policy_outputs(policy, work.policy_input(rows), row_condition)
+        work.after_policy()
         if not isinstance(logits, torch.Tensor) or logits.shape != (rows, env.n_actions) or \
                 logits.device != env.device:
             got = (f"{list(logits.shape)} on {logits.device}"
@@ -292,7 +295,9 @@ def sample_trajectories(policy: Callable, env, n: int, *,
     live rows when compacting (`conditioning`, e.g. beta or g(beta) per trajectory, is
     compacted with them). Randomness: with `seed`, step t uses (seed, offset + t), reproducible
     on every backend; otherwise `generator` (default: the device's) is advanced by each step.
-    `compact`: evaluate only live rows (default: on CPU only, see the module docstring).
+    `compact`: evaluate only live rows (default: on CPU only, see the module docstring). On the
+    fused CPU path the features given to the policy are a view of a buffer that the next step
+    rewrites, unless the policy keeps a reference to them: then that step writes a new one.
 
     `cuda_graph` (CUDA, fixed-shape loop, `seed` only; see the module docstring): True captures
     the loop in a CUDA graph on first use of this (policy, env, n, seed, offset, options) and

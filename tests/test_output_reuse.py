@@ -107,8 +107,8 @@ def test_rollout_buffers_are_reused_only_once_released():
         for name, want in copies.items():
             assert torch.equal(getattr(held, name), want)
         assert torch.equal(terminal, terminal_copy)
-        pointer = rollout(7).states.data_ptr()  # released at once: its storage is free again
-        again = rollout(7)
+        pointer = rollout(8).states.data_ptr()  # released at once: its storage is free again
+        again = rollout(7)                      # ... and rewritten by a different rollout
         assert again.states.data_ptr() == pointer
         pooled = {storage.data_ptr() for storage in OUTPUTS._storages}
         assert {again.states.data_ptr(), again.actions.data_ptr()} <= pooled

@@ -117,14 +117,14 @@ def test_fused_hypergrid_steps_match_the_generic_loop(monkeypatch, shape, case):
     """The Numba fused step (sample, step, record, compact, encode in one kernel) gives bit for
     bit the trajectories of the generic compacting loop on the Numba sampler."""
     env = HyperGrid(*shape)
-    assert rollout._fused_steps(env, True, None) is not None  # the default CPU path is fused
+    assert rollout._fused_steps(env, True, "numba") is not None
     net = mlp_policy(env, seed=4)
     make, options = CASES[case]
     beta = torch.rand(3000) + 0.5
     kwargs = dict(options, conditioning=beta, backend="numba")
     fused = sample_trajectories(make(net), env, 3000, **kwargs)
     monkeypatch.setattr(rollout, "_FUSE_STEPS", False)
-    assert rollout._fused_steps(env, True, None) is None
+    assert rollout._fused_steps(env, True, "numba") is None
     generic = sample_trajectories(make(net), env, 3000, **kwargs)
     assert_same_trajectories(fused, generic)
     assert int(fused.lengths.max()) > 2 and int(fused.lengths.min()) == 1
@@ -156,6 +156,28 @@ def test_fused_hypergrid_steps_follow_the_generator_and_compact_conditioning(mon
     for got, expected in zip(seen[True], seen[False], strict=True):
         assert torch.equal(got, expected)
     assert seen[True][1].shape[0] < 700
+
+
+@pytest.mark.parametrize("keep", ["input", "returned view"])
+def test_fused_hypergrid_steps_never_rewrite_features_the_policy_holds(keep):
+    """The fused loop reuses one feature buffer across steps, unless the policy holds on to its
+    input (kept, or returned as a view): what it holds must keep the values it was given."""
+    env = HyperGrid(3, 4)
+    net = mlp_policy(env, seed=6)
+    kept, copies = [], []
+
+    def policy(features, _):
+        copies.append(features.clone())
+        if keep == "input":
+            kept.append(features)
+            return net(features)
+        kept.append(features[:, :env.n_actions])  # logits that are a view of the input
+        return kept[-1]
+
+    sample_trajectories(policy, env, 500, seed=2, backend="numba")
+    assert len(kept) > 3
+    for held, want in zip(kept, copies, strict=True):
+        assert torch.equal(held, want if keep == "input" else want[:, :env.n_actions])
 
 
 def test_fused_hypergrid_steps_reject_a_policy_of_the_wrong_shape():

@@ -93,21 +93,60 @@ def test_matches_reference_and_exact(backend, device, config, mask_kind):
         torch.testing.assert_close(got.cpu().double(), want, rtol=2e-5, atol=2e-5)
 
 
+def _argmax_of_every_key(logits, mask, seed):
+    """The policy-branch draw of the Numba sampler's contract with no key skipped: the first
+    allowed action of the largest key z + Gumbel (NaN keys count as -inf), every key computed
+    by the same Numba functions as gfn_fast/cpu/sampling.py."""
+    numba = pytest.importorskip("numba")
+    from gfn_fast.cpu import _philox as px
+    from gfn_fast.cpu import sampling as cpu_sampling
+
+    @numba.njit(cache=False)
+    def every_key(logits, mask, k0, k1, one, lo, hi, out):
+        zero = np.uint64(0)
+        for r in range(logits.shape[0]):
+            best, best_key = -1, logits.dtype.type(-np.inf)
+            for a in range(logits.shape[1]):
+                if not mask[r, a]:
+                    continue
+                words = px.philox4x32(k0, k1, np.uint64(a >> 1), np.uint64(r), zero, zero)
+                bits = words[0] if a % 2 == 0 else words[2]
+                key = cpu_sampling._scaled(logits[r, a], one, lo, hi, one) + px.gumbel(bits)
+                if key != key:
+                    key = -np.inf
+                if best < 0 or key > best_key:
+                    best, best_key = a, key
+            out[r] = max(best, 0)
+
+    out = np.empty(logits.shape[0], dtype=np.int64)
+    f32 = np.float32
+    every_key(logits.numpy(), mask.numpy(), np.uint64(seed), np.uint64(0), f32(1.0), f32(-np.inf),
+              f32(np.inf), out)
+    return torch.from_numpy(out)
+
+
 @pytest.mark.parametrize("order", ["random", "ascending"])
-@pytest.mark.parametrize("spread", [1.0, 30.0, 1e4, 3e5])
-def test_numba_gumbel_skip_keeps_the_argmax(spread, order):
+@pytest.mark.parametrize("values", ["1", "30", "1e4", "3e5", "inf and nan"])
+def test_numba_gumbel_skip_keeps_the_exact_argmax(values, order):
     """The Numba sampler skips the Gumbel key of elements that provably cannot win (module
     docstring of gfn_fast/cpu/sampling.py), by a bound renewed when the running max or the best
     key changes. Ascending rows renew the max at every element; spreads beyond 1e5 take the
-    never-skip branch. The draws must stay those of the reference, which computes every key."""
-    generator = torch.Generator().manual_seed(int(spread) % 1000 + len(order))
-    logits = torch.randn(4000, 40, generator=generator, dtype=torch.float64) * spread
+    never-skip branch. Its draws must be exactly those of computing every key."""
+    generator = torch.Generator().manual_seed(len(values) * 7 + len(order))
+    spread = 1.0 if values == "inf and nan" else float(values)
+    logits = torch.randn(6000, 40, generator=generator, dtype=torch.float64) * spread
     if order == "ascending":
         logits = logits.sort(dim=1).values
     logits = logits.float()
-    mask = torch.rand(4000, 40, generator=generator) < 0.8
+    if values == "inf and nan":
+        special = torch.rand(logits.shape, generator=generator)
+        logits[special < 0.01] = math.inf
+        logits[(special > 0.01) & (special < 0.02)] = math.nan
+        logits[(special > 0.02) & (special < 0.2)] = -math.inf
+    mask = torch.rand(6000, 40, generator=generator) < 0.8
     mask[:, -1] = True
     got = gfn_fast.sample_actions(logits, mask, seed=5, backend="numba")[0]
+    assert torch.equal(got, _argmax_of_every_key(logits, mask, 5))
     expected = gfn_fast.sample_actions(logits, mask, seed=5, backend="reference")[0]
     assert (got == expected).float().mean() >= 0.999
 

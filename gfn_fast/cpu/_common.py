@@ -172,6 +172,13 @@ class _OutputPool:
                 self._storages.pop(0)
             return out
 
+    def use_count(self, tensor: torch.Tensor) -> int | None:
+        """How many tensors, views and pool entries refer to `tensor`'s storage (None when this
+        torch cannot tell)."""
+        if self._use_count is None:
+            return None
+        return self._use_count(tensor.untyped_storage()._cdata)
+
     def clear(self):
         with self._lock:
             self._storages.clear()

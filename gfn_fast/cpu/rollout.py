@@ -89,6 +89,21 @@ class HyperGridWork:
         self.picked = torch.empty(n, dtype=torch.int64)
         self.features = first_features
         self.side = 0
+        self._held = None
+
+    def policy_input(self, rows: int) -> torch.Tensor:
+        """features[:rows], the next policy call's input (a view of a buffer the following step
+        rewrites)."""
+        self._held = OUTPUTS.use_count(self.features)
+        return self.features[:rows]
+
+    def after_policy(self) -> None:
+        """If the policy kept a reference to its input (or returned a view of it), the next
+        step's features go into a fresh buffer, so that what it holds never changes. Without
+        PyTorch's use count that cannot be known, and every step gets a fresh one."""
+        now = OUTPUTS.use_count(self.features)
+        if now is None or now > self._held:
+            self.features = torch.empty_like(self.features)
 
 
 def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, inv_temperature, clip,
