@@ -150,6 +150,7 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
             inputs.epsilon, (*_philox.split_seed(seed), *_philox.split_offset(offset)), states,
             actions, log_pf)
         if survivors == 0:
+            states[t + 2:] = states[t + 1]
             return
         if row_condition is not None and survivors < rows:
             row_condition = row_condition.index_select(0, work.picked[:survivors])

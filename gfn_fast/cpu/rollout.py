@@ -24,14 +24,18 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
                     current, live, states, actions, log_pf, mask, keep, next_current, next_live,
                     picked, features):
     """Samples every live row r (trajectory live[r], state current[r]) and writes its action and
-    log-probability at step t, its next state at t + 1 (and at every later step when it exits:
-    the exit leaves the point unchanged). Then packs the rows that did not exit into
+    log-probability at step t and its next state at t + 1 (the exit leaves the point unchanged;
+    rows finished before t are copied from step t). Then packs the rows that did not exit into
     next_current / next_live (picked[i] = their position among this step's rows), writes their
     one-hot features, and returns how many there are."""
     rows, ndim = current.shape
     exit_action = ndim
     top = height - 1
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
+    # Rows that finished earlier keep their point: step t + 1 starts as a copy of step t (one
+    # contiguous copy; filling each exiting row's later steps one by one instead touched a cache
+    # line per step, ~T scattered writes a row)
+    states[t + 1] = states[t]
     for r in numba.prange(rows):
         mask_row = mask[r]
         for d in range(ndim):
@@ -43,10 +47,8 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
         row = live[r]
         actions[t, row] = action
         log_pf[t, row] = lp
-        last = t + 1 if action != exit_action else states.shape[0] - 1
-        for s in range(t + 1, last + 1):
-            for d in range(ndim):
-                states[s, row, d] = current[r, d] + (1 if d == action else 0)
+        for d in range(ndim):
+            states[t + 1, row, d] = current[r, d] + (1 if d == action else 0)
         keep[r] = action != exit_action
     count = 0
     for r in range(rows):
