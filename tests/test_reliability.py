@@ -441,6 +441,33 @@ def test_subtb_neg_inf_reward_with_and_without_clip(backend, device, loss):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("loss", ["squared", "half_squared"])
+@pytest.mark.parametrize("with_pb", [False, True])
+def test_db_gradients_with_a_neg_inf_terminal_match_the_reference(backend, device, loss, with_pb):
+    """Without a clip, a -inf log R makes only the last residual of its trajectory infinite:
+    the gradients of the earlier steps, F(0) included, stay those of the reference (the Numba
+    backward once seeded its flow-gradient recurrence with 0 * terminal, a NaN here)."""
+    generator = torch.Generator().manual_seed(12)
+    log_pf = -torch.rand(5, 6, generator=generator, dtype=torch.float64)
+    log_pb = -torch.rand(5, 6, generator=generator, dtype=torch.float64) if with_pb else None
+    log_flow = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    log_reward = torch.tensor([-math.inf, 0.5, -math.inf, -math.inf, 1.0], dtype=torch.float64)
+    lengths = torch.tensor([6, 3, 3, 1, 2])
+    grads = {}
+    for name in ("reference", backend):
+        leaves = [t.to(device).requires_grad_(True)
+                  for t in (log_pf, log_flow) + ((log_pb,) if with_pb else ())]
+        pb = leaves[2] if with_pb else None
+        value = gfn_fast.detailed_balance(leaves[0], pb, leaves[1], log_reward.to(device),
+                                          lengths=lengths.to(device), loss=loss, backend=name)
+        assert value == math.inf
+        grads[name] = [g.cpu() for g in torch.autograd.grad(value, leaves)]
+    for got, want in zip(grads[backend], grads["reference"], strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True)
+    assert bool(torch.isfinite(grads[backend][1][[0, 2], :2]).all())  # F(0), F(1): finite
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_subtb_neg_inf_log_prob(backend, device):
     """An impossible transition (log P_F = -inf): DB's residual is -inf at that step only (its
     per-step loss +inf there, finite elsewhere); SubTB never returns a finite loss for it (the

@@ -100,7 +100,7 @@ def _db_backward(grad, log_pf, log_pb, has_pb, flow, sr, has_sr, lengths, packed
         row, col, n = _extent(lengths, b, packed, steps)
         terminal = _terminal(log_reward, beta, b, clip_min)
         flow_here = _flow(flow, sr, has_sr, row, col) if n > 0 else terminal
-        g_prev = grad_flow.dtype.type(0.0) * terminal
+        g_prev = 0.0  # (not 0 * terminal: an infinite terminal made that NaN)
         for t in range(n):
             flow_next = _flow(flow, sr, has_sr, row, col + t + 1) if t + 1 < n else terminal
             d = flow_here + log_pf[row, col + t] - flow_next
@@ -122,6 +122,78 @@ def _db_backward(grad, log_pf, log_pb, has_pb, flow, sr, has_sr, lengths, packed
                     grad_pb[row, t] = 0.0
         _terminal_grads(-g_prev, log_reward, beta, b, clip_min, grad_log_reward,
                         need_log_reward, grad_beta, need_beta)
+
+
+@numba.njit(inline="always", cache=True)
+def _db_squared_grad(g, log_pf, log_pb, has_pb, flow, b, t, flow_next):
+    """dLoss/dd_t of the squared loss, g * 2 d_t (g = dLoss/drho_t), rounded as _db_backward
+    rounds it."""
+    d = flow[b, t] + log_pf[b, t] - flow_next
+    if has_pb:
+        d -= log_pb[b, t]
+    return g * (2.0 * d)
+
+
+@numba.njit(inline="always", cache=True)
+def _db_squared_row(grad, row_constant, log_pf, log_pb, has_pb, flow, b, n, terminal, grad_pf,
+                    grad_pb, grad_flow):
+    """One trajectory of _db_backward_squared; returns g of its last step (0 when empty)."""
+    g_row = grad[b, 0]
+    for t in range(n - 1):
+        g = g_row if row_constant else grad[b, t]
+        grad_pf[b, t] = _db_squared_grad(g, log_pf, log_pb, has_pb, flow, b, t, flow[b, t + 1])
+    last = 0.0
+    if n > 0:
+        g = g_row if row_constant else grad[b, n - 1]
+        last = _db_squared_grad(g, log_pf, log_pb, has_pb, flow, b, n - 1, terminal)
+        grad_pf[b, n - 1] = last
+    if has_pb:
+        for t in range(n):
+            grad_pb[b, t] = -grad_pf[b, t]
+    # F(t) enters d_t with + and d_(t-1) with -: g_t - g_(t-1), both recomputed in float64
+    if n > 0:
+        g = g_row if row_constant else grad[b, 0]
+        grad_flow[b, 0] = _db_squared_grad(g, log_pf, log_pb, has_pb, flow, b, 0,
+                                           flow[b, 1] if n > 1 else terminal)
+    for t in range(1, n - 1):
+        g = g_row if row_constant else grad[b, t]
+        g_before = g_row if row_constant else grad[b, t - 1]
+        grad_flow[b, t] = (
+            _db_squared_grad(g, log_pf, log_pb, has_pb, flow, b, t, flow[b, t + 1])
+            - _db_squared_grad(g_before, log_pf, log_pb, has_pb, flow, b, t - 1, flow[b, t]))
+    if n > 1:
+        g_before = g_row if row_constant else grad[b, n - 2]
+        grad_flow[b, n - 1] = last - _db_squared_grad(g_before, log_pf, log_pb, has_pb, flow, b,
+                                                      n - 2, flow[b, n - 1])
+    return last
+
+
+@numba.njit(parallel=True, cache=True)
+def _db_backward_squared(grad, row_constant, log_pf, log_pb, has_pb, flow, lengths, log_reward,
+                         beta, clip_min, grad_pf, grad_pb, grad_flow, grad_log_reward,
+                         need_log_reward, grad_beta, need_beta):
+    """_db_backward for the commonest call (squared loss, padded [B, T], no state rewards), bit
+    for bit, in loops without a carried value, which LLVM vectorises (measured 1.6x at B=2048,
+    T=64): g_t is computed where it is stored, and grad_flow = g_t - g_(t-1) recomputes both.
+    row_constant: grad[b, t] does not depend on t (a reduced loss's upstream gradient is an
+    expanded scalar or row; a stride-0 load in the loop would keep it scalar)."""
+    batch, steps = log_pf.shape
+    for b in numba.prange(batch):
+        n = min(max(np.int64(lengths[b]), np.int64(0)), np.int64(steps))
+        terminal = _terminal(log_reward, beta, b, clip_min)
+        if row_constant:
+            last = _db_squared_row(grad, True, log_pf, log_pb, has_pb, flow, b, n, terminal,
+                                   grad_pf, grad_pb, grad_flow)
+        else:
+            last = _db_squared_row(grad, False, log_pf, log_pb, has_pb, flow, b, n, terminal,
+                                   grad_pf, grad_pb, grad_flow)
+        for t in range(n, steps):
+            grad_pf[b, t] = 0.0
+            grad_flow[b, t] = 0.0
+            if has_pb:
+                grad_pb[b, t] = 0.0
+        _terminal_grads(-last, log_reward, beta, b, clip_min, grad_log_reward, need_log_reward,
+                        grad_beta, need_beta)
 
 
 # ------------------------------------------------------------------ sub-trajectory balance
@@ -315,8 +387,19 @@ def db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths,
     grads = _grad_buffers(log_pf, log_pb is not None, dtype, batch, need_log_reward, need_beta)
     grad_pf, grad_pb, grad_flow, grad_log_reward, grad_beta = grads
     gpf = _as_2d(grad_pf, packed).numpy()
+    grad_np = as_numpy(_as_2d(grad_steps.to(dtype), packed), dtype)
+    if loss_id == SQUARED and not packed and log_state_reward is None:
+        kernel = _threads_for(_db_backward_squared, log_pf.numel())
+        kernel(grad_np, grad_np.shape[1] > 0 and grad_np.strides[1] == 0, pf, pb,
+               log_pb is not None, flow, lengths.numpy(), log_reward.numpy(),
+               _beta(beta, batch, dtype), float(clip_min), gpf,
+               grad_pb.numpy() if grad_pb is not None else gpf, grad_flow.numpy(),
+               grad_log_reward.numpy(), need_log_reward, grad_beta.numpy(), need_beta)
+        grad_pf, grad_pb, grad_flow = _narrow(log_pf, grad_pf, grad_pb, grad_flow)
+        return (grad_pf, grad_pb, grad_flow, grad_log_reward if need_log_reward else None,
+                grad_beta if need_beta else None)
     kernel = _threads_for(_db_backward, log_pf.numel())
-    kernel(as_numpy(_as_2d(grad_steps.to(dtype), packed), dtype), pf, pb,
+    kernel(grad_np, pf, pb,
            log_pb is not None, flow, sr, log_state_reward is not None, lengths.numpy(),
            packed, log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min),
            loss_id, float(loss_param), gpf,
