@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from gfn_fast.cpu._common import as_numpy, empty, output_like, per_row, rho, rho_grad, serial_if
-from gfn_fast.cpu.balance import _as_2d, _beta, _extent
+from gfn_fast.cpu.balance import _FAST, _as_2d, _beta, _extent
 
 SQUARED, HALF_SQUARED = 0, 1
 
@@ -122,6 +122,45 @@ def _db_backward(grad, log_pf, log_pb, has_pb, flow, sr, has_sr, lengths, packed
                     grad_pb[row, t] = 0.0
         _terminal_grads(-g_prev, log_reward, beta, b, clip_min, grad_log_reward,
                         need_log_reward, grad_beta, need_beta)
+
+
+@numba.njit(inline="always", cache=True)
+def _db_residual(log_pf, log_pb, has_pb, flow, b, t, flow_next):
+    d = flow[b, t] + log_pf[b, t] - flow_next
+    if has_pb:
+        d -= log_pb[b, t]
+    return d
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FAST)
+def _db_forward_squared(log_pf, log_pb, has_pb, flow, lengths, log_reward, beta, clip_min,
+                        per_step, step_out, row_out):
+    """_db_forward for the squared loss on padded [B, T] without state rewards: the residuals
+    of a row need no carried value, so with reassociation (not nnan/ninf: NaN and inf still
+    propagate) LLVM vectorises the sum. Each row is summed by one thread: deterministic."""
+    batch, steps = log_pf.shape
+    for b in numba.prange(batch):
+        n = min(max(np.int64(lengths[b]), np.int64(0)), np.int64(steps))
+        terminal = _terminal(log_reward, beta, b, clip_min)
+        total = row_out.dtype.type(0.0)
+        if per_step:
+            for t in range(n - 1):
+                d = _db_residual(log_pf, log_pb, has_pb, flow, b, t, flow[b, t + 1])
+                step_out[b, t] = d * d
+                total += d * d
+        else:
+            for t in range(n - 1):
+                d = _db_residual(log_pf, log_pb, has_pb, flow, b, t, flow[b, t + 1])
+                total += d * d
+        if n > 0:
+            d = _db_residual(log_pf, log_pb, has_pb, flow, b, n - 1, terminal)
+            total += d * d
+            if per_step:
+                step_out[b, n - 1] = d * d
+        if per_step:
+            for t in range(n, steps):
+                step_out[b, t] = 0.0
+        row_out[b] = total
 
 
 @numba.njit(inline="always", cache=True)
@@ -369,6 +408,11 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
     rows = torch.empty(batch, dtype=dtype)
     steps_out = empty(log_pf.shape if per_step else (1,), dtype=dtype)
     step_view = _as_2d(steps_out, packed).numpy() if per_step else np.zeros((1, 1), pf.dtype)
+    if loss_id == SQUARED and not packed and log_state_reward is None:
+        _threads_for(_db_forward_squared, log_pf.numel())(
+            pf, pb, log_pb is not None, flow, lengths.numpy(), log_reward.numpy(),
+            _beta(beta, batch, dtype), float(clip_min), per_step, step_view, rows.numpy())
+        return rows, (steps_out if per_step else None)
     kernel = _threads_for(_db_forward, log_pf.numel())
     kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
            lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
