@@ -398,6 +398,15 @@ def _narrow(log_pf, grad_pf, grad_pb, grad_flow):
     return grad_pf, grad_pb, grad_flow
 
 
+def _squared_fast_path(loss_id, packed, log_state_reward, *arrays) -> bool:
+    """Whether DB's squared-loss kernels apply: padded [B, T] without state rewards, with rows
+    contiguous along T (or constant along it). On time-major inputs read through `.T` their
+    loops would stride by B and lose to the general kernels (measured 1.3x slower)."""
+    if loss_id != SQUARED or packed or log_state_reward is not None:
+        return False
+    return all(a.shape[1] <= 1 or a.strides[1] in (0, a.itemsize) for a in arrays)
+
+
 def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_reward, beta,
                clip_min, loss_id, loss_param, per_step):
     """Per-trajectory sums of rho(d_t) [B], and the per-step rho(d) (zero-padded [B, T], or
@@ -408,7 +417,7 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
     rows = torch.empty(batch, dtype=dtype)
     steps_out = empty(log_pf.shape if per_step else (1,), dtype=dtype)
     step_view = _as_2d(steps_out, packed).numpy() if per_step else np.zeros((1, 1), pf.dtype)
-    if loss_id == SQUARED and not packed and log_state_reward is None:
+    if _squared_fast_path(loss_id, packed, log_state_reward, pf, pb, flow):
         _threads_for(_db_forward_squared, log_pf.numel())(
             pf, pb, log_pb is not None, flow, lengths.numpy(), log_reward.numpy(),
             _beta(beta, batch, dtype), float(clip_min), per_step, step_view, rows.numpy())
@@ -432,7 +441,7 @@ def db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths,
     grad_pf, grad_pb, grad_flow, grad_log_reward, grad_beta = grads
     gpf = _as_2d(grad_pf, packed).numpy()
     grad_np = as_numpy(_as_2d(grad_steps.to(dtype), packed), dtype)
-    if loss_id == SQUARED and not packed and log_state_reward is None:
+    if _squared_fast_path(loss_id, packed, log_state_reward, pf, pb, flow, grad_np):
         kernel = _threads_for(_db_backward_squared, log_pf.numel())
         kernel(grad_np, grad_np.shape[1] > 0 and grad_np.strides[1] == 0, pf, pb,
                log_pb is not None, flow, lengths.numpy(), log_reward.numpy(),
