@@ -127,10 +127,8 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
     """The compacting loop with one fused kernel call per step (same trajectories)."""
     op = "sample_actions"
     n = states.shape[1]
-    first = env.encode(states[0], out=impl.trajectory_buffer((n, env.ndim * env.height),
-                                                             torch.float32))
-    work = impl.HyperGridWork(states[0], env.height, first)
-    del first
+    features = impl.trajectory_buffer((n, env.ndim * env.height), torch.float32)
+    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0], out=features))
     rows, row_condition = n, conditioning
     for t in range(env.max_steps):
         logits, scale = _policy_outputs(policy, work.policy_input(rows), row_condition)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gfn_fast.cpu._common import OUTPUTS, as_numpy, serial_if
-from gfn_fast.cpu.sampling import _PARALLEL_MIN_BLOCKS, _U64, _clip, _row_view, _sample_row
+from gfn_fast.cpu.sampling import _U64, _clip, _row_view, _sample_row, serial_sampling
 
 
 @numba.njit(parallel=True, cache=True)
@@ -114,10 +114,8 @@ def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, inv_te
     work.features[:count] and work.picked[:count] describe the next step's rows."""
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     lo, hi = _clip(clip, dtype)
-    width = logits.shape[1]
-    small = rows * ((width + 3) >> 1) < _PARALLEL_MIN_BLOCKS
     side = work.side
-    count = serial_if(_hypergrid_step, small)(
+    count = serial_if(_hypergrid_step, serial_sampling(rows, logits.shape[1]))(
         as_numpy(logits, dtype), _row_view(scale, rows, dtype, 1.0),
         _row_view(inv_temperature, rows, dtype, 1.0), lo, hi, _row_view(epsilon, rows, dtype, 0.0),
         *seed_words, work.height, t, work.current[side].numpy()[:rows],

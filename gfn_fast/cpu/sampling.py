@@ -298,6 +298,12 @@ def _clip(clip, dtype):
     return np_type(lo), np_type(hi)
 
 
+def serial_sampling(rows: int, width: int) -> bool:
+    """Whether sampling `rows` rows of `width` actions runs on the calling thread: counted in
+    Philox blocks drawn, one per pair of actions and one coin, per row."""
+    return rows * ((width + 3) >> 1) < _PARALLEL_MIN_BLOCKS
+
+
 def sample_forward(logits, mask, packed, scale, inv_temperature, clip, epsilon, seed_words,
                    want_log_mu, want_entropy):
     """(actions [N] int64, log_pi, log_mu, entropy, lse), log-probs in the compute dtype; log_mu
@@ -312,9 +318,7 @@ def sample_forward(logits, mask, packed, scale, inv_temperature, clip, epsilon, 
     lse = torch.empty(rows, dtype=dtype)
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
-    # Philox blocks drawn: one per pair of actions and one coin, per row
-    small = rows * ((logits.shape[1] + 3) >> 1) < _PARALLEL_MIN_BLOCKS
-    serial_if(_sample_rows, small)(
+    serial_if(_sample_rows, serial_sampling(rows, logits.shape[1]))(
         as_numpy(logits, dtype), mask_np, has_mask, packed, _row_view(scale, rows, dtype, 1.0),
         _row_view(inv_temperature, rows, dtype, 1.0), lo, hi,
         _row_view(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(), log_pi.numpy(),

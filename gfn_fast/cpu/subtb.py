@@ -143,15 +143,11 @@ def _db_forward_squared(log_pf, log_pb, has_pb, flow, lengths, log_reward, beta,
         n = min(max(np.int64(lengths[b]), np.int64(0)), np.int64(steps))
         terminal = _terminal(log_reward, beta, b, clip_min)
         total = row_out.dtype.type(0.0)
-        if per_step:
-            for t in range(n - 1):
-                d = _db_residual(log_pf, log_pb, has_pb, flow, b, t, flow[b, t + 1])
+        for t in range(n - 1):
+            d = _db_residual(log_pf, log_pb, has_pb, flow, b, t, flow[b, t + 1])
+            if per_step:
                 step_out[b, t] = d * d
-                total += d * d
-        else:
-            for t in range(n - 1):
-                d = _db_residual(log_pf, log_pb, has_pb, flow, b, t, flow[b, t + 1])
-                total += d * d
+            total += d * d
         if n > 0:
             d = _db_residual(log_pf, log_pb, has_pb, flow, b, n - 1, terminal)
             total += d * d
@@ -167,10 +163,7 @@ def _db_forward_squared(log_pf, log_pb, has_pb, flow, lengths, log_reward, beta,
 def _db_squared_grad(g, log_pf, log_pb, has_pb, flow, b, t, flow_next):
     """dLoss/dd_t of the squared loss, g * 2 d_t (g = dLoss/drho_t), rounded as _db_backward
     rounds it."""
-    d = flow[b, t] + log_pf[b, t] - flow_next
-    if has_pb:
-        d -= log_pb[b, t]
-    return g * (2.0 * d)
+    return g * (2.0 * _db_residual(log_pf, log_pb, has_pb, flow, b, t, flow_next))
 
 
 @numba.njit(inline="always", cache=True)
@@ -190,10 +183,9 @@ def _db_squared_row(grad, row_constant, log_pf, log_pb, has_pb, flow, b, n, term
         for t in range(n):
             grad_pb[b, t] = -grad_pf[b, t]
     # F(t) enters d_t with + and d_(t-1) with -: g_t - g_(t-1), both recomputed in float64
+    # (F(0) only in d_0: its gradient is g_0, rounded as grad_pf's)
     if n > 0:
-        g = g_row if row_constant else grad[b, 0]
-        grad_flow[b, 0] = _db_squared_grad(g, log_pf, log_pb, has_pb, flow, b, 0,
-                                           flow[b, 1] if n > 1 else terminal)
+        grad_flow[b, 0] = grad_pf[b, 0]
     for t in range(1, n - 1):
         g = g_row if row_constant else grad[b, t]
         g_before = g_row if row_constant else grad[b, t - 1]
@@ -421,11 +413,11 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
         _threads_for(_db_forward_squared, log_pf.numel())(
             pf, pb, log_pb is not None, flow, lengths.numpy(), log_reward.numpy(),
             _beta(beta, batch, dtype), float(clip_min), per_step, step_view, rows.numpy())
-        return rows, (steps_out if per_step else None)
-    kernel = _threads_for(_db_forward, log_pf.numel())
-    kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
-           lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
-           float(clip_min), loss_id, float(loss_param), per_step, step_view, rows.numpy())
+    else:
+        _threads_for(_db_forward, log_pf.numel())(
+            pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
+            lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
+            float(clip_min), loss_id, float(loss_param), per_step, step_view, rows.numpy())
     return rows, (steps_out if per_step else None)
 
 
@@ -448,17 +440,14 @@ def db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths,
                _beta(beta, batch, dtype), float(clip_min), gpf,
                grad_pb.numpy() if grad_pb is not None else gpf, grad_flow.numpy(),
                grad_log_reward.numpy(), need_log_reward, grad_beta.numpy(), need_beta)
-        grad_pf, grad_pb, grad_flow = _narrow(log_pf, grad_pf, grad_pb, grad_flow)
-        return (grad_pf, grad_pb, grad_flow, grad_log_reward if need_log_reward else None,
-                grad_beta if need_beta else None)
-    kernel = _threads_for(_db_backward, log_pf.numel())
-    kernel(grad_np, pf, pb,
-           log_pb is not None, flow, sr, log_state_reward is not None, lengths.numpy(),
-           packed, log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min),
-           loss_id, float(loss_param), gpf,
-           _as_2d(grad_pb, packed).numpy() if grad_pb is not None else gpf,
-           _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(), need_log_reward,
-           grad_beta.numpy(), need_beta)
+    else:
+        kernel = _threads_for(_db_backward, log_pf.numel())
+        kernel(grad_np, pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
+               lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
+               float(clip_min), loss_id, float(loss_param), gpf,
+               _as_2d(grad_pb, packed).numpy() if grad_pb is not None else gpf,
+               _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(), need_log_reward,
+               grad_beta.numpy(), need_beta)
     grad_pf, grad_pb, grad_flow = _narrow(log_pf, grad_pf, grad_pb, grad_flow)
     return (grad_pf, grad_pb, grad_flow, grad_log_reward if need_log_reward else None,
             grad_beta if need_beta else None)
