@@ -42,6 +42,7 @@ class Case:
     impls: dict = field(default_factory=dict)
     items: int = 0           # work items per call (e.g. trajectories), reported as items/s
     item_name: str = ""
+    graph: bool = True       # on CUDA, also time each call replayed from a captured CUDA graph
 
 
 def _sync(device: torch.device) -> None:
@@ -180,6 +181,51 @@ def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,
     return samples
 
 
+def _capture(call: Callable, device: torch.device) -> "torch.cuda.CUDAGraph":
+    """`call` captured in a CUDA graph (warmed up on a side stream first, as capture needs)."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            call()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    _sync(device)
+    return graph
+
+
+def _graph_rows(calls: dict, rows: list, case: Case, device: torch.device, bandwidth: float,
+                min_seconds: float, progress: Callable) -> None:
+    """Device time per call: each implementation captured once in a CUDA graph and its replays
+    timed side by side. Per-call timing includes the host's launch overhead (the GPU waits for
+    Python); a replay launches the same kernels with none, so this is the figure to set against
+    the bytes the op moves. An implementation that cannot be captured gets `graph_error`."""
+    graphs, replays = {}, {}
+    for impl, call in calls.items():
+        progress(f"{case.label} / capturing {impl}")
+        try:
+            graphs[impl] = _capture(call, device)
+            replays[impl] = graphs[impl].replay
+        except Exception as err:
+            _sync(device)
+            next(r for r in rows if r.get("impl") == impl)["graph_error"] = repr(err)[:300]
+    if not replays:
+        return
+    progress(f"{case.label} / timing {len(replays)} graph replays side by side")
+    timings = time_side_by_side(replays, device, min_seconds=min_seconds)
+    for impl, samples in timings.items():
+        median = statistics.median(samples)
+        row = next(r for r in rows if r.get("impl") == impl)
+        row.update(graph_ms=median * 1e3, graph_p20_ms=_percentile(samples, 0.2) * 1e3,
+                   graph_p80_ms=_percentile(samples, 0.8) * 1e3,
+                   graph_gbps=case.bytes_moved / median / 1e9,
+                   graph_pct_copy_bw=100 * case.bytes_moved / median / bandwidth)
+    del graphs, replays
+    torch.cuda.empty_cache()
+
+
 def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds: float,
              progress: Callable[[str], None] = lambda _: None) -> list[dict]:
     try:
@@ -216,6 +262,8 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
             if case.items:
                 rows[-1].update(items=case.items, item_name=case.item_name,
                                 items_per_s=case.items / median)
+        if device.type == "cuda" and case.graph and calls:
+            _graph_rows(calls, rows, case, device, bandwidth, min_seconds, progress)
     # the baseline: the row named "eager", else the first eager variant (e.g. "eager
     # (materialises [B, D, K])" where that is the only reference)
     timed = [r for r in rows if "median_ms" in r]
@@ -224,6 +272,8 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
     for row in rows:
         if eager is not None and "median_ms" in row:
             row["speedup_vs_eager"] = eager["median_ms"] / row["median_ms"]
+        if eager is not None and "graph_ms" in row and "graph_ms" in eager:
+            row["graph_speedup_vs_eager"] = eager["graph_ms"] / row["graph_ms"]
     return rows
 
 
@@ -246,6 +296,23 @@ def markdown(rows: list[dict], header: dict) -> str:
             + (f"{r['gbps']:.1f} | {r['pct_copy_bw']:.0f}% | " if r["bytes_moved"] else "- | - | ")
             + (f"{r['items_per_s']:.3g} {r['item_name']} | " if "items_per_s" in r else "- | ")
             + f"{r['peak_mem_mb']:.1f} | {r.get('speedup_vs_eager', float('nan')):.2f}x |")
+    graphed = [r for r in rows if "graph_ms" in r or "graph_error" in r]
+    if graphed:
+        lines += ["", "Device time: each call captured in a CUDA graph, replays timed side by "
+                  "side (no host launch overhead).", "",
+                  "| op | case | impl | graph ms | p20-p80 ms | GB/s | % copy BW | vs eager |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        for r in graphed:
+            if "graph_ms" not in r:
+                lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | not capturable: "
+                             f"{r['graph_error'][:60]} | | | | |")
+                continue
+            lines.append(
+                f"| {r['op']} | {r['case']} | {r['impl']} | {r['graph_ms']:.4f} | "
+                f"{r['graph_p20_ms']:.4f}-{r['graph_p80_ms']:.4f} | "
+                + (f"{r['graph_gbps']:.1f} | {r['graph_pct_copy_bw']:.0f}% | " if r["bytes_moved"]
+                   else "- | - | ")
+                + f"{r.get('graph_speedup_vs_eager', float('nan')):.2f}x |")
     return "\n".join(lines)
 
 
@@ -331,13 +398,14 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
             net = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.LeakyReLU(),
                                       torch.nn.Linear(128, 128), torch.nn.LeakyReLU(),
                                       torch.nn.Linear(128, 5)).to(dev)
-            return {"env": env, "net": net}
+            # one policy object: a CUDA-graphed rollout is cached per (policy, env, n, ...)
+            return {"env": env, "net": net, "policy": lambda f, _: net(f)}
 
-        def ours(backend, n=n):
+        def ours(backend, n=n, graph=False):
             def call(state):
                 with torch.no_grad():
-                    return sample_trajectories(lambda f, _: state["net"](f), state["env"], n,
-                                               seed=0, backend=backend).lengths
+                    return sample_trajectories(state["policy"], state["env"], n, seed=0,
+                                               backend=backend, cuda_graph=graph).lengths
             return call
 
         impls = {"eager": ours("reference")}
@@ -345,6 +413,8 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
             if device.type in gfn_fast.backends()[backend]["devices"] and not (
                     backend == "triton" and device.type == "cpu"):
                 impls[f"gfn_fast[{backend}]"] = ours(backend)
+                if device.type == "cuda":
+                    impls[f"gfn_fast[{backend}] + CUDA graph"] = ours(backend, graph=True)
         try:
             from gfn.gym import HyperGrid as TorchgfnHyperGrid
             from gfn.modules import DiscretePolicyEstimator
@@ -366,7 +436,7 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
             pass
         cases.append(Case("sample_trajectories", f"HyperGrid(4,8) N={n}",
                           {"N": n, "ndim": 4, "height": 8}, 0, setup, impls, items=n,
-                          item_name="traj/s"))
+                          item_name="traj/s", graph=False))
     return cases
 
 

@@ -63,6 +63,14 @@ def rho_grad(d, param, LOSS: tl.constexpr):
     return out
 
 
+@triton.jit
+def scalar(value, ACC: tl.constexpr):
+    """A float argument in the accumulator type. Kernels annotate float arguments tl.float64:
+    unannotated, compiled Triton passes a Python float as fp32, so a float64 kernel would see a
+    rounded value (the interpreter keeps the Python float, which tl.full takes exactly)."""
+    return tl.full([], value, ACC)
+
+
 def accumulator(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 

@@ -73,7 +73,7 @@ def seed_key(seed_lo, seed_hi):
     return seed_lo.to(tl.uint32), seed_hi.to(tl.uint32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _fill_kernel(rows_ptr, cols_ptr, words_ptr, floats_ptr, n, seed_lo, seed_hi, off_lo, off_hi,
                  BLOCK: tl.constexpr):
     """Words and transforms of block (rows[i], cols[i]), for the tests."""

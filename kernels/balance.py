@@ -10,7 +10,7 @@ cu_seqlens. Lengths and offsets are clamped to the tensor: bad values never inde
 import torch
 import triton
 import triton.language as tl
-from gfn_fast.kernels._common import accumulator, interpret, rho, rho_grad
+from gfn_fast.kernels._common import accumulator, interpret, rho, rho_grad, scalar
 from gfn_fast.kernels._common import trajectory_extent as _extent
 
 
@@ -18,11 +18,13 @@ from gfn_fast.kernels._common import trajectory_extent as _extent
 def _rows_forward_kernel(
     pf_ptr, pb_ptr, lengths_ptr, log_reward_ptr, log_z_ptr, beta_ptr, d_ptr, loss_ptr,
     batch, steps, stride_pf_b, stride_pf_t, stride_pb_b, stride_pb_t, stride_log_z, stride_beta,
-    clip_min, loss_param,
+    clip_min: tl.float64, loss_param: tl.float64,
     HAS_PB: tl.constexpr, HAS_LOG_Z: tl.constexpr, HAS_BETA: tl.constexpr, PACKED: tl.constexpr,
     APPLY_LOSS: tl.constexpr, LOSS: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
+    clip_min = scalar(clip_min, ACC)
+    loss_param = scalar(loss_param, ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     row_mask = rows < batch
     start, count = _extent(lengths_ptr, rows, row_mask, steps, PACKED)
@@ -56,11 +58,14 @@ def _rows_backward_kernel(
     grad_rows_ptr, d_ptr, lengths_ptr, log_reward_ptr, beta_ptr, grad_pf_ptr, grad_pb_ptr,
     grad_row_ptr, grad_log_reward_ptr, grad_beta_ptr,
     batch, steps, stride_grad_rows, stride_gpf_b, stride_gpf_t, stride_gpb_b, stride_gpb_t,
-    stride_beta, weight, clip_min, loss_param,
+    stride_beta, weight: tl.float64, clip_min: tl.float64, loss_param: tl.float64,
     HAS_PB: tl.constexpr, HAS_BETA: tl.constexpr, PACKED: tl.constexpr,
     FROM_RESIDUAL: tl.constexpr, NEED_LOG_REWARD: tl.constexpr, NEED_BETA: tl.constexpr,
     LOSS: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
+    weight = scalar(weight, ACC)
+    clip_min = scalar(clip_min, ACC)
+    loss_param = scalar(loss_param, ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     row_mask = rows < batch
     start, count = _extent(lengths_ptr, rows, row_mask, steps, PACKED)

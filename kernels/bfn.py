@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 from gfn_fast.kernels import _philox as px
-from gfn_fast.kernels._common import accumulator, expm1, interpret
+from gfn_fast.kernels._common import accumulator, expm1, interpret, scalar
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -32,9 +32,14 @@ def _output_coefficients(t, log_s, t_min):
 
 
 @triton.jit
-def _continuous_output_kernel(mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements, dims, log_s, t_min,
-                              x_min, x_max, CLAMP: tl.constexpr, ACC: tl.constexpr,
+def _continuous_output_kernel(mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements, dims,
+                              log_s: tl.float64, t_min: tl.float64, x_min: tl.float64,
+                              x_max: tl.float64, CLAMP: tl.constexpr, ACC: tl.constexpr,
                               BLOCK: tl.constexpr):
+    log_s = scalar(log_s, ACC)
+    t_min = scalar(t_min, ACC)
+    x_min = scalar(x_min, ACC)
+    x_max = scalar(x_max, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
     t = tl.load(t_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
@@ -47,11 +52,17 @@ def _continuous_output_kernel(mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements, dims,
 
 
 @triton.jit
-def _continuous_loss_fwd_kernel(x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, unit_ptr, dims, log_s,
-                                w_scale, t_min, x_min, x_max, CLAMP: tl.constexpr,
+def _continuous_loss_fwd_kernel(x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, unit_ptr, dims,
+                                log_s: tl.float64, w_scale: tl.float64, t_min: tl.float64,
+                                x_min: tl.float64, x_max: tl.float64, CLAMP: tl.constexpr,
                                 UNIT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """out[b] = loss_b; with UNIT also unit[b, d] = d loss_b / d eps_hat[b, d] (zero where x_hat
     is clamped away), so the backward is one multiply by the upstream gradient."""
+    log_s = scalar(log_s, ACC)
+    w_scale = scalar(w_scale, ACC)
+    t_min = scalar(t_min, ACC)
+    x_min = scalar(x_min, ACC)
+    x_max = scalar(x_max, ACC)
     b = tl.program_id(0).to(tl.int64)
     t = tl.load(t_ptr + b).to(ACC)
     a, c = _output_coefficients(t, log_s, t_min)
@@ -121,7 +132,10 @@ def _discretised_mean(mu, sigma, n_bins, WANT_GRAD: tl.constexpr):
 
 @triton.jit
 def _discretised_loss_fwd_kernel(x_ptr, mu_ptr, log_sigma_ptr, t_ptr, out_ptr, dims, n_bins,
-                                 log_s, w_scale, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                                 log_s: tl.float64, w_scale: tl.float64, ACC: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    log_s = scalar(log_s, ACC)
+    w_scale = scalar(w_scale, ACC)
     b = tl.program_id(0).to(tl.int64)
     row = b * dims
     total = tl.zeros([BLOCK], dtype=ACC)
@@ -139,8 +153,10 @@ def _discretised_loss_fwd_kernel(x_ptr, mu_ptr, log_sigma_ptr, t_ptr, out_ptr, d
 
 @triton.jit
 def _discretised_loss_bwd_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma_ptr, t_ptr, grad_mu_ptr,
-                                 grad_log_sigma_ptr, n_elements, dims, n_bins, log_s, w_scale,
-                                 ACC: tl.constexpr, BLOCK: tl.constexpr):
+                                 grad_log_sigma_ptr, n_elements, dims, n_bins, log_s: tl.float64,
+                                 w_scale: tl.float64, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    log_s = scalar(log_s, ACC)
+    w_scale = scalar(w_scale, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
     b = idx // dims
@@ -190,8 +206,10 @@ def _softmax_tile(logits_ptr, offsets, mask, ACC: tl.constexpr):
 
 
 @triton.jit
-def _discrete_loss_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes, beta_1,
-                              ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+def _discrete_loss_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes,
+                              beta_1: tl.float64, ACC: tl.constexpr, BLOCK_D: tl.constexpr,
+                              BLOCK_K: tl.constexpr):
+    beta_1 = scalar(beta_1, ACC)
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_K)
     total = tl.zeros([BLOCK_D, BLOCK_K], dtype=ACC)
@@ -209,8 +227,9 @@ def _discrete_loss_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_c
 
 @triton.jit
 def _discrete_loss_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr, n_rows, dims,
-                              n_classes, beta_1, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                              BLOCK_K: tl.constexpr):
+                              n_classes, beta_1: tl.float64, ACC: tl.constexpr,
+                              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    beta_1 = scalar(beta_1, ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
     k = tl.arange(0, BLOCK_K)
@@ -283,9 +302,10 @@ def _uniform(row, seed_lo, seed_hi, off_lo, off_hi):
     return px.uniform(w0)
 
 
-@triton.jit
-def _continuous_flow_kernel(x_ptr, t_ptr, out_ptr, n_elements, dims, log_s, seed_lo, seed_hi,
-                            off_lo, off_hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _continuous_flow_kernel(x_ptr, t_ptr, out_ptr, n_elements, dims, log_s: tl.float64, seed_lo,
+                            seed_hi, off_lo, off_hi, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    log_s = scalar(log_s, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
     t = tl.load(t_ptr + idx // dims, mask=mask, other=0.0).to(ACC)
@@ -305,10 +325,11 @@ def _sender(target, k, alpha, spread, index, n_classes, seed_lo, seed_hi, off_lo
     return alpha[:, None] * (hot - 1.0) + spread[:, None] * eps
 
 
-@triton.jit
-def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes, beta_1, seed_lo,
-                          seed_hi, off_lo, off_hi, LOG: tl.constexpr, ACC: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes,
+                          beta_1: tl.float64, seed_lo, seed_hi, off_lo, off_hi, LOG: tl.constexpr,
+                          ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    beta_1 = scalar(beta_1, ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
     k = tl.arange(0, BLOCK_K)
@@ -353,10 +374,11 @@ def _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes, se
     return p, z, lse, y_target
 
 
-@triton.jit
-def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes, beta_1,
-                               n_steps, seed_lo, seed_hi, off_lo, off_hi, ACC: tl.constexpr,
-                               BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes,
+                               beta_1: tl.float64, n_steps, seed_lo, seed_hi, off_lo, off_hi,
+                               ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    beta_1 = scalar(beta_1, ACC)
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_K)
     t = tl.load(t_ptr + b).to(ACC)
@@ -372,10 +394,12 @@ def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_
     tl.store(out_ptr + b, n_steps * tl.sum(total, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _discrete_nstep_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr, n_rows, dims,
-                               n_classes, beta_1, n_steps, seed_lo, seed_hi, off_lo, off_hi,
-                               ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                               n_classes, beta_1: tl.float64, n_steps, seed_lo, seed_hi, off_lo,
+                               off_hi, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                               BLOCK_K: tl.constexpr):
+    beta_1 = scalar(beta_1, ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
     k = tl.arange(0, BLOCK_K)
@@ -391,10 +415,17 @@ def _discrete_nstep_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr
              g.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _continuous_step_kernel(mu_ptr, rho_ptr, eps_hat_ptr, n_elements, dims, a, c,
-                            inv_sqrt_alpha, alpha, x_min, x_max, seed_lo, seed_hi, off_lo, off_hi,
-                            CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _continuous_step_kernel(mu_ptr, rho_ptr, eps_hat_ptr, n_elements, dims, a: tl.float64,
+                            c: tl.float64, inv_sqrt_alpha: tl.float64, alpha: tl.float64,
+                            x_min: tl.float64, x_max: tl.float64, seed_lo, seed_hi, off_lo,
+                            off_hi, CLAMP: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    a = scalar(a, ACC)
+    c = scalar(c, ACC)
+    inv_sqrt_alpha = scalar(inv_sqrt_alpha, ACC)
+    alpha = scalar(alpha, ACC)
+    x_min = scalar(x_min, ACC)
+    x_max = scalar(x_max, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
     rho = tl.load(rho_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
@@ -407,10 +438,13 @@ def _continuous_step_kernel(mu_ptr, rho_ptr, eps_hat_ptr, n_elements, dims, a, c
     tl.store(mu_ptr + idx, (mu + gain * (y - mu)).to(mu_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr, n_elements, dims,
-                             n_bins, inv_sqrt_alpha, alpha, seed_lo, seed_hi, off_lo, off_hi,
-                             UPDATE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                             n_bins, inv_sqrt_alpha: tl.float64, alpha: tl.float64, seed_lo,
+                             seed_hi, off_lo, off_hi, UPDATE: tl.constexpr, ACC: tl.constexpr,
+                             BLOCK: tl.constexpr):
+    inv_sqrt_alpha = scalar(inv_sqrt_alpha, ACC)
+    alpha = scalar(alpha, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
     eps_draw, eps_send = _pair(idx >> 1, (idx & 1) != 0, seed_lo, seed_hi, off_lo, off_hi)
@@ -427,10 +461,13 @@ def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr,
                  mask=mask)
 
 
-@triton.jit
-def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes, alpha, spread,
-                          seed_lo, seed_hi, off_lo, off_hi, UPDATE: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes,
+                          alpha: tl.float64, spread: tl.float64, seed_lo, seed_hi, off_lo, off_hi,
+                          UPDATE: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_K: tl.constexpr):
+    alpha = scalar(alpha, ACC)
+    spread = scalar(spread, ACC)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
     k = tl.arange(0, BLOCK_K)

@@ -123,7 +123,7 @@ def _log_mixture(log_pi, eps, count):
     return tl.where(low == neg, high, high + tl.log(1.0 + tl.exp(low - high)))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _sample_kernel(
     logits_ptr, mask_ptr, scale_ptr, inv_t_ptr, eps_ptr, clip_ptr,
     actions_ptr, log_pi_ptr, log_mu_ptr, entropy_ptr, lse_ptr, part_f_ptr, part_i_ptr,

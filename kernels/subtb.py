@@ -9,33 +9,17 @@ Same contracts as gfn_fast.cpu.subtb (read its docstring for the math and the sa
   and steps k = 0..max n_b in lock-step (coalesced for time-major [T, B] storage, which is what
   torchgfn produces). The pair loop tiles j over BLOCK_T lanes for each i.
 
-Python floats reach Triton as fp32. Where float64 accuracy matters (lambda, clip, loss
-parameter), they are passed as an fp32 (hi, lo) pair and joined in the kernel.
+Float arguments (lambda, clip, loss parameter) are annotated tl.float64, so a float64 kernel sees
+the exact double (compiled Triton passes an unannotated Python float as fp32), and converted to
+the accumulator type once (_common.scalar).
 """
 
-import math
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
-from gfn_fast.kernels._common import accumulator, interpret, rho, rho_grad
+from gfn_fast.kernels._common import accumulator, interpret, rho, rho_grad, scalar
 from gfn_fast.kernels._common import trajectory_extent as _extent
-
-
-def _split(value: float) -> tuple[float, float]:
-    hi = float(np.float32(value))
-    lo = float(np.float32(value - hi)) if math.isfinite(value) else 0.0
-    return hi, lo
-
-
-@triton.jit
-def _join(hi, lo, ACC: tl.constexpr):
-    if ACC == tl.float64:
-        out = tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
-    else:
-        out = tl.cast(hi, tl.float32)
-    return out
 
 
 @triton.jit
@@ -103,15 +87,15 @@ def _db_forward_kernel(
     pf_ptr, pb_ptr, flow_ptr, sr_ptr, lengths_ptr, log_reward_ptr, beta_ptr, rows_out_ptr,
     steps_out_ptr, batch, steps, stride_pf_b, stride_pf_t, stride_pb_b, stride_pb_t,
     stride_fl_b, stride_fl_t, stride_sr_b, stride_sr_t, stride_out_b, stride_out_t, stride_beta,
-    clip_hi, clip_lo, param_hi, param_lo,
+    clip_min: tl.float64, loss_param: tl.float64,
     HAS_PB: tl.constexpr, HAS_SR: tl.constexpr, HAS_BETA: tl.constexpr, PACKED: tl.constexpr,
     PER_STEP: tl.constexpr, LOSS: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     row_mask = rows < batch
-    clip_min = _join(clip_hi, clip_lo, ACC)
-    loss_param = _join(param_hi, param_lo, ACC)
+    clip_min = scalar(clip_min, ACC)
+    loss_param = scalar(loss_param, ACC)
     start, count = _extent(lengths_ptr, rows, row_mask, steps, PACKED)
     terminal, _beta, _reward = _terminal(log_reward_ptr, beta_ptr, rows, row_mask, stride_beta,
                                          clip_min, HAS_BETA, ACC)
@@ -160,15 +144,15 @@ def _db_backward_kernel(
     grad_pf_ptr, grad_pb_ptr, grad_flow_ptr, grad_log_reward_ptr, grad_beta_ptr,
     batch, steps, stride_g_b, stride_g_t, stride_pf_b, stride_pf_t, stride_pb_b, stride_pb_t,
     stride_fl_b, stride_fl_t, stride_sr_b, stride_sr_t, stride_beta,
-    clip_hi, clip_lo, param_hi, param_lo,
+    clip_min: tl.float64, loss_param: tl.float64,
     HAS_PB: tl.constexpr, HAS_SR: tl.constexpr, HAS_BETA: tl.constexpr, PACKED: tl.constexpr,
     NEED_LOG_REWARD: tl.constexpr, NEED_BETA: tl.constexpr, LOSS: tl.constexpr,
     ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     row_mask = rows < batch
-    clip_min = _join(clip_hi, clip_lo, ACC)
-    loss_param = _join(param_hi, param_lo, ACC)
+    clip_min = scalar(clip_min, ACC)
+    loss_param = scalar(loss_param, ACC)
     start, count = _extent(lengths_ptr, rows, row_mask, steps, PACKED)
     terminal, beta, reward = _terminal(log_reward_ptr, beta_ptr, rows, row_mask, stride_beta,
                                        clip_min, HAS_BETA, ACC)
@@ -213,16 +197,16 @@ def _subtb_forward_kernel(
     pf_ptr, pb_ptr, flow_ptr, sr_ptr, lengths_ptr, log_reward_ptr, beta_ptr, row_weight_ptr,
     table_ptr, a_ptr, rows_out_ptr, batch, steps, stride_pf_b, stride_pf_t, stride_pb_b,
     stride_pb_t, stride_fl_b, stride_fl_t, stride_sr_b, stride_sr_t, stride_beta,
-    stride_row_weight, clip_hi, clip_lo, param_hi, param_lo, lam_hi, lam_lo,
+    stride_row_weight, clip_min: tl.float64, loss_param: tl.float64, lam: tl.float64,
     HAS_PB: tl.constexpr, HAS_SR: tl.constexpr, HAS_BETA: tl.constexpr, PACKED: tl.constexpr,
     RUNNING: tl.constexpr, USE_TABLE: tl.constexpr, LOSS: tl.constexpr, ACC: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     row_mask = rows < batch
-    clip_min = _join(clip_hi, clip_lo, ACC)
-    loss_param = _join(param_hi, param_lo, ACC)
-    lam = _join(lam_hi, lam_lo, ACC)
+    clip_min = scalar(clip_min, ACC)
+    loss_param = scalar(loss_param, ACC)
+    lam = scalar(lam, ACC)
     log_lam = tl.log(lam)
     start, count = _extent(lengths_ptr, rows, row_mask, steps, PACKED)
     terminal, _beta, _reward = _terminal(log_reward_ptr, beta_ptr, rows, row_mask, stride_beta,
@@ -293,17 +277,17 @@ def _subtb_forward_kernel(
 def _subtb_backward_kernel(
     grad_loss_ptr, a_ptr, g_ptr, lengths_ptr, log_reward_ptr, beta_ptr, row_weight_ptr,
     table_ptr, grad_pf_ptr, grad_pb_ptr, grad_flow_ptr, grad_log_reward_ptr, grad_beta_ptr,
-    batch, steps, stride_beta, stride_row_weight, clip_hi, clip_lo, param_hi, param_lo,
-    lam_hi, lam_lo,
+    batch, steps, stride_beta, stride_row_weight, clip_min: tl.float64,
+    loss_param: tl.float64, lam: tl.float64,
     HAS_PB: tl.constexpr, HAS_BETA: tl.constexpr, PACKED: tl.constexpr, RUNNING: tl.constexpr,
     USE_TABLE: tl.constexpr, NEED_LOG_REWARD: tl.constexpr, NEED_BETA: tl.constexpr,
     LOSS: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
     row_mask = rows < batch
-    clip_min = _join(clip_hi, clip_lo, ACC)
-    loss_param = _join(param_hi, param_lo, ACC)
-    lam = _join(lam_hi, lam_lo, ACC)
+    clip_min = scalar(clip_min, ACC)
+    loss_param = scalar(loss_param, ACC)
+    lam = scalar(lam, ACC)
     log_lam = tl.log(lam)
     start, count = _extent(lengths_ptr, rows, row_mask, steps, PACKED)
     _terminal_value, beta, reward = _terminal(log_reward_ptr, beta_ptr, rows, row_mask,
@@ -446,7 +430,7 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
         log_state_reward if log_state_reward is not None else log_flow, lengths, log_reward,
         beta if beta is not None else log_reward, rows, steps_out, batch, steps,
         *_common(log_pf, log_pb, log_flow, log_state_reward, packed), *out_strides,
-        _per_row_stride(beta), *_split(clip_min), *_split(loss_param),
+        _per_row_stride(beta), float(clip_min), float(loss_param),
         HAS_PB=log_pb is not None, HAS_SR=log_state_reward is not None,
         HAS_BETA=beta is not None, PACKED=packed, PER_STEP=per_step, LOSS=loss_id,
         ACC=accumulator(dtype), BLOCK_B=block_b, BLOCK_T=block_t,
@@ -480,7 +464,7 @@ def db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths,
         grad_pb if grad_pb is not None else grad_pf, grad_flow, grad_log_reward, grad_beta,
         batch, steps, *_strides(grad_steps, packed),
         *_common(log_pf, log_pb, log_flow, log_state_reward, packed), _per_row_stride(beta),
-        *_split(clip_min), *_split(loss_param),
+        float(clip_min), float(loss_param),
         HAS_PB=log_pb is not None, HAS_SR=log_state_reward is not None,
         HAS_BETA=beta is not None, PACKED=packed, NEED_LOG_REWARD=need_log_reward,
         NEED_BETA=need_beta, LOSS=loss_id, ACC=accumulator(dtype), BLOCK_B=block_b,
@@ -506,7 +490,7 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
         beta if beta is not None else log_reward, row_weight,
         table if table is not None else row_weight, a, rows, batch, steps,
         *_common(log_pf, log_pb, log_flow, log_state_reward, packed), _per_row_stride(beta),
-        _per_row_stride(row_weight), *_split(clip_min), *_split(loss_param), *_split(lam),
+        _per_row_stride(row_weight), float(clip_min), float(loss_param), float(lam),
         HAS_PB=log_pb is not None, HAS_SR=log_state_reward is not None,
         HAS_BETA=beta is not None, PACKED=packed, RUNNING=running, USE_TABLE=table is not None,
         LOSS=loss_id, ACC=accumulator(dtype), BLOCK_B=block_b, BLOCK_T=block_t,
@@ -530,8 +514,8 @@ def subtb_backward(grad_loss, a, lengths, packed, log_pf, has_pb, log_reward, be
         beta if beta is not None else log_reward, row_weight,
         table if table is not None else row_weight, grad_pf,
         grad_pb if grad_pb is not None else grad_pf, grad_flow, grad_log_reward, grad_beta,
-        batch, steps, _per_row_stride(beta), _per_row_stride(row_weight), *_split(clip_min),
-        *_split(loss_param), *_split(lam),
+        batch, steps, _per_row_stride(beta), _per_row_stride(row_weight), float(clip_min),
+        float(loss_param), float(lam),
         HAS_PB=has_pb, HAS_BETA=beta is not None, PACKED=packed, RUNNING=running,
         USE_TABLE=table is not None, NEED_LOG_REWARD=need_log_reward, NEED_BETA=need_beta,
         LOSS=loss_id, ACC=accumulator(dtype), BLOCK_B=block_b, BLOCK_T=block_t,

@@ -413,8 +413,8 @@ def test_cli_info_lists_backends():
 
 def _triton_cases():
     cases = []
-    types = {"lengths_ptr": "*i64", "batch": "i64", "steps": "i64", "clip_min": "fp32",
-             "loss_param": "fp32", "weight": "fp32"}
+    types = {"lengths_ptr": "*i64", "batch": "i64", "steps": "i64", "clip_min": "fp64",
+             "loss_param": "fp64", "weight": "fp64"}
     for name in ("stride_pf_b", "stride_pf_t", "stride_pb_b", "stride_pb_t", "stride_log_z",
                  "stride_beta", "stride_grad_rows", "stride_gpf_b", "stride_gpf_t",
                  "stride_gpb_b", "stride_gpb_t"):

@@ -145,7 +145,7 @@ def test_discrete_loss_and_update(backend, device, dtype, rtol, gtol, n_classes)
     close(loss, expected, rtol, "loss")
     close(grad, expected_grad, gtol, "grad logits")
     y = torch.randn(batch, dims, n_classes, device=device).mul(5).to(dtype)
-    log_theta = torch.log_softmax(torch.randn(batch, dims, n_classes), -1).to(dtype)
+    log_theta = torch.log_softmax(torch.randn(batch, dims, n_classes, device=device), -1).to(dtype)
     updated = bfn.discrete_update(log_theta, y, backend=backend)
     assert updated.dtype == dtype
     close(updated, ref.discrete_update(log_theta.double(), y.double()),
@@ -155,9 +155,10 @@ def test_discrete_loss_and_update(backend, device, dtype, rtol, gtol, n_classes)
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("per_element", [False, True])
 def test_continuous_update(backend, device, per_element):
-    mu, y = torch.randn(4, 3, 5, dtype=F64), torch.randn(4, 3, 5, dtype=F64)
-    rho = torch.rand(4, 3, 5, dtype=F64) + 0.5 if per_element else torch.rand(4, dtype=F64) + 1
-    alpha = torch.rand(4, dtype=F64) + 0.1
+    kw = dict(dtype=F64, device=device)
+    mu, y = torch.randn(4, 3, 5, **kw), torch.randn(4, 3, 5, **kw)
+    rho = torch.rand(4, 3, 5, **kw) + 0.5 if per_element else torch.rand(4, **kw) + 1
+    alpha = torch.rand(4, **kw) + 0.1
     new_mu, new_rho = bfn.continuous_update(mu, rho, y, alpha, backend=backend)
     rho_b = rho if per_element else rho.reshape(4, 1, 1)
     expected_rho = rho_b + alpha.reshape(4, 1, 1)
@@ -208,8 +209,8 @@ def test_generation_steps_match_reference_noise(backend, device, dtype):
     close(states[0][0], states[1][0], 1e-5, "continuous step mu")
     close(states[0][1], states[1][1], 1e-7, "continuous step rho")
 
-    mu_x = torch.randn(batch, dims, dtype=dtype) * 0.5
-    log_sigma = torch.randn(batch, dims, dtype=dtype) - 2
+    mu_x = torch.randn(batch, dims, dtype=dtype, device=device) * 0.5
+    log_sigma = torch.randn(batch, dims, dtype=dtype, device=device) - 2
     outs = []
     for name in (backend, "reference"):
         m, r = mu.clone(), rho.clone()
@@ -221,8 +222,9 @@ def test_generation_steps_match_reference_noise(backend, device, dtype):
     final = bfn.discretised_step(None, None, mu_x, log_sigma, 1.0, 16, backend=backend, **kw)
     assert _same_draw_fraction(final, outs[1][1]) > 0.98
 
-    logits = torch.randn(batch, dims, n_classes, dtype=dtype) * 2
-    log_theta = torch.log_softmax(torch.randn(batch, dims, n_classes, dtype=dtype), -1)
+    logits = torch.randn(batch, dims, n_classes, dtype=dtype, device=device) * 2
+    log_theta = torch.log_softmax(torch.randn(batch, dims, n_classes, dtype=dtype,
+                                              device=device), -1)
     results = []
     for name in (backend, "reference"):
         lt = log_theta.clone()
@@ -231,7 +233,8 @@ def test_generation_steps_match_reference_noise(backend, device, dtype):
     same = results[0][1] == results[1][1]
     assert same.double().mean() > 0.98
     close(results[0][0][same], results[1][0][same], 1e-5, "discrete step log theta")
-    assert torch.allclose(results[0][0].exp().sum(-1), torch.ones((), dtype=dtype), atol=1e-5)
+    assert torch.allclose(results[0][0].exp().sum(-1), torch.ones((), dtype=dtype, device=device),
+                          atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype,rtol,gtol", DTYPES[:2], ids=DTYPE_IDS[:2])
@@ -240,19 +243,21 @@ def test_nstep_discrete_loss_matches_materialised(backend, device, dtype, rtol, 
     """The K-dimensional mixture receiver computed directly ([B, D, K, K] log densities) with the
     same sender noise as the fused kernels."""
     batch, dims, n_classes, n_steps, beta_1 = 3, 7, 4, 20, 3.0
-    x_index = torch.randint(0, n_classes, (batch, dims))
-    logits = (torch.randn(batch, dims, n_classes) * 2).to(dtype).requires_grad_(True)
-    t = torch.randint(0, n_steps, (batch,)).double() / n_steps
+    x_index = torch.randint(0, n_classes, (batch, dims), device=device)
+    logits = (torch.randn(batch, dims, n_classes, device=device) * 2).to(dtype)
+    logits.requires_grad_(True)
+    t = torch.randint(0, n_steps, (batch,), device=device).double() / n_steps
     seed, offset = 31337, 12
     loss = bfn.discrete_loss(x_index, logits, t, beta_1, n_steps, seed=seed, offset=offset,
                              backend=backend)
     (grad,) = _grad(loss, [logits])
 
     l64 = logits.detach().double().requires_grad_(True)
-    eps = ref.philox_normals(seed, offset, (batch, dims, n_classes), "cpu")
+    eps = ref.philox_normals(seed, offset, (batch, dims, n_classes), device)
     i = t * n_steps + 1
     alpha = (beta_1 * (2 * i - 1) / n_steps**2).reshape(batch, 1, 1)
-    means = alpha.unsqueeze(-1) * (n_classes * torch.eye(n_classes, dtype=F64) - 1)  # [B,1,K,K]
+    eye = torch.eye(n_classes, dtype=F64, device=device)
+    means = alpha.unsqueeze(-1) * (n_classes * eye - 1)  # [B,1,K,K]
     one_hot = torch.nn.functional.one_hot(x_index, n_classes).double()
     y = alpha * (n_classes * one_hot - 1) + torch.sqrt(alpha * n_classes) * eps.double()
     var = (alpha * n_classes).unsqueeze(-1)
@@ -338,8 +343,8 @@ def test_discretised_draw_frequencies_numba():
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_generator_reproducible_and_advances(backend, device):
-    x = torch.randn(2, 9)
-    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 9, device=device)
+    gen = torch.Generator(device=device).manual_seed(4)
     first = bfn.continuous_flow(x, 0.5, 0.1, generator=gen, backend=backend)
     second = bfn.continuous_flow(x, 0.5, 0.1, generator=gen, backend=backend)
     gen.manual_seed(4)
@@ -379,7 +384,7 @@ def test_gradcheck(backend):
 def test_numerics_edges_finite(backend, device, dtype):
     batch, dims = 5, 16
     x, mu, eps_hat, _ = _continuous(batch, dims, dtype, device)
-    t = torch.tensor([0.0, 1e-6, 0.5e-6, 1.0, 0.999])
+    t = torch.tensor([0.0, 1e-6, 0.5e-6, 1.0, 0.999], device=device)
     for sigma_1 in (1e-3, 0.5):
         loss = bfn.continuous_loss(x, mu, eps_hat.requires_grad_(True), t, sigma_1,
                                    backend=backend)
@@ -397,8 +402,8 @@ def test_numerics_edges_finite(backend, device, dtype):
         assert torch.isfinite(x_hat[finite_rows]).all()
         flow = bfn.continuous_flow(x, t, sigma_1, seed=1, backend=backend)
         assert torch.isfinite(flow).all() and (flow[0] == 0).all()
-    mu_x = torch.randn(batch, dims).to(dtype).requires_grad_(True)
-    log_sigma = torch.full((batch, dims), -30.0).to(dtype).requires_grad_(True)
+    mu_x = torch.randn(batch, dims, device=device).to(dtype).requires_grad_(True)
+    log_sigma = torch.full((batch, dims), -30.0, device=device).to(dtype).requires_grad_(True)
     loss = bfn.discretised_loss(x, mu_x, log_sigma, t, 1e-3, 256, backend=backend)
     grads = _grad(loss, [mu_x, log_sigma])
     assert torch.isfinite(loss).all()
@@ -409,17 +414,18 @@ def test_numerics_edges_finite(backend, device, dtype):
     new_mu, new_rho = bfn.continuous_update(mu, 1.0, x, 1e30, backend=backend)
     close(new_mu, x.double(), 1e-2)
     # log-space discrete update with huge sender logits
-    y = torch.randn(batch, dims, 27).mul(1e4).to(dtype)
-    log_theta = torch.full((batch, dims, 27), -math.log(27)).to(dtype)
+    y = torch.randn(batch, dims, 27, device=device).mul(1e4).to(dtype)
+    log_theta = torch.full((batch, dims, 27), -math.log(27), device=device).to(dtype)
     updated = bfn.discrete_update(log_theta, y, backend=backend)
     assert torch.isfinite(updated.float()).all() and (updated <= 0).all()
-    logits = torch.randn(batch, dims, 27).mul(50).to(dtype)
-    x_index = torch.randint(0, 27, (batch, dims))
+    logits = torch.randn(batch, dims, 27, device=device).mul(50).to(dtype)
+    x_index = torch.randint(0, 27, (batch, dims), device=device)
     assert torch.isfinite(bfn.discrete_loss(x_index, logits, t, 0.5625, backend=backend)).all()
     big = bfn.discrete_loss(x_index, logits, t, 0.5625, 1000, seed=1, backend=backend)
     assert torch.isfinite(big).all()
     theta = bfn.discrete_flow(x_index, t, 100.0, 27, seed=3, backend=backend)
-    assert torch.isfinite(theta).all() and torch.allclose(theta.sum(-1), torch.ones(()))
+    assert torch.isfinite(theta).all() and torch.allclose(theta.sum(-1),
+                                                          torch.ones((), device=device))
 
 
 # --------------------------------------------------------------------------------- generation
@@ -435,12 +441,13 @@ def test_generate_all_kinds(backend, device):
     out = {}
     for name in (backend, "reference"):
         out[name] = (
-            bfn.generate(_ToyContinuous(), shape, 8, kind="continuous", sigma_1=0.02, seed=9,
-                         x_range=(-1.0, 1.0), backend=name),
+            bfn.generate(_ToyContinuous().to(device), shape, 8, kind="continuous", sigma_1=0.02,
+                         seed=9, x_range=(-1.0, 1.0), device=device, backend=name),
             bfn.generate(lambda mu, t: (mu * 0.9, torch.full_like(mu, -2.0)), shape, 8,
-                         kind="discretised", sigma_1=0.02, n_bins=16, seed=9, backend=name),
+                         kind="discretised", sigma_1=0.02, n_bins=16, seed=9, device=device,
+                         backend=name),
             bfn.generate(lambda theta, t: torch.log(theta) * 2, shape, 8, kind="discrete",
-                         n_classes=4, beta_1=3.0, seed=9, backend=name),
+                         n_classes=4, beta_1=3.0, seed=9, device=device, backend=name),
         )
     cont, disc, cat = out[backend]
     assert cont.shape == shape and torch.isfinite(cont).all() and cont.abs().max() <= 1
@@ -546,8 +553,9 @@ def test_torch_compile_fullgraph():
 def _triton_cases():
     f, i = "*fp32", "i32"
     cases = []
-    for acc, fp, scalar in (("tl.float32", "*fp32", "fp32"), ("tl.float64", "*fp64", "fp64"),
-                            ("tl.float32", "*bf16", "fp32"), ("tl.float32", "*fp16", "fp32")):
+    scalar = "fp64"  # float arguments are annotated tl.float64 in every kernel
+    for acc, fp in (("tl.float32", "*fp32"), ("tl.float64", "*fp64"), ("tl.float32", "*bf16"),
+                    ("tl.float32", "*fp16")):
         accp = "*fp64" if acc == "tl.float64" else f
         for clamp in (False, True):
             cases.append(("_continuous_output_kernel",

@@ -388,10 +388,10 @@ def test_bad_arguments():
 def _triton_cases():
     """Every kernel x element type x loss, with the boolean specialisations rotated so each
     value of each flag is compiled (RUNNING and USE_TABLE in all their used combinations)."""
-    floats = ("clip_hi", "clip_lo", "param_hi", "param_lo", "lam_hi", "lam_lo")
+    floats = ("clip_min", "loss_param", "lam")
     cases = []
     for dtype, acc in (("fp32", "fp32"), ("fp64", "fp64"), ("fp16", "fp32"), ("bf16", "fp32")):
-        types = {name: "fp32" for name in floats}
+        types = {name: "fp64" for name in floats}
         for name in ("pf_ptr", "pb_ptr", "flow_ptr", "sr_ptr", "grad_pf_ptr", "grad_pb_ptr",
                      "grad_flow_ptr"):
             types[name] = "*" + dtype

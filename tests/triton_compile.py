@@ -7,7 +7,9 @@ the launchers produce. Kernels are compiled in a subprocess with TRITON_INTERPRE
 under the interpreter the decorated functions are not compilable objects.
 
 A case is (kernel attribute name, {arg: type}, {constexpr arg: value}); types are Triton
-signature strings ("*fp32", "i64", "fp32"); a constexpr value given as "tl.float32" is a dtype.
+signature strings ("*fp32", "i64", "fp64"); a constexpr value given as "tl.float32" is a dtype.
+An argument the kernel annotates with a type (float arguments are tl.float64) must be given that
+type: the launcher passes it so, and compiling it as anything else would test another kernel.
 """
 
 import importlib
@@ -49,6 +51,12 @@ def _main() -> None:
         fn = getattr(module, name)
         signature = {arg: ("constexpr" if arg in constexprs else types[arg])
                      for arg in fn.arg_names}
+        for param in fn.params:
+            wanted = getattr(param, "annotation_type", "")
+            if wanted and not param.is_constexpr and signature[param.name] != wanted:
+                sys.stderr.write(f"{name}: `{param.name}` is annotated {wanted} in the kernel but "
+                                 f"the case compiles it as {signature[param.name]}\n")
+                sys.exit(1)
         consts = {(fn.arg_names.index(k),): _constexpr(v) for k, v in constexprs.items()}
         try:
             triton.compile(ASTSource(fn, signature, constexprs=consts), target=target)
