@@ -168,7 +168,7 @@ def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,
     so that load from other processes on a shared machine hits all of them alike and their
     ratios stay meaningful."""
     for fn in calls.values():
-        for _ in range(3):
+        for _ in range(3 if min_reps >= 10 else 1):
             fn()
     _sync(device)
     samples: dict = {name: [] for name in calls}

@@ -180,8 +180,10 @@ def step_cases(device, quick):
     def eager_continuous(s):
         t = torch.full((c["B"],), 0.5, device=s["mu"].device)
         eps = torch.randn_like(s["mu"])
-        s["mu"], _ = ref.continuous_step(s["mu"], s["rho"], s["eps_hat"], t, 2.0, c["sigma_1"],
-                                         1e-6, None, eps)
+        # in place, as the fused step updates: the state tensors stay the ones a CUDA graph read
+        mu, _ = ref.continuous_step(s["mu"], s["rho"], s["eps_hat"], t, 2.0, c["sigma_1"], 1e-6,
+                                    None, eps)
+        s["mu"].copy_(mu)
 
     def fused_continuous(backend):
         def call(s):
@@ -206,7 +208,8 @@ def step_cases(device, quick):
     def eager_discrete(s):
         uniform = torch.rand(s["logits"].shape[:2], device=s["logits"].device)
         eps = torch.randn_like(s["logits"])
-        s["log_theta"], _ = ref.discrete_step(s["log_theta"], s["logits"], 0.01, uniform, eps)
+        log_theta, _ = ref.discrete_step(s["log_theta"], s["logits"], 0.01, uniform, eps)
+        s["log_theta"].copy_(log_theta)
 
     def fused_discrete(backend):
         def call(s):
