@@ -478,19 +478,26 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 def results_summary(directory: str | Path) -> str:
     """One markdown table over every recorded run under `directory` (*/results.jsonl): for each
-    op, case and device, each implementation's median time and its speed-up against eager."""
-    lines = ["| run | device | op | case | impl | median ms | vs eager | peak MB |",
-             "|---|---|---|---|---|---:|---:|---:|"]
+    op, case and device, each implementation's median time and its speed-up against eager, and on
+    a GPU the same for the CUDA-graph replay (device time)."""
+    lines = ["| run | device | op | case | impl | median ms | vs eager | graph ms | graph vs eager "
+             "| peak MB |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+
+    def ratio(value):
+        return "" if value is None else f"{value:.2f}x"
+
     for path in sorted(Path(directory).glob("*/results.jsonl")):
         for text in path.read_text().splitlines():
             row = json.loads(text)
             if "median_ms" not in row:
                 continue
-            speedup = row.get("speedup_vs_eager")
+            graph = f"{row['graph_ms']:.4f}" if "graph_ms" in row else ""
             lines.append(
                 f"| {path.parent.name} | {row['device_name']} | {row['op']} | {row['case']} | "
-                f"{row['impl']} | {row['median_ms']:.3f} | "
-                f"{'' if speedup is None else f'{speedup:.2f}x'} | {row['peak_mem_mb']:.1f} |")
+                f"{row['impl']} | {row['median_ms']:.3f} | {ratio(row.get('speedup_vs_eager'))} | "
+                f"{graph} | {ratio(row.get('graph_speedup_vs_eager'))} | "
+                f"{row['peak_mem_mb']:.1f} |")
     return "\n".join(lines)
 
 
@@ -538,21 +545,24 @@ def main(args: argparse.Namespace) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "backends": {k: v["devices"] for k, v in _backends.backends().items()}}
     cases = [case for family in families for case in CASE_FAMILIES[family](device, args.quick)]
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.jsonl").write_text("")
     rows = []
     for index, case in enumerate(cases, 1):
         def progress(what, index=index):
             print(f"\r[{index}/{len(cases)}] {what:<60}", end="", flush=True)
-        rows.extend(run_case(case, device, bandwidth, min_seconds=min_seconds,
-                             progress=progress))
+        case_rows = run_case(case, device, bandwidth, min_seconds=min_seconds, progress=progress)
+        rows.extend(case_rows)
+        if out is not None:  # each case as it finishes: a run cut short keeps what it measured
+            with open(out / "results.jsonl", "a") as f:
+                for row in case_rows:
+                    f.write(json.dumps({**header, **row}) + "\n")
     print("\r" + " " * 72 + "\r", end="")
     table = markdown(rows, header)
     print(table)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "results.jsonl", "w") as f:
-            for row in rows:
-                f.write(json.dumps({**header, **row}) + "\n")
+    if out is not None:
         (out / "results.md").write_text(table + "\n")
         print(f"wrote {out / 'results.jsonl'} and {out / 'results.md'}")
         write_plots(lambda out: bench_plots.plot_rows(rows, out, header), out)

@@ -1,0 +1,95 @@
+"""The benchmark harness (gfn_fast.benchmark): results written case by case, and the tables'
+CUDA-graph columns. The graph capture itself needs a GPU; its rows are built here by hand."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from gfn_fast import benchmark
+
+
+def _args(out, ops):
+    return argparse.Namespace(device="cpu", ops=ops, quick=True, out=str(out), min_seconds=0.01,
+                              update_readme=None, plots_only=None)
+
+
+def test_a_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def finished(device, quick):
+        def setup(dev):
+            return {"x": torch.ones(8)}
+        return [benchmark.Case("toy", "finished", {}, 64, setup, {"eager": lambda s: s["x"] * 2})]
+
+    def cut(device, quick):
+        def setup(dev):
+            raise KeyboardInterrupt  # the run is stopped (a time limit) during this case
+        calls["n"] += 1
+        return [benchmark.Case("toy", "cut", {}, 64, setup, {"eager": lambda s: s})]
+
+    monkeypatch.setattr(benchmark, "CASE_FAMILIES", {"a": finished, "b": cut})
+    monkeypatch.setattr(benchmark, "copy_bandwidth", lambda device: 1e10)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(_args(tmp_path, "a,b"))
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert calls["n"] == 1
+    assert [(r["case"], r["impl"]) for r in rows] == [("finished", "eager")]
+    assert rows[0]["median_ms"] > 0 and rows[0]["device"] == "cpu"
+
+
+def test_a_new_run_replaces_the_old_results(tmp_path, monkeypatch):
+    def family(device, quick):
+        return [benchmark.Case("toy", "only", {}, 64, lambda dev: {"x": torch.ones(8)},
+                               {"eager": lambda s: s["x"] + 1})]
+
+    monkeypatch.setattr(benchmark, "CASE_FAMILIES", {"a": family})
+    monkeypatch.setattr(benchmark, "copy_bandwidth", lambda device: 1e10)
+    (tmp_path / "results.jsonl").write_text('{"stale": true}\n')
+    benchmark.main(_args(tmp_path, "a"))
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and "stale" not in rows[0]
+
+
+def _graph_rows():
+    base = {"op": "trajectory_balance", "case": "B=65536 T=128", "p20_ms": 0.9, "p80_ms": 1.1,
+            "bytes_moved": 134217728, "gbps": 150.0, "pct_copy_bw": 5.0, "peak_mem_mb": 64.0,
+            "device_name": "NVIDIA H100 80GB HBM3"}
+    return [
+        dict(base, impl="eager", median_ms=0.8, speedup_vs_eager=1.0, graph_ms=0.28,
+             graph_p20_ms=0.27, graph_p80_ms=0.29, graph_gbps=470.0, graph_pct_copy_bw=16.0,
+             graph_speedup_vs_eager=1.0),
+        dict(base, impl="gfn_fast[triton]", median_ms=0.7, speedup_vs_eager=0.8 / 0.7,
+             graph_ms=0.077, graph_p20_ms=0.076, graph_p80_ms=0.078, graph_gbps=1740.0,
+             graph_pct_copy_bw=58.0, graph_speedup_vs_eager=0.28 / 0.077),
+        dict(base, impl="torchgfn", median_ms=5.0, speedup_vs_eager=0.16,
+             graph_error="RuntimeError('sync during capture')"),
+    ]
+
+
+def test_markdown_has_a_device_time_table_for_graphed_rows():
+    header = {"device_name": "NVIDIA H100 80GB HBM3", "device": "cuda", "copy_gbps": 2980.0,
+              "date": "2026-11-24", "versions": {"torch": "2.11"}}
+    text = benchmark.markdown(_graph_rows(), header)
+    graph_part = text.split("Device time:")[1]
+    assert "| gfn_fast[triton] | 0.0770 | 0.0760-0.0780 | 1740.0 | 58% | 3.64x |" in graph_part
+    assert "| torchgfn | not capturable: RuntimeError('sync during capture')" in graph_part
+    cpu_only = [dict(r) for r in _graph_rows()]
+    for r in cpu_only:
+        for key in [k for k in r if k.startswith("graph")]:
+            del r[key]
+    assert "Device time:" not in benchmark.markdown(cpu_only, header)
+
+
+def test_results_summary_shows_graph_time_where_recorded(tmp_path):
+    run = tmp_path / "h100"
+    run.mkdir()
+    run.joinpath("results.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in _graph_rows()) + "\n")
+    lines = benchmark.results_summary(tmp_path).splitlines()
+    assert "graph ms" in lines[0] and "graph vs eager" in lines[0]
+    triton = next(line for line in lines if "gfn_fast[triton]" in line)
+    assert "| 0.700 | 1.14x | 0.0770 | 3.64x | 64.0 |" in triton
+    peer = next(line for line in lines if "torchgfn" in line)
+    assert peer.endswith("| 5.000 | 0.16x |  |  | 64.0 |")
