@@ -239,17 +239,20 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
     except Exception as err:  # e.g. a peer library that cannot run on this device
         return [{"op": case.op, "case": case.label, "impl": impl, "error": f"setup: {err!r}"}
                 for impl in case.impls]
-    calls, rows = {}, []
+    calls, rows, first_call = {}, [], {}
     with gfn_fast.validation(False):
         for impl, fn in case.impls.items():
             call = lambda fn=fn: fn(state)  # noqa: E731
             progress(f"{case.label} / warm-up {impl}")
+            started = time.perf_counter()
             try:
                 call()
+                _sync(device)
             except Exception as err:  # a baseline that cannot run here is reported, not fatal
                 rows.append({"op": case.op, "case": case.label, "impl": impl,
                              "error": repr(err)})
                 continue
+            first_call[impl] = time.perf_counter() - started
             calls[impl] = call
         progress(f"{case.label} / timing {len(calls)} implementations side by side")
         timings = time_side_by_side(calls, device, min_seconds=min_seconds,
@@ -261,6 +264,8 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
                 "op": case.op, "case": case.label, "impl": impl, "params": case.params,
                 "median_ms": median * 1e3, "p20_ms": _percentile(samples, 0.2) * 1e3,
                 "p80_ms": _percentile(samples, 0.8) * 1e3, "reps": len(samples),
+                # the first call: compilation, autotuning, graph capture (and one run)
+                "first_call_ms": first_call[impl] * 1e3,
                 "peak_mem_mb": peak_memory(call, device) / 2**20,
                 "bytes_moved": case.bytes_moved,
                 "gbps": case.bytes_moved / median / 1e9,

@@ -36,7 +36,8 @@ def test_a_run_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert calls["n"] == 1
     assert [(r["case"], r["impl"]) for r in rows] == [("finished", "eager")]
-    assert rows[0]["median_ms"] > 0 and rows[0]["device"] == "cpu"
+    assert rows[0]["median_ms"] > 0 and rows[0]["first_call_ms"] > 0
+    assert rows[0]["device"] == "cpu"
 
 
 def test_a_new_run_replaces_the_old_results(tmp_path, monkeypatch):

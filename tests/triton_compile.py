@@ -9,7 +9,9 @@ under the interpreter the decorated functions are not compilable objects.
 A case is (kernel attribute name, {arg: type}, {constexpr arg: value}); types are Triton
 signature strings ("*fp32", "i64", "fp64"); a constexpr value given as "tl.float32" is a dtype.
 An argument the kernel annotates with a type (float arguments are tl.float64) must be given that
-type: the launcher passes it so, and compiling it as anything else would test another kernel.
+type: the launcher passes it so, and compiling it as anything else would test another kernel. A
+float argument that the kernel does not annotate tl.float64 is refused: compiled Triton would
+receive the launcher's Python float rounded to fp32, costing float64 kernels their accuracy.
 """
 
 import importlib
@@ -53,6 +55,11 @@ def _main() -> None:
                      for arg in fn.arg_names}
         for param in fn.params:
             wanted = getattr(param, "annotation_type", "")
+            if signature[param.name] in ("fp16", "bf16", "fp32", "fp64") and wanted != "fp64":
+                sys.stderr.write(f"{name}: float argument `{param.name}` is not annotated "
+                                 "tl.float64 (a Python float reaches an unannotated argument as "
+                                 "fp32, rounded)\n")
+                sys.exit(1)
             if wanted and not param.is_constexpr and signature[param.name] != wanted:
                 sys.stderr.write(f"{name}: `{param.name}` is annotated {wanted} in the kernel but "
                                  f"the case compiles it as {signature[param.name]}\n")
