@@ -14,7 +14,6 @@ the exact double (compiled Triton passes an unannotated Python float as fp32), a
 the accumulator type once (_common.scalar).
 """
 
-
 import torch
 import triton
 import triton.language as tl
