@@ -411,6 +411,12 @@ def test_cli_info_lists_backends():
         assert name in out
 
 
+# Register spills (bytes per thread, ptxas -v for sm_90a, Triton 3.9) of kernels that spilled
+# when the compile test started checking them (2026-11-24): known debt, not allowed to grow.
+# Their tiles need retuning on a GPU, where the effect on time can be measured.
+KNOWN_SPILLS = {"_rows_forward_kernel": 468}
+
+
 def _triton_cases():
     cases = []
     types = {"lengths_ptr": "*i64", "batch": "i64", "steps": "i64", "clip_min": "fp64",
@@ -440,4 +446,5 @@ def _triton_cases():
 
 def test_triton_kernels_compile_for_sm90():
     pytest.importorskip("triton")
-    compile_in_subprocess("gfn_fast.kernels.balance", _triton_cases(), arch=90)
+    compile_in_subprocess("gfn_fast.kernels.balance", _triton_cases(), arch=90,
+                          known_spills=KNOWN_SPILLS)

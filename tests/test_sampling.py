@@ -543,6 +543,12 @@ def test_logit_scaler_and_policy_head():
     assert all(p.grad is not None for p in scaler.parameters())
 
 
+# Register spills (bytes per thread, ptxas -v for sm_90a, Triton 3.9) of kernels that spilled
+# when the compile test started checking them (2026-11-24): known debt, not allowed to grow.
+# Their tiles need retuning on a GPU, where the effect on time can be measured.
+KNOWN_SPILLS = {"_sample_kernel": 300, "_log_prob_kernel": 8}
+
+
 # ---- ahead-of-time compilation of every Triton specialisation ----
 
 def _triton_cases():
@@ -593,4 +599,5 @@ def test_triton_kernels_compile_for_sm90():
     pytest.importorskip("triton")
     from tests.triton_compile import compile_in_subprocess
 
-    compile_in_subprocess("gfn_fast.kernels.sampling", _triton_cases(), timeout=1200)
+    compile_in_subprocess("gfn_fast.kernels.sampling", _triton_cases(), timeout=1200,
+                          known_spills=KNOWN_SPILLS)

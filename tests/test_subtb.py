@@ -385,6 +385,13 @@ def test_bad_arguments():
         call(gfn_fast.detailed_balance, base, backend="fortran")
 
 
+# Register spills (bytes per thread, ptxas -v for sm_90a, Triton 3.9) of kernels that spilled
+# when the compile test started checking them (2026-11-24): known debt, not allowed to grow.
+# Their tiles need retuning on a GPU, where the effect on time can be measured.
+KNOWN_SPILLS = {"_db_forward_kernel": 12972, "_db_backward_kernel": 13804,
+                      "_subtb_forward_kernel": 36, "_subtb_backward_kernel": 36}
+
+
 def _triton_cases():
     """Every kernel x element type x loss, with the boolean specialisations rotated so each
     value of each flag is compiled (RUNNING and USE_TABLE in all their used combinations)."""
@@ -432,7 +439,8 @@ def test_triton_kernels_compile_for_sm90():
     pytest.importorskip("triton")
     from triton_compile import compile_in_subprocess
 
-    compile_in_subprocess("gfn_fast.kernels.subtb", _triton_cases(), arch=90, timeout=1800)
+    compile_in_subprocess("gfn_fast.kernels.subtb", _triton_cases(), arch=90, timeout=1800,
+                          known_spills=KNOWN_SPILLS)
 
 
 def test_nn_modules():
