@@ -507,10 +507,19 @@ def _block(n: int) -> int:
     return min(cap, triton.next_power_of_2(max(n, 1)))
 
 
-def _row_block(n_classes: int) -> tuple[int, int]:
+# Elements per program of the [rows, K] kernels when compiled. With 4096 (BLOCK_R = 128 at
+# K <= 32), the kernels drawing Philox noise per element ran out of registers (255 per thread)
+# and spilled 150-3400 bytes per thread to local memory (ptxas -v for sm_90a); these sizes spill
+# nothing, which the ahead-of-time compile tests check (tests/triton_compile.py).
+_ROW_TILE = 2048    # losses and updates without noise
+_FLOW_TILE = 1024   # discrete flow: one Philox block and a Box-Muller pair per element
+_NOISE_TILE = 512   # n-step loss and generation step: noise plus a K-way mixture or draw
+
+
+def _row_block(n_classes: int, tile: int = _ROW_TILE) -> tuple[int, int]:
+    """(rows, BLOCK_K) of a program over [rows, K] tiles of `tile` elements (compiled)."""
     block_k = triton.next_power_of_2(n_classes)
-    tile = 16384 if interpret() else 4096
-    return max(1, tile // block_k), block_k
+    return max(1, (16384 if interpret() else tile) // block_k), block_k
 
 
 def loss_weight_scale(sigma_1: float, n_steps: int) -> float:
@@ -578,7 +587,7 @@ def discretised_probs(mu_x, log_sigma_x, n_bins):
     n_rows = mu_x.shape[0]
     out = torch.empty((n_rows, n_bins), dtype=acc, device=mu_x.device)
     block_k = min(triton.next_power_of_2(n_bins), 256)
-    block_r = max(1, (16384 if interpret() else 4096) // block_k)
+    block_r = max(1, (16384 if interpret() else _ROW_TILE) // block_k)
     _discretised_probs_kernel[(triton.cdiv(n_rows, block_r),)](
         mu_x, log_sigma_x, out, n_rows, n_bins, ACC=accumulator(acc), BLOCK_R=block_r,
         BLOCK_K=block_k)
@@ -638,7 +647,7 @@ def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
     batch, dims = x_index.shape
     out = torch.empty((batch, dims, n_classes), dtype=t.dtype, device=t.device)
     n_rows = batch * dims
-    block_r, block_k = _row_block(n_classes)
+    block_r, block_k = _row_block(n_classes, _FLOW_TILE)
     _discrete_flow_kernel[(triton.cdiv(n_rows, block_r),)](
         x_index, t, out, n_rows, dims, n_classes, beta_1, *_key(seed, offset), LOG=bool(log),
         ACC=accumulator(t.dtype), BLOCK_R=block_r, BLOCK_K=block_k)
@@ -649,7 +658,7 @@ def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offse
     acc = _acc(logits)
     batch, dims, n_classes = logits.shape
     out = torch.empty(batch, dtype=acc, device=logits.device)
-    block_d, block_k = _row_block(n_classes)
+    block_d, block_k = _row_block(n_classes, _NOISE_TILE)
     _discrete_nstep_fwd_kernel[(batch,)](
         x_index, logits, t, out, dims, n_classes, beta_1, n_steps, *_key(seed, offset),
         ACC=accumulator(acc), BLOCK_D=min(block_d, triton.next_power_of_2(dims)),
@@ -661,7 +670,7 @@ def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed
     batch, dims, n_classes = logits.shape
     out = torch.empty_like(logits)
     n_rows = batch * dims
-    block_r, block_k = _row_block(n_classes)
+    block_r, block_k = _row_block(n_classes, _NOISE_TILE)
     _discrete_nstep_bwd_kernel[(triton.cdiv(n_rows, block_r),)](
         grad, x_index, logits, t, out, n_rows, dims, n_classes, beta_1, n_steps,
         *_key(seed, offset), ACC=accumulator(_acc(logits)), BLOCK_R=block_r, BLOCK_K=block_k)
@@ -678,7 +687,7 @@ def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, of
 
 def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
     n = mu_x.numel()
-    block = _block(n)
+    block = _block(n) if interpret() else min(_block(n), _NOISE_TILE)
     _discretised_step_kernel[(triton.cdiv(n, block),)](
         mu, rho, mu_x, log_sigma_x, draw, n, mu_x.shape[1], n_bins, 1.0 / math.sqrt(alpha),
         alpha, *_key(seed, offset), UPDATE=bool(update),
@@ -688,7 +697,7 @@ def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, up
 def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
     n_classes = logits.shape[-1]
     n_rows = logits.numel() // n_classes
-    block_r, block_k = _row_block(n_classes)
+    block_r, block_k = _row_block(n_classes, _NOISE_TILE)
     _discrete_step_kernel[(triton.cdiv(n_rows, block_r),)](
         log_theta, logits, draw, n_rows, n_classes, alpha, math.sqrt(alpha * n_classes),
         *_key(seed, offset), UPDATE=bool(update), ACC=accumulator(_acc(logits)),

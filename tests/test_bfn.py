@@ -551,6 +551,8 @@ def test_torch_compile_fullgraph():
 # -------------------------------------------------------------------- Triton sm_90 compilation
 
 def _triton_cases():
+    """Every specialisation the launchers produce when compiled, with their block sizes at K <= 32
+    and 256 bins (kernels/bfn.py: _block, _ROW_TILE, _FLOW_TILE, _NOISE_TILE)."""
     f, i = "*fp32", "i32"
     cases = []
     scalar = "fp64"  # float arguments are annotated tl.float64 in every kernel
@@ -586,28 +588,28 @@ def _triton_cases():
                   log_s=scalar, w_scale=scalar), dict(ACC=acc, BLOCK=256)),
             ("_discretised_probs_kernel",
              dict(mu_ptr=fp, log_sigma_ptr=fp, out_ptr=accp, n_rows=i, n_bins=i),
-             dict(ACC=acc, BLOCK_R=16, BLOCK_K=256)),
+             dict(ACC=acc, BLOCK_R=8, BLOCK_K=256)),
             ("_discrete_loss_fwd_kernel",
              dict(x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
-                  n_classes=i, beta_1=scalar), dict(ACC=acc, BLOCK_D=128, BLOCK_K=32)),
+                  n_classes=i, beta_1=scalar), dict(ACC=acc, BLOCK_D=64, BLOCK_K=32)),
             ("_discrete_loss_bwd_kernel",
              dict(grad_ptr=accp, x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=fp,
                   n_rows=i, dims=i, n_classes=i, beta_1=scalar),
-             dict(ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+             dict(ACC=acc, BLOCK_R=64, BLOCK_K=32)),
             ("_discrete_update_kernel",
              dict(log_theta_ptr=fp, y_ptr=fp, out_ptr=fp, n_rows=i, n_classes=i),
-             dict(ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+             dict(ACC=acc, BLOCK_R=64, BLOCK_K=32)),
             ("_continuous_flow_kernel",
              dict(x_ptr=fp, t_ptr=accp, out_ptr=fp, n_elements=i, dims=i, log_s=scalar,
                   seed_lo=i, seed_hi="i64", off_lo="i64", off_hi=i), dict(ACC=acc, BLOCK=1024)),
             ("_discrete_nstep_fwd_kernel",
              dict(x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
                   n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i, seed_hi=i, off_lo=i,
-                  off_hi=i), dict(ACC=acc, BLOCK_D=128, BLOCK_K=32)),
+                  off_hi=i), dict(ACC=acc, BLOCK_D=16, BLOCK_K=32)),
             ("_discrete_nstep_bwd_kernel",
              dict(grad_ptr=accp, x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=fp,
                   n_rows=i, dims=i, n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i,
-                  seed_hi=i, off_lo=i, off_hi=i), dict(ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+                  seed_hi=i, off_lo=i, off_hi=i), dict(ACC=acc, BLOCK_R=16, BLOCK_K=32)),
         ]
         for update in (False, True):
             cases += [
@@ -615,11 +617,11 @@ def _triton_cases():
                  dict(mu_ptr=fp, rho_ptr=accp, mu_x_ptr=fp, log_sigma_ptr=fp, draw_ptr=fp,
                       n_elements=i, dims=i, n_bins=i, inv_sqrt_alpha=scalar, alpha=scalar,
                       seed_lo=i, seed_hi=i, off_lo=i, off_hi=i),
-                 dict(UPDATE=update, ACC=acc, BLOCK=1024)),
+                 dict(UPDATE=update, ACC=acc, BLOCK=512)),
                 ("_discrete_step_kernel",
                  dict(log_theta_ptr=fp, logits_ptr=fp, draw_ptr="*i64", n_rows=i, n_classes=i,
                       alpha=scalar, spread=scalar, seed_lo=i, seed_hi=i, off_lo=i, off_hi=i),
-                 dict(UPDATE=update, ACC=acc, BLOCK_R=128, BLOCK_K=32)),
+                 dict(UPDATE=update, ACC=acc, BLOCK_R=16, BLOCK_K=32)),
             ]
         if acc != "tl.float32" or fp == f:
             for log in (False, True):
@@ -627,7 +629,7 @@ def _triton_cases():
                               dict(x_index_ptr="*i64", t_ptr=accp, out_ptr=accp, n_rows=i,
                                    dims=i, n_classes=i, beta_1=scalar, seed_lo=i, seed_hi=i,
                                    off_lo=i, off_hi=i),
-                              dict(LOG=log, ACC=acc, BLOCK_R=128, BLOCK_K=32)))
+                              dict(LOG=log, ACC=acc, BLOCK_R=32, BLOCK_K=32)))
     return cases
 
 
