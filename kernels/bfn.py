@@ -501,9 +501,9 @@ def _acc(*tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _block(n: int) -> int:
+def _block(n: int, compiled_cap: int = 1024) -> int:
     """Elements per program: more under the interpreter, where each program costs Python time."""
-    cap = 16384 if interpret() else 1024
+    cap = 16384 if interpret() else compiled_cap
     return min(cap, triton.next_power_of_2(max(n, 1)))
 
 
@@ -586,8 +586,7 @@ def discretised_probs(mu_x, log_sigma_x, n_bins):
     acc = _acc(mu_x, log_sigma_x)
     n_rows = mu_x.shape[0]
     out = torch.empty((n_rows, n_bins), dtype=acc, device=mu_x.device)
-    block_k = min(triton.next_power_of_2(n_bins), 256)
-    block_r = max(1, (16384 if interpret() else _ROW_TILE) // block_k)
+    block_r, block_k = _row_block(min(n_bins, 256))
     _discretised_probs_kernel[(triton.cdiv(n_rows, block_r),)](
         mu_x, log_sigma_x, out, n_rows, n_bins, ACC=accumulator(acc), BLOCK_R=block_r,
         BLOCK_K=block_k)
@@ -687,7 +686,7 @@ def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, of
 
 def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
     n = mu_x.numel()
-    block = _block(n) if interpret() else min(_block(n), _NOISE_TILE)
+    block = _block(n, _NOISE_TILE)
     _discretised_step_kernel[(triton.cdiv(n, block),)](
         mu, rho, mu_x, log_sigma_x, draw, n, mu_x.shape[1], n_bins, 1.0 / math.sqrt(alpha),
         alpha, *_key(seed, offset), UPDATE=bool(update),
