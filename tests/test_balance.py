@@ -88,26 +88,42 @@ def run(op, inputs, layout_args, backend, **kwargs):
     return loss.detach(), dict(zip(names, grads, strict=True))
 
 
-def assert_close(actual, expected, rtol, what):
+def assert_close(actual, expected, rtol, what, slack=None):
+    """|actual - expected| <= rtol * max(1, max |expected|) (+ `slack`, elementwise, when given),
+    NaN equal to NaN."""
     actual = actual.to(torch.float64).cpu()
     expected = expected.to(torch.float64).cpu()
     scale = expected.abs().max().clamp(min=1.0)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True,
-                               msg=lambda m: f"{what}: {m}")
+    if slack is None:
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * scale,
+                                   equal_nan=True, msg=lambda m: f"{what}: {m}")
+        return
+    error = (actual - expected).abs()
+    allowed = rtol * scale + slack
+    bad = ~((actual.isnan() & expected.isnan()) | (error <= allowed))
+    if bool(bad.any()):
+        worst = error[bad].argmax()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements off; worst error "
+            f"{error[bad][worst].item():.3g} where {allowed[bad][worst].item():.3g} is allowed "
+            f"(of it, {slack[bad][worst].item():.3g} from float32 accumulation)")
 
 
-def check_against_reference(op, inputs, layout_args, backend, dtype, **kwargs):
+def check_against_reference(op, inputs, layout_args, backend, dtype, slack=None, **kwargs):
+    """Loss and gradients of `backend` against the float64 reference. `slack`, when given,
+    maps the reference's (loss, grads) to extra elementwise allowances {"loss": .., name: ..}."""
     loss, grads = run(op, leaves(inputs), layout_args, backend, **kwargs)
     ref_loss, ref_grads = run(op, leaves(inputs, torch.float64), layout_args, "reference",
                               **kwargs)
+    extra = {} if slack is None else slack(ref_loss, ref_grads)
     rtol, grad_rtol = TOLERANCE[dtype]
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    assert_close(loss, ref_loss, rtol, f"{op.__name__} loss {kwargs}")
+    assert_close(loss, ref_loss, rtol, f"{op.__name__} loss {kwargs}", extra.get("loss"))
     for name, ref in ref_grads.items():
         grad = grads[name]
         assert grad.dtype == inputs[name].dtype and grad.shape == inputs[name].shape
         tol = grad_rtol if name in ("log_pf", "log_pb") else rtol
-        assert_close(grad, ref, tol, f"{op.__name__} d/d{name} {kwargs}")
+        assert_close(grad, ref, tol, f"{op.__name__} d/d{name} {kwargs}", extra.get(name))
         if name in ("log_pf", "log_pb") and "lengths" in layout_args:
             steps = torch.arange(grad.shape[1], device=grad.device)
             padding = steps[None, :] >= layout_args["lengths"][:, None]
@@ -411,9 +427,7 @@ def test_cli_info_lists_backends():
         assert name in out
 
 
-# Register spills (bytes per thread, ptxas -v for sm_90a, Triton 3.9) of kernels that spilled
-# when the compile test started checking them (2026-11-24): known debt, not allowed to grow.
-# Their tiles need retuning on a GPU, where the effect on time can be measured.
+# Known register-spill debt, bytes per thread (tests/triton_compile.py): may not grow.
 KNOWN_SPILLS = {"_rows_forward_kernel": 468}
 
 

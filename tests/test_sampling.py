@@ -543,9 +543,7 @@ def test_logit_scaler_and_policy_head():
     assert all(p.grad is not None for p in scaler.parameters())
 
 
-# Register spills (bytes per thread, ptxas -v for sm_90a, Triton 3.9) of kernels that spilled
-# when the compile test started checking them (2026-11-24): known debt, not allowed to grow.
-# Their tiles need retuning on a GPU, where the effect on time can be measured.
+# Known register-spill debt, bytes per thread (tests/triton_compile.py): may not grow.
 KNOWN_SPILLS = {"_sample_kernel": 300, "_log_prob_kernel": 8}
 
 
