@@ -5,10 +5,12 @@ against the float64 reference. CI profile 10 examples per backend and op;
 """
 
 
+import math
+
 import pytest
 import torch
 from conftest import available_backends, property_settings
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gfn_fast import bfn
@@ -47,7 +49,7 @@ def _times(generator, problem):
     return torch.rand(batch, generator=generator)
 
 
-def _close(actual, expected, rtol, what):
+def _close(actual, expected, rtol, what, slack=None):
     if actual.dtype in (torch.float16, torch.bfloat16):
         # Exact values beyond the half type's range must come back as inf of the same sign
         # (docs/numerics.md); within 1% of the edge rounding may go either way.
@@ -64,11 +66,20 @@ def _close(actual, expected, rtol, what):
     # gives gradients of ~1e-8): rounding to it may be off by up to half that step, on top of
     # the relative error.
     floor = 0.5 * 2.0 ** -24 if actual.dtype == torch.float16 else 0.0
-    actual, expected = actual.double(), expected.double()
+    actual, expected = actual.detach().double(), expected.detach().double()
     scale = float(expected.abs().max()) + 1e-12
-    err = float((actual - expected).abs().max())
-    assert err <= rtol * scale + floor, \
-        f"{what}: max error {err:.3g} > {rtol:.1g} * {scale:.3g} + {floor:.1g}"
+    error = (actual - expected).abs()
+    if slack is None:
+        err = float(error.max())
+        assert err <= rtol * scale + floor, \
+            f"{what}: max error {err:.3g} > {rtol:.1g} * {scale:.3g} + {floor:.1g}"
+        return
+    excess = error - slack.reshape(error.shape)
+    worst = int(excess.argmax())
+    err, allowed = float(error.flatten()[worst]), float(slack.flatten()[worst])
+    assert float(excess.max()) <= rtol * scale + floor, \
+        f"{what}: error {err:.3g} > {rtol:.1g} * {scale:.3g} + {floor:.1g} + rounding slack " \
+        f"{allowed:.3g} at element {worst}"
 
 
 def _leaf(tensor, dtype=None):
@@ -135,10 +146,70 @@ def test_discrete_loss_and_update(backend, problem, n_classes, beta_1):
     _close(updated, want_update, max(rtol, 8e-3 if dtype.itemsize == 2 else 0), "update")
 
 
+def _discretised_rounding_slack(x, mu_x, log_sigma, t, sigma_1, n_bins, n_steps):
+    """Bounds, per output, on what rounding in the compute dtype (float32, or float64 for float64
+    inputs; unit roundoff u, gamma_n = n u) may change in the discretised loss and its gradients,
+    computed in float64 from the exact intermediates.
+
+    The kernels evaluate x_hat = k_c(K) - w sum_j Phi(z_j), d x_hat/d mu = (w/sigma) sum_j
+    phi(z_j) and d x_hat/d ln sigma = w sum_j phi(z_j) z_j, z_j = (e_j - mu)/sigma. The last sum
+    is a Riemann sum of an odd function: its terms cancel (by 10^4 when sigma spans many bins),
+    so each term's rounding, not the result, sets its error. Error propagation, with
+    elementary functions (exp, erf) within 2 ulp: sigma 2u; z_j 4u |z_j|; Phi_j
+    6u |z_j| phi(z_j) + 3u; phi_j (4.5 z_j^2 + 3) u phi_j; phi_j z_j (4.5 z_j^2 + 8) u |phi_j z_j|;
+    each sum adds gamma_{K-1} times its terms' magnitudes; the weight w(t) (4 |t ln sigma_1| + 6) u
+    relative."""
+    u = 2.0 ** -53 if x.dtype == torch.float64 else 2.0 ** -24
+    x = x.double().reshape(x.shape[0], -1)
+    mu = mu_x.double().reshape(x.shape)
+    raw_sigma = torch.exp(log_sigma.double().reshape(x.shape))
+    sigma = raw_sigma.clamp(1e-3, 10.0)
+    t = (t.double() if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), float(t),
+                                                                   dtype=torch.float64))
+    width = 2.0 / n_bins
+    edges = torch.arange(1, n_bins, dtype=torch.float64) * width - 1.0
+    z = (edges - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)
+    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * torch.special.erfc(-z / math.sqrt(2))
+    gamma = (n_bins - 1) * u
+    d_cdf = 6 * u * z.abs() * pdf + 3 * u
+    x_hat = 1.0 - 0.5 * width - width * cdf.sum(-1)
+    d_x_hat = width * (d_cdf.sum(-1) + gamma * cdf.sum(-1)) + 3 * u * (1 + width * cdf.sum(-1))
+    d_pdf_sum = width * (((4.5 * z * z + 3) * u * pdf).sum(-1) + (gamma + u) * pdf.sum(-1))
+    pdf_z = (pdf * z).abs()
+    d_pdf_z_sum = width * (((4.5 * z * z + 8) * u * pdf_z).sum(-1) + (gamma + u) * pdf_z.sum(-1))
+    pdf_sum, pdf_z_sum = width * pdf.sum(-1), width * (pdf * z).sum(-1)
+    diff = x - x_hat
+    d_diff = d_x_hat + u * diff.abs()
+    log_s = math.log(sigma_1)
+    weight = torch.exp(-2.0 * t * log_s) * (
+        -log_s if not n_steps else 0.5 * n_steps * math.expm1(-2.0 * log_s / n_steps))
+    rel_weight = (4 * (t * log_s).abs() + 6) * u
+    scale = (2 * weight).unsqueeze(-1)
+    g = scale * diff
+    d_g = scale * d_diff + g.abs() * (rel_weight.unsqueeze(-1) + u)
+    grad_mu = g * pdf_sum / sigma
+    d_grad_mu = (d_g * pdf_sum + g.abs() * d_pdf_sum) / sigma + 4 * u * grad_mu.abs()
+    inside = (raw_sigma >= 1e-3) & (raw_sigma <= 10.0)
+    d_grad_log_sigma = torch.where(
+        inside, d_g * pdf_z_sum.abs() + g.abs() * d_pdf_z_sum + u * (g * pdf_z_sum).abs(), 0.0)
+    squares = (diff * diff).sum(-1)
+    d_loss = weight * ((2 * diff.abs() * d_diff + d_diff * d_diff).sum(-1)
+                       + (x.shape[1] + 1) * u * squares) + rel_weight * weight * squares
+    shape = mu_x.shape
+    return d_loss, d_grad_mu.reshape(shape), d_grad_log_sigma.reshape(shape)
+
+
 @pytest.mark.parametrize("backend", available_backends("cpu"))
 @PROFILE
 @given(problem=shapes(), n_bins=st.sampled_from([2, 16, 256]),
        n_steps=st.sampled_from([None, 20]))
+# Triton once missed the fixed tolerances here: d loss/d ln sigma cancels 7600x (float32) and
+# 10^7x (float64)
+@example(problem={"shape": (1, 1), "dtype": torch.float32, "sliced": False, "seed": 0,
+                  "t_kind": "scalar"}, n_bins=16, n_steps=None)
+@example(problem={"shape": (1, 1), "dtype": torch.float64, "sliced": False, "seed": 186,
+                  "t_kind": "scalar"}, n_bins=16, n_steps=None)
 def test_discretised_loss_and_probs(backend, problem, n_bins, n_steps):
     generator = torch.Generator().manual_seed(problem["seed"])
     shape, dtype = problem["shape"], problem["dtype"]
@@ -156,9 +227,11 @@ def test_discretised_loss_and_probs(backend, problem, n_bins, n_steps):
     want = bfn.discretised_loss(x.double(), *leaves64, t64, 0.05, n_bins, n_steps,
                                 backend="reference")
     want_grads = torch.autograd.grad(want.sum(), leaves64)
-    _close(loss, want, rtol, "loss")
-    for grad, want_grad, name in zip(grads, want_grads, ("mu_x", "log_sigma_x"), strict=True):
-        _close(grad, want_grad, gtol, f"grad {name}")
+    slacks = _discretised_rounding_slack(x, mu_x, log_sigma, t, 0.05, n_bins, n_steps)
+    _close(loss, want, rtol, "loss", slacks[0])
+    for grad, want_grad, slack, name in zip(grads, want_grads, slacks[1:],
+                                            ("mu_x", "log_sigma_x"), strict=True):
+        _close(grad, want_grad, gtol, f"grad {name}", slack)
     probs = bfn.discretised_probs(mu_x, log_sigma, n_bins, backend=backend)
     want_probs = bfn.discretised_probs(mu_x.double(), log_sigma.double(), n_bins,
                                        backend="reference")
