@@ -276,18 +276,38 @@ def _block_words(block, seed_lo, seed_hi, off_lo, off_hi):
 
 
 @triton.jit
-def _pair(block, odd, seed_lo, seed_hi, off_lo, off_hi):
-    """(cos, sin) Box-Muller normals of words (0, 1) of `block`, or of words (2, 3) where odd."""
+def _block_normals(block, seed_lo, seed_hi, off_lo, off_hi):
+    """The four normals of each Philox block of `block`: the (cos, sin) Box-Muller pairs of
+    words (0, 1) and of words (2, 3)."""
     w0, w1, w2, w3 = _block_words(block, seed_lo, seed_hi, off_lo, off_hi)
-    return px.normal_pair(tl.where(odd, w2, w0), tl.where(odd, w3, w1))
+    cos_01, sin_01 = px.normal_pair(w0, w1)
+    cos_23, sin_23 = px.normal_pair(w2, w3)
+    return cos_01, sin_01, cos_23, sin_23
 
 
 @triton.jit
-def _first_normal(index, seed_lo, seed_hi, off_lo, off_hi):
-    """Normal `index`: output index & 3 of block index >> 2 (one Box-Muller per element here;
-    the CPU kernels draw whole blocks)."""
-    cos_n, sin_n = _pair(index >> 2, (index & 2) != 0, seed_lo, seed_hi, off_lo, off_hi)
-    return tl.where((index & 1) != 0, sin_n, cos_n)
+def _quad_normals(first_block, seed_lo, seed_hi, off_lo, off_hi, QUADS: tl.constexpr):
+    """Normals 4 first_block ... 4 (first_block + QUADS) - 1 of the stream as a flat
+    [4 QUADS] tensor, each Philox block drawn once and both normals of each Box-Muller pair
+    kept (drawing a block and a pair for each normal took ~1.5x the instructions per element
+    of the discrete flow, static SASS count for sm_90)."""
+    block = first_block + tl.arange(0, QUADS).to(tl.int64)
+    cos_01, sin_01, cos_23, sin_23 = _block_normals(block, seed_lo, seed_hi, off_lo, off_hi)
+    # [QUADS, pair, cos/sin] flattens to stream order
+    return tl.reshape(tl.join(tl.join(cos_01, cos_23), tl.join(sin_01, sin_23)), [4 * QUADS])
+
+
+@triton.jit
+def _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+                 BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QUADS: tl.constexpr):
+    """Normals rows * K + k of a [BLOCK_R, BLOCK_K] tile whose rows lie in
+    [first_row, first_row + BLOCK_R): the QUADS blocks from the one holding normal
+    first_row * K (`_quads`) drawn once, then gathered."""
+    first_block = (first_row * n_classes) >> 2
+    flat = _quad_normals(first_block, seed_lo, seed_hi, off_lo, off_hi, QUADS)
+    local = tl.where(mask, rows[:, None] * n_classes + k[None, :] - 4 * first_block, 0)
+    picked = tl.gather(flat, tl.reshape(local.to(tl.int32), [BLOCK_R * BLOCK_K]), 0)
+    return tl.reshape(picked, [BLOCK_R, BLOCK_K])
 
 
 @triton.jit
@@ -311,16 +331,15 @@ def _continuous_flow_kernel(x_ptr, t_ptr, out_ptr, n_elements, dims, log_s: tl.f
     t = tl.load(t_ptr + idx // dims, mask=mask, other=0.0).to(ACC)
     g = -expm1(2.0 * t * log_s)
     spread = tl.sqrt(g * tl.exp(2.0 * t * log_s))
-    eps = _first_normal(idx, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    eps = _quad_normals(tl.program_id(0).to(tl.int64) * (BLOCK // 4), seed_lo, seed_hi, off_lo,
+                        off_hi, BLOCK // 4).to(ACC)
     x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC)
     tl.store(out_ptr + idx, (g * x + spread * eps).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _sender(target, k, alpha, spread, index, n_classes, seed_lo, seed_hi, off_lo, off_hi,
-            ACC: tl.constexpr):
+def _sender(target, k, alpha, spread, eps, n_classes):
     """y = alpha (K e_target - 1) + sqrt(alpha K) eps for a [R, BLOCK_K] tile."""
-    eps = _first_normal(index, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
     hot = tl.where(k[None, :] == target[:, None], n_classes * 1.0, 0.0)
     return alpha[:, None] * (hot - 1.0) + spread[:, None] * eps
 
@@ -328,9 +347,11 @@ def _sender(target, k, alpha, spread, index, n_classes, seed_lo, seed_hi, off_lo
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes,
                           beta_1: tl.float64, seed_lo, seed_hi, off_lo, off_hi, LOG: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+                          ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                          QUADS: tl.constexpr):
     beta_1 = scalar(beta_1, ACC)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_R
+    rows = first_row + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
     k = tl.arange(0, BLOCK_K)
     mask = row_mask[:, None] & (k < n_classes)[None, :]
@@ -338,8 +359,9 @@ def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes,
     t = tl.load(t_ptr + rows // dims, mask=row_mask, other=0.0).to(ACC)
     beta_t = beta_1 * t * t
     target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
-    y = _sender(target, k, beta_t, tl.sqrt(beta_t * n_classes), offsets, n_classes, seed_lo,
-                seed_hi, off_lo, off_hi, ACC)
+    eps = _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+                       BLOCK_R, BLOCK_K, QUADS).to(ACC)
+    y = _sender(target, k, beta_t, tl.sqrt(beta_t * n_classes), eps, n_classes)
     y = tl.where(mask, y, float("-inf"))
     m = tl.max(y, axis=1)
     m = tl.where(row_mask, m, 0.0)
@@ -352,8 +374,9 @@ def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes,
 
 
 @triton.jit
-def _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes, seed_lo, seed_hi,
-                off_lo, off_hi, ACC: tl.constexpr):
+def _nstep_tile(x_index_ptr, logits_ptr, first_row, rows, row_mask, k, alpha, n_classes, seed_lo,
+                seed_hi, off_lo, off_hi, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                BLOCK_K: tl.constexpr, QUADS: tl.constexpr):
     """For a tile of (b, d) rows: (p_O [R, BLOCK_K], z = ln p_O + y, logsumexp(z) [R],
     y_target [R])."""
     mask = row_mask[:, None] & (k < n_classes)[None, :]
@@ -365,8 +388,9 @@ def _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes, se
     s_l = tl.where(row_mask, s_l, 1.0)
     p = e / s_l[:, None]
     target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
-    y = _sender(target, k, alpha, tl.sqrt(alpha * n_classes), offsets, n_classes, seed_lo,
-                seed_hi, off_lo, off_hi, ACC)
+    eps = _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+                       BLOCK_R, BLOCK_K, QUADS).to(ACC)
+    y = _sender(target, k, alpha, tl.sqrt(alpha * n_classes), eps, n_classes)
     z = tl.where(mask, logits - (m_l + tl.log(s_l))[:, None] + y, float("-inf"))
     m = tl.where(row_mask, tl.max(z, axis=1), 0.0)
     lse = m + tl.log(tl.sum(tl.where(mask, tl.exp(z - m[:, None]), 0.0), axis=1))
@@ -377,7 +401,8 @@ def _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes, se
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes,
                                beta_1: tl.float64, n_steps, seed_lo, seed_hi, off_lo, off_hi,
-                               ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+                               ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+                               QUADS: tl.constexpr):
     beta_1 = scalar(beta_1, ACC)
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_K)
@@ -388,8 +413,9 @@ def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_
         d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         row_mask = d < dims
         alpha = tl.zeros([BLOCK_D], dtype=ACC) + alpha_b
-        _, _, lse, y_target = _nstep_tile(x_index_ptr, logits_ptr, b * dims + d, row_mask, k,
-                                          alpha, n_classes, seed_lo, seed_hi, off_lo, off_hi, ACC)
+        _, _, lse, y_target = _nstep_tile(x_index_ptr, logits_ptr, b * dims + d0, b * dims + d,
+                                          row_mask, k, alpha, n_classes, seed_lo, seed_hi, off_lo,
+                                          off_hi, ACC, BLOCK_D, BLOCK_K, QUADS)
         total += tl.where(row_mask, y_target - lse, 0.0)
     tl.store(out_ptr + b, n_steps * tl.sum(total, axis=0))
 
@@ -398,16 +424,18 @@ def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_
 def _discrete_nstep_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr, n_rows, dims,
                                n_classes, beta_1: tl.float64, n_steps, seed_lo, seed_hi, off_lo,
                                off_hi, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                               BLOCK_K: tl.constexpr):
+                               BLOCK_K: tl.constexpr, QUADS: tl.constexpr):
     beta_1 = scalar(beta_1, ACC)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_R
+    rows = first_row + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
     k = tl.arange(0, BLOCK_K)
     b = rows // dims
     t = tl.load(t_ptr + b, mask=row_mask, other=0.0).to(ACC)
     alpha = beta_1 * (2.0 * t * n_steps + 1.0) / (n_steps * n_steps)
-    p, z, lse, _ = _nstep_tile(x_index_ptr, logits_ptr, rows, row_mask, k, alpha, n_classes,
-                               seed_lo, seed_hi, off_lo, off_hi, ACC)
+    p, z, lse, _ = _nstep_tile(x_index_ptr, logits_ptr, first_row, rows, row_mask, k, alpha,
+                               n_classes, seed_lo, seed_hi, off_lo, off_hi, ACC, BLOCK_R, BLOCK_K,
+                               QUADS)
     scale = n_steps * tl.load(grad_ptr + b, mask=row_mask, other=0.0).to(ACC)
     g = scale[:, None] * (p - tl.exp(z - lse[:, None]))
     mask = row_mask[:, None] & (k < n_classes)[None, :]
@@ -433,7 +461,9 @@ def _continuous_step_kernel(mu_ptr, rho_ptr, eps_hat_ptr, n_elements, dims, a: t
     x_hat = a * mu - c * tl.load(eps_hat_ptr + idx, mask=mask, other=0.0).to(ACC)
     if CLAMP:
         x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
-    y = x_hat + inv_sqrt_alpha * _first_normal(idx, seed_lo, seed_hi, off_lo, off_hi).to(ACC)
+    eps = _quad_normals(tl.program_id(0).to(tl.int64) * (BLOCK // 4), seed_lo, seed_hi, off_lo,
+                        off_hi, BLOCK // 4)
+    y = x_hat + inv_sqrt_alpha * eps.to(ACC)
     gain = alpha / (rho + alpha)
     tl.store(mu_ptr + idx, (mu + gain * (y - mu)).to(mu_ptr.dtype.element_ty), mask=mask)
 
@@ -447,7 +477,10 @@ def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr,
     alpha = scalar(alpha, ACC)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
-    eps_draw, eps_send = _pair(idx >> 1, (idx & 1) != 0, seed_lo, seed_hi, off_lo, off_hi)
+    block = tl.program_id(0).to(tl.int64) * (BLOCK // 2) + tl.arange(0, BLOCK // 2).to(tl.int64)
+    cos_01, sin_01, cos_23, sin_23 = _block_normals(block, seed_lo, seed_hi, off_lo, off_hi)
+    eps_draw = tl.reshape(tl.join(cos_01, cos_23), [BLOCK])
+    eps_send = tl.reshape(tl.join(sin_01, sin_23), [BLOCK])
     sigma = _discretised_sigma(tl.load(log_sigma_ptr + idx, mask=mask, other=0.0).to(ACC))
     value = tl.load(mu_x_ptr + idx, mask=mask, other=0.0).to(ACC) + sigma * eps_draw.to(ACC)
     k = tl.minimum(tl.maximum(tl.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
@@ -465,10 +498,11 @@ def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr,
 def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes,
                           alpha: tl.float64, spread: tl.float64, seed_lo, seed_hi, off_lo, off_hi,
                           UPDATE: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+                          BLOCK_K: tl.constexpr, QUADS: tl.constexpr):
     alpha = scalar(alpha, ACC)
     spread = scalar(spread, ACC)
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+    first_row = tl.program_id(0).to(tl.int64) * BLOCK_R
+    rows = first_row + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
     k = tl.arange(0, BLOCK_K)
     mask = row_mask[:, None] & (k < n_classes)[None, :]
@@ -484,7 +518,8 @@ def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes
     chosen = tl.minimum(tl.sum(below, axis=1), n_classes - 1)
     tl.store(draw_ptr + rows, chosen.to(tl.int64), mask=row_mask)
     if UPDATE:
-        eps = _first_normal(offsets, seed_lo, seed_hi, off_lo, off_hi)
+        eps = _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+                           BLOCK_R, BLOCK_K, QUADS)
         hot = tl.where(k[None, :] == chosen[:, None], n_classes * 1.0, 0.0)
         z = tl.load(log_theta_ptr + offsets, mask=mask, other=0.0).to(ACC) \
             + alpha * (hot - 1.0) + spread * eps.to(ACC)
@@ -508,11 +543,13 @@ def _block(n: int, compiled_cap: int = 1024) -> int:
 
 
 # Elements per program of the [rows, K] kernels when compiled. With 4096 (BLOCK_R = 128 at
-# K <= 32), the kernels drawing Philox noise per element ran out of registers (255 per thread)
-# and spilled 150-3400 bytes per thread to local memory (ptxas -v for sm_90a); these sizes spill
-# nothing, which the ahead-of-time compile tests check (tests/triton_compile.py).
+# K <= 32), the kernels then drawing a Philox block and a Box-Muller pair per element ran out of
+# registers (255 per thread) and spilled 150-3400 bytes per thread to local memory (ptxas -v for
+# sm_90a); these sizes spill nothing, which the ahead-of-time compile tests check
+# (tests/triton_compile.py). The noise is now drawn once per block (`_row_normals`); the tiles
+# await a GPU to retime them.
 _ROW_TILE = 2048    # losses and updates without noise
-_FLOW_TILE = 1024   # discrete flow: one Philox block and a Box-Muller pair per element
+_FLOW_TILE = 1024   # discrete flow
 _NOISE_TILE = 512   # n-step loss and generation step: noise plus a K-way mixture or draw
 
 
@@ -520,6 +557,15 @@ def _row_block(n_classes: int, tile: int = _ROW_TILE) -> tuple[int, int]:
     """(rows, BLOCK_K) of a program over [rows, K] tiles of `tile` elements (compiled)."""
     block_k = triton.next_power_of_2(n_classes)
     return max(1, (16384 if interpret() else tile) // block_k), block_k
+
+
+def _quads(block_r: int, n_classes: int, aligned: bool | None = None) -> int:
+    """Philox blocks covering the normals of block_r consecutive rows of K (`_row_normals`):
+    block_r K of them, starting at a block's first normal when `aligned`, else anywhere in it.
+    By default the tiles start at rows that are multiples of block_r."""
+    if aligned is None:
+        aligned = block_r * n_classes % 4 == 0
+    return triton.next_power_of_2(triton.cdiv(block_r * n_classes + (0 if aligned else 3), 4))
 
 
 def loss_weight_scale(sigma_1: float, n_steps: int) -> float:
@@ -635,7 +681,7 @@ def _key(seed: int, offset: int) -> tuple[int, int, int, int]:
 def continuous_flow(x, t, sigma_1, seed, offset):
     out = torch.empty_like(x)
     n = x.numel()
-    block = _block(n)
+    block = max(4, _block(n))  # whole Philox blocks per program
     _continuous_flow_kernel[(triton.cdiv(n, block),)](
         x, t, out, n, x.shape[1], math.log(sigma_1), *_key(seed, offset),
         ACC=accumulator(_acc(x)), BLOCK=block)
@@ -649,7 +695,8 @@ def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
     block_r, block_k = _row_block(n_classes, _FLOW_TILE)
     _discrete_flow_kernel[(triton.cdiv(n_rows, block_r),)](
         x_index, t, out, n_rows, dims, n_classes, beta_1, *_key(seed, offset), LOG=bool(log),
-        ACC=accumulator(t.dtype), BLOCK_R=block_r, BLOCK_K=block_k)
+        ACC=accumulator(t.dtype), BLOCK_R=block_r, BLOCK_K=block_k,
+        QUADS=_quads(block_r, n_classes))
     return out
 
 
@@ -658,10 +705,13 @@ def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offse
     batch, dims, n_classes = logits.shape
     out = torch.empty(batch, dtype=acc, device=logits.device)
     block_d, block_k = _row_block(n_classes, _NOISE_TILE)
+    block_d = min(block_d, triton.next_power_of_2(dims))
+    # a program's tiles start at rows b dims + d0
+    aligned = dims * n_classes % 4 == 0 and block_d * n_classes % 4 == 0
     _discrete_nstep_fwd_kernel[(batch,)](
         x_index, logits, t, out, dims, n_classes, beta_1, n_steps, *_key(seed, offset),
-        ACC=accumulator(acc), BLOCK_D=min(block_d, triton.next_power_of_2(dims)),
-        BLOCK_K=block_k)
+        ACC=accumulator(acc), BLOCK_D=block_d, BLOCK_K=block_k,
+        QUADS=_quads(block_d, n_classes, aligned))
     return out
 
 
@@ -672,13 +722,14 @@ def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed
     block_r, block_k = _row_block(n_classes, _NOISE_TILE)
     _discrete_nstep_bwd_kernel[(triton.cdiv(n_rows, block_r),)](
         grad, x_index, logits, t, out, n_rows, dims, n_classes, beta_1, n_steps,
-        *_key(seed, offset), ACC=accumulator(_acc(logits)), BLOCK_R=block_r, BLOCK_K=block_k)
+        *_key(seed, offset), ACC=accumulator(_acc(logits)), BLOCK_R=block_r, BLOCK_K=block_k,
+        QUADS=_quads(block_r, n_classes))
     return out
 
 
 def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset):
     n = mu.numel()
-    block = _block(n)
+    block = max(4, _block(n))  # whole Philox blocks per program
     _continuous_step_kernel[(triton.cdiv(n, block),)](
         mu, rho, eps_hat, n, mu.shape[1], a, c, 1.0 / math.sqrt(alpha), alpha, x_min, x_max,
         *_key(seed, offset), CLAMP=bool(clamp), ACC=accumulator(_acc(mu, eps_hat)), BLOCK=block)
@@ -686,7 +737,7 @@ def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, of
 
 def discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, alpha, seed, offset, update, draw):
     n = mu_x.numel()
-    block = _block(n, _NOISE_TILE)
+    block = max(2, _block(n, _NOISE_TILE))  # whole Philox blocks per program
     _discretised_step_kernel[(triton.cdiv(n, block),)](
         mu, rho, mu_x, log_sigma_x, draw, n, mu_x.shape[1], n_bins, 1.0 / math.sqrt(alpha),
         alpha, *_key(seed, offset), UPDATE=bool(update),
@@ -700,4 +751,5 @@ def discrete_step(log_theta, logits, alpha, seed, offset, update, draw):
     _discrete_step_kernel[(triton.cdiv(n_rows, block_r),)](
         log_theta, logits, draw, n_rows, n_classes, alpha, math.sqrt(alpha * n_classes),
         *_key(seed, offset), UPDATE=bool(update), ACC=accumulator(_acc(logits)),
-        BLOCK_R=block_r, BLOCK_K=block_k)
+        BLOCK_R=block_r, BLOCK_K=block_k,
+        QUADS=_quads(block_r, n_classes))

@@ -237,12 +237,15 @@ def test_generation_steps_match_reference_noise(backend, device, dtype):
                           atol=1e-5)
 
 
+# (7, 5): rows of 5 normals, so a row's noise starts mid-way through a Philox block of 4
+@pytest.mark.parametrize("dims,n_classes", [(7, 4), (7, 5)])
 @pytest.mark.parametrize("dtype,rtol,gtol", DTYPES[:2], ids=DTYPE_IDS[:2])
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_nstep_discrete_loss_matches_materialised(backend, device, dtype, rtol, gtol):
+def test_nstep_discrete_loss_matches_materialised(backend, device, dtype, rtol, gtol, dims,
+                                                  n_classes):
     """The K-dimensional mixture receiver computed directly ([B, D, K, K] log densities) with the
     same sender noise as the fused kernels."""
-    batch, dims, n_classes, n_steps, beta_1 = 3, 7, 4, 20, 3.0
+    batch, n_steps, beta_1 = 3, 20, 3.0
     x_index = torch.randint(0, n_classes, (batch, dims), device=device)
     logits = (torch.randn(batch, dims, n_classes, device=device) * 2).to(dtype)
     logits.requires_grad_(True)
@@ -605,11 +608,12 @@ def _triton_cases():
             ("_discrete_nstep_fwd_kernel",
              dict(x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
                   n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i, seed_hi=i, off_lo=i,
-                  off_hi=i), dict(ACC=acc, BLOCK_D=16, BLOCK_K=32)),
+                  off_hi=i), dict(ACC=acc, BLOCK_D=16, BLOCK_K=32, QUADS=128)),
             ("_discrete_nstep_bwd_kernel",
              dict(grad_ptr=accp, x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=fp,
                   n_rows=i, dims=i, n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i,
-                  seed_hi=i, off_lo=i, off_hi=i), dict(ACC=acc, BLOCK_R=16, BLOCK_K=32)),
+                  seed_hi=i, off_lo=i, off_hi=i),
+             dict(ACC=acc, BLOCK_R=16, BLOCK_K=32, QUADS=128)),
         ]
         for update in (False, True):
             cases += [
@@ -621,7 +625,7 @@ def _triton_cases():
                 ("_discrete_step_kernel",
                  dict(log_theta_ptr=fp, logits_ptr=fp, draw_ptr="*i64", n_rows=i, n_classes=i,
                       alpha=scalar, spread=scalar, seed_lo=i, seed_hi=i, off_lo=i, off_hi=i),
-                 dict(UPDATE=update, ACC=acc, BLOCK_R=16, BLOCK_K=32)),
+                 dict(UPDATE=update, ACC=acc, BLOCK_R=16, BLOCK_K=32, QUADS=128)),
             ]
         if acc != "tl.float32" or fp == f:
             for log in (False, True):
@@ -629,7 +633,7 @@ def _triton_cases():
                               dict(x_index_ptr="*i64", t_ptr=accp, out_ptr=accp, n_rows=i,
                                    dims=i, n_classes=i, beta_1=scalar, seed_lo=i, seed_hi=i,
                                    off_lo=i, off_hi=i),
-                              dict(LOG=log, ACC=acc, BLOCK_R=32, BLOCK_K=32)))
+                              dict(LOG=log, ACC=acc, BLOCK_R=32, BLOCK_K=32, QUADS=256)))
     return cases
 
 
