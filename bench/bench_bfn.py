@@ -20,12 +20,13 @@ import sys
 from pathlib import Path
 
 from gfn_fast import benchmark as harness
-from gfn_fast.bench_cases.bfn import FAMILIES
+from gfn_fast.bench_cases.bfn import FAMILIES, FAMILY_HELP
 
 
 def main() -> int:
     harness.CASE_FAMILIES.clear()
     harness.CASE_FAMILIES.update(FAMILIES)  # --ops picks among the BFN families
+    harness.FAMILY_HELP.update(FAMILY_HELP)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     harness.add_arguments(parser)
     parser.add_argument("--label", default=None, help="device label for the results, e.g. "

@@ -227,3 +227,7 @@ def step_cases(device, quick):
 
 FAMILIES = {"text8": text8_cases, "cifar": cifar_cases, "discretised": discretised_cases,
             "nstep": nstep_cases, "steps": step_cases}
+FAMILY_HELP = {"text8": "discrete flow + loss at text8's shape",
+               "cifar": "continuous flow + loss at CIFAR-10's shape",
+               "discretised": "discretised loss, 256 bins", "nstep": "n-step discrete loss",
+               "steps": "generation steps"}
