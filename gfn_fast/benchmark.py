@@ -44,6 +44,9 @@ class Case:
     item_name: str = ""
     graph: bool = True       # on CUDA, also time each call replayed from a captured CUDA graph
     min_reps: int = 10       # calls of each implementation at least (fewer for slow cases)
+    # seconds after which the side-by-side timing stops short of min_reps once every
+    # implementation has one sample (slow cases, where one implementation may take minutes)
+    max_seconds: float | None = None
 
 
 def _sync(device: torch.device) -> None:
@@ -163,19 +166,24 @@ def _percentile(samples: list[float], q: float) -> float:
 
 
 def time_side_by_side(calls: dict, device: torch.device, *, min_seconds: float,
-                      min_reps: int = 10, max_reps: int = 2000) -> dict:
+                      min_reps: int = 10, max_reps: int = 2000,
+                      max_seconds: float | None = None) -> dict:
     """Seconds per call of each implementation, sampled round-robin (one call of each in turn),
     so that load from other processes on a shared machine hits all of them alike and their
-    ratios stay meaningful."""
+    ratios stay meaningful. Past `max_seconds` (warm-up included) the rounds stop after the
+    first, even short of min_reps."""
+    started = time.perf_counter()
     for fn in calls.values():
         for _ in range(3 if min_reps >= 10 else 1):
             fn()
     _sync(device)
     samples: dict = {name: [] for name in calls}
-    started = time.perf_counter()
+    timing = time.perf_counter()
     reps = 0
-    while reps < min_reps or (time.perf_counter() - started < min_seconds * len(calls)
+    while reps < min_reps or (time.perf_counter() - timing < min_seconds * len(calls)
                               and reps < max_reps):
+        if reps and max_seconds is not None and time.perf_counter() - started > max_seconds:
+            break
         for name, fn in calls.items():
             samples[name].append(_time_once(fn, device))
         reps += 1
@@ -254,9 +262,10 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
                 continue
             first_call[impl] = time.perf_counter() - started
             calls[impl] = call
+            progress(f"{case.label} / first call of {impl}: {first_call[impl]:.2f} s")
         progress(f"{case.label} / timing {len(calls)} implementations side by side")
         timings = time_side_by_side(calls, device, min_seconds=min_seconds,
-                                    min_reps=case.min_reps)
+                                    min_reps=case.min_reps, max_seconds=case.max_seconds)
         for impl, call in calls.items():
             samples = timings[impl]
             median = statistics.median(samples)
@@ -448,7 +457,9 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
             pass
         cases.append(Case("sample_trajectories", f"HyperGrid(4,8) N={n}",
                           {"N": n, "ndim": 4, "height": 8}, 0, setup, impls, items=n,
-                          item_name="traj/s", graph=False, min_reps=3 if n > 100_000 else 10))
+                          item_name="traj/s", graph=False, min_reps=3 if n > 100_000 else 10,
+                          # at N = 10^6 on a GPU two runs hit their time limit in this case
+                          max_seconds=60.0 if n > 100_000 else None))
     return cases
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,25 @@ def test_bench_bfn_script_runs_and_labels_its_rows(tmp_path):
     timed = [r for r in rows if "median_ms" in r]
     assert {r["impl"] for r in timed} >= {"eager", "gfn_fast[numba]"}
     assert all(r["device_label"] == "ci" and r["op"] == "bfn_continuous_flow+loss" for r in rows)
+
+
+def test_side_by_side_timing_stops_at_its_budget():
+    """A slow case stops after max_seconds with a sample of every implementation, not after
+    min_reps rounds (at N = 10^6 on a GPU, min_reps rounds outran the run's time limit)."""
+    slow_calls = []
+
+    def slow():
+        slow_calls.append(1)
+        time.sleep(0.2)
+
+    calls = {"slow": slow, "fast": lambda: None}
+    started = time.perf_counter()
+    samples = benchmark.time_side_by_side(calls, torch.device("cpu"), min_seconds=0.01,
+                                          min_reps=5, max_seconds=0.5)
+    elapsed = time.perf_counter() - started
+    assert 1 <= len(samples["slow"]) == len(samples["fast"]) < 5
+    assert elapsed < 0.5 + 0.2 + 0.2  # the budget, the round running when it ran out, slack
+    assert min(samples["slow"]) >= 0.2
+    unbounded = benchmark.time_side_by_side(calls, torch.device("cpu"), min_seconds=0.01,
+                                            min_reps=4)
+    assert len(unbounded["slow"]) == 4
