@@ -165,10 +165,11 @@ def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
 # and reassociation only (no nnan/ninf), so NaN and inf still propagate. Which mask a row has is
 # decided outside the loops: the row helpers take the mask test as a function argument, and
 # Numba compiles one specialisation per test (a run-time flag inside the loop blocked
-# vectorisation, measured 7x slower). No "contract": with it LLVM fused the backward's
-# scale * logit * inv_t - lse without rounding the scaled logit as the forward did, so a row
-# whose only allowed action has |z| ~ 170 got gradients of ~1e-5 (logits) and ~5e-4 (scale)
-# instead of 0 (found by the property tests; dropping it cost nothing measurable).
+# vectorisation, measured 7x slower). No "contract": with it the backward's recomputed scaled
+# logit no longer matched the float32-rounded one behind the forward's lse (most likely
+# scale * logit * inv_t - lse became one fused multiply-add), so a row whose only allowed action
+# has |z| ~ 170 got gradients of ~1e-5 (logits) and ~5e-4 (scale) instead of 0 (found by the
+# property tests; dropping it cost nothing measurable).
 _REASSOC = {"reassoc"}
 
 
