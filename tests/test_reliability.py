@@ -527,6 +527,26 @@ def test_sampling_extreme_logits_and_single_allowed_action(backend, device, dtyp
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_log_prob_gradient_is_zero_where_one_action_is_allowed(backend, device):
+    """A row with one allowed action has log pi = 0 whatever its logits, scale and temperature,
+    so both gradients are exactly 0. A backward that recomputes the scaled logit with other
+    rounding than the forward's lse (a fused multiply-add: Numba's log-prob kernels once had
+    fastmath "contract") gives ~ulp(|z|) instead, here up to ~1e-5."""
+    rows, width = 256, 3
+    generator = torch.Generator().manual_seed(5)
+    logits = (torch.randn(rows, width, generator=generator) * 60).to(device).requires_grad_(True)
+    scale = (torch.rand(rows, generator=generator) * 2 + 0.3).to(device).requires_grad_(True)
+    mask = torch.zeros(rows, width, dtype=torch.bool)
+    actions = torch.randint(0, width, (rows,), generator=generator)
+    mask[torch.arange(rows), actions] = True
+    log_pi = gfn_fast.action_log_prob(logits, actions.to(device), mask.to(device), scale=scale,
+                                      temperature=0.7528, backend=backend)
+    grad_logits, grad_scale = torch.autograd.grad(log_pi.sum(), [logits, scale])
+    assert bool((log_pi == 0).all())
+    assert bool((grad_logits == 0).all()) and bool((grad_scale == 0).all())
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_sampling_float16_overflowing_scale_stays_finite(backend, device):
     """scale * logits beyond float16's range: the products are formed in float32, so the
     policy stays finite where the math is finite (19 tied logits: log pi = -log 19)."""
