@@ -298,14 +298,14 @@ def _quad_normals(first_block, seed_lo, seed_hi, off_lo, off_hi, QUADS: tl.const
 
 
 @triton.jit
-def _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+def _row_normals(first_row, offsets, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
                  BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QUADS: tl.constexpr):
-    """Normals rows * K + k of a [BLOCK_R, BLOCK_K] tile whose rows lie in
+    """Normals `offsets` (rows * K + k) of a [BLOCK_R, BLOCK_K] tile whose rows lie in
     [first_row, first_row + BLOCK_R): the QUADS blocks from the one holding normal
     first_row * K (`_quads`) drawn once, then gathered."""
     first_block = (first_row * n_classes) >> 2
     flat = _quad_normals(first_block, seed_lo, seed_hi, off_lo, off_hi, QUADS)
-    local = tl.where(mask, rows[:, None] * n_classes + k[None, :] - 4 * first_block, 0)
+    local = tl.where(mask, offsets - 4 * first_block, 0)
     picked = tl.gather(flat, tl.reshape(local.to(tl.int32), [BLOCK_R * BLOCK_K]), 0)
     return tl.reshape(picked, [BLOCK_R, BLOCK_K])
 
@@ -359,7 +359,7 @@ def _discrete_flow_kernel(x_index_ptr, t_ptr, out_ptr, n_rows, dims, n_classes,
     t = tl.load(t_ptr + rows // dims, mask=row_mask, other=0.0).to(ACC)
     beta_t = beta_1 * t * t
     target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
-    eps = _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+    eps = _row_normals(first_row, offsets, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
                        BLOCK_R, BLOCK_K, QUADS).to(ACC)
     y = _sender(target, k, beta_t, tl.sqrt(beta_t * n_classes), eps, n_classes)
     y = tl.where(mask, y, float("-inf"))
@@ -388,7 +388,7 @@ def _nstep_tile(x_index_ptr, logits_ptr, first_row, rows, row_mask, k, alpha, n_
     s_l = tl.where(row_mask, s_l, 1.0)
     p = e / s_l[:, None]
     target = tl.load(x_index_ptr + rows, mask=row_mask, other=0)
-    eps = _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
+    eps = _row_normals(first_row, offsets, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
                        BLOCK_R, BLOCK_K, QUADS).to(ACC)
     y = _sender(target, k, alpha, tl.sqrt(alpha * n_classes), eps, n_classes)
     z = tl.where(mask, logits - (m_l + tl.log(s_l))[:, None] + y, float("-inf"))
@@ -518,8 +518,8 @@ def _discrete_step_kernel(log_theta_ptr, logits_ptr, draw_ptr, n_rows, n_classes
     chosen = tl.minimum(tl.sum(below, axis=1), n_classes - 1)
     tl.store(draw_ptr + rows, chosen.to(tl.int64), mask=row_mask)
     if UPDATE:
-        eps = _row_normals(first_row, rows, k, mask, n_classes, seed_lo, seed_hi, off_lo, off_hi,
-                           BLOCK_R, BLOCK_K, QUADS)
+        eps = _row_normals(first_row, offsets, mask, n_classes, seed_lo, seed_hi, off_lo,
+                           off_hi, BLOCK_R, BLOCK_K, QUADS)
         hot = tl.where(k[None, :] == chosen[:, None], n_classes * 1.0, 0.0)
         z = tl.load(log_theta_ptr + offsets, mask=mask, other=0.0).to(ACC) \
             + alpha * (hot - 1.0) + spread * eps.to(ACC)
