@@ -14,6 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gfn_fast import bfn
+from gfn_fast.reference import bfn as ref
 
 PROFILE = property_settings(ci=10, long=500)
 
@@ -162,15 +163,15 @@ def _discretised_rounding_slack(x, mu_x, log_sigma, t, sigma_1, n_bins, n_steps)
     u = 2.0 ** -53 if x.dtype == torch.float64 else 2.0 ** -24
     x = x.double().reshape(x.shape[0], -1)
     mu = mu_x.double().reshape(x.shape)
-    raw_sigma = torch.exp(log_sigma.double().reshape(x.shape))
-    sigma = raw_sigma.clamp(1e-3, 10.0)
+    log_sigma = log_sigma.double().reshape(x.shape)
+    raw_sigma, sigma = torch.exp(log_sigma), ref.discretised_sigma(log_sigma)
     t = (t.double() if isinstance(t, torch.Tensor) else torch.full((x.shape[0],), float(t),
                                                                    dtype=torch.float64))
     width = 2.0 / n_bins
     edges = torch.arange(1, n_bins, dtype=torch.float64) * width - 1.0
     z = (edges - mu.unsqueeze(-1)) / sigma.unsqueeze(-1)
     pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    cdf = 0.5 * torch.special.erfc(-z / math.sqrt(2))
+    cdf = ref.normal_cdf(z)
     gamma = (n_bins - 1) * u
     d_cdf = 6 * u * z.abs() * pdf + 3 * u
     x_hat = 1.0 - 0.5 * width - width * cdf.sum(-1)
@@ -181,16 +182,14 @@ def _discretised_rounding_slack(x, mu_x, log_sigma, t, sigma_1, n_bins, n_steps)
     pdf_sum, pdf_z_sum = width * pdf.sum(-1), width * (pdf * z).sum(-1)
     diff = x - x_hat
     d_diff = d_x_hat + u * diff.abs()
-    log_s = math.log(sigma_1)
-    weight = torch.exp(-2.0 * t * log_s) * (
-        -log_s if not n_steps else 0.5 * n_steps * math.expm1(-2.0 * log_s / n_steps))
-    rel_weight = (4 * (t * log_s).abs() + 6) * u
+    weight = ref.continuous_loss_weight(t, sigma_1, n_steps or 0)
+    rel_weight = (4 * (t * math.log(sigma_1)).abs() + 6) * u
     scale = (2 * weight).unsqueeze(-1)
     g = scale * diff
     d_g = scale * d_diff + g.abs() * (rel_weight.unsqueeze(-1) + u)
     grad_mu = g * pdf_sum / sigma
     d_grad_mu = (d_g * pdf_sum + g.abs() * d_pdf_sum) / sigma + 4 * u * grad_mu.abs()
-    inside = (raw_sigma >= 1e-3) & (raw_sigma <= 10.0)
+    inside = (raw_sigma >= ref.SIGMA_MIN) & (raw_sigma <= ref.SIGMA_MAX)
     d_grad_log_sigma = torch.where(
         inside, d_g * pdf_z_sum.abs() + g.abs() * d_pdf_z_sum + u * (g * pdf_z_sum).abs(), 0.0)
     squares = (diff * diff).sum(-1)
