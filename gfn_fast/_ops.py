@@ -65,7 +65,20 @@ class Op:
         return fake
 
     def register_autograd(self, backward: Callable, *, setup_context: Callable) -> None:
-        self.op.register_autograd(backward, setup_context=setup_context)
+        """`backward` and `setup_context` as for torch.library. An op whose outputs beyond the
+        first are marked non-differentiable should also call ctx.set_materialize_grads(False) in
+        its setup_context: autograd otherwise allocates and fills a zero gradient of each such
+        output's shape on every backward. `backward` then sees None for those; a call whose
+        gradients are all undefined (gradcheck tries one) gets None for every input here, so
+        `backward` itself never sees an undefined gradient of its first output."""
+        n_inputs = len(self._defaults)
+
+        def guarded(ctx, *grads):
+            if all(grad is None for grad in grads):
+                return (None,) * n_inputs
+            return backward(ctx, *grads)
+
+        self.op.register_autograd(guarded, setup_context=setup_context)
         fn = self._fn
 
         # setup_context is called from forward rather than declared as the Function's own:
@@ -76,7 +89,7 @@ class Op:
             return output
 
         self._function = type(self.name.split("::")[-1], (torch.autograd.Function,), {
-            "forward": staticmethod(forward), "backward": staticmethod(backward)})
+            "forward": staticmethod(forward), "backward": staticmethod(guarded)})
 
     def __call__(self, *args):
         if not (self._direct and _eager(args)):

@@ -163,6 +163,7 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (packed, clip_min, loss_id, loss_param, reduction, backend)
     ctx.group_name = group[0] if group else ""
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # see _ops.Op.register_autograd
 
 
 def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -211,6 +211,7 @@ def _continuous_loss_setup(ctx, inputs, output):
     ctx.config = inputs[4:11]
     ctx.eps_dtype = inputs[2].dtype
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # see _ops.Op.register_autograd
 
 
 def _continuous_loss_backward(ctx, grad, _grad_unit):

@@ -117,6 +117,7 @@ def _sample_setup(ctx, inputs, output):
     ctx.config = (clip_lo, clip_hi, packed, backend)
     ctx.scale_index = 2
     ctx.mark_non_differentiable(actions, log_mu, entropy, lse)
+    ctx.set_materialize_grads(False)  # see _ops.Op.register_autograd
 
 
 def _sample_backward(ctx, grad_log_pi, _g_actions, _g_mu, _g_entropy, _g_lse):
@@ -133,6 +134,7 @@ def _log_prob_setup(ctx, inputs, output):
     ctx.config = (clip_lo, clip_hi, packed, backend)
     ctx.scale_index = 3
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # see _ops.Op.register_autograd
 
 
 def _log_prob_backward(ctx, grad_log_pi, _grad_lse):

@@ -200,6 +200,7 @@ def _subtb_setup_context(ctx, inputs, output):
     ctx.beta_shape = None if beta is None else beta.shape
     ctx.config = (packed, clip_min, loss_id, loss_param, lamda, running, backend)
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # see _ops.Op.register_autograd
 
 
 def _subtb_autograd(ctx, grad_loss, _grad_potentials):

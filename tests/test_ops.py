@@ -6,6 +6,7 @@ direct one (that is its reason to exist)."""
 import pytest
 import torch
 from conftest import backend_params
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gfn_fast
 from gfn_fast import _ops, bfn
@@ -145,6 +146,36 @@ def test_direct_and_op_paths_are_bitwise_equal(case, backend, device):
     for direct, through_op in zip(direct_out + direct_grads, op_out + op_grads, strict=True):
         assert direct.dtype == through_op.dtype and direct.shape == through_op.shape
         assert torch.equal(direct, through_op), f"{case}: direct and op paths differ"
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("path", ["direct", "op"])
+def test_backward_allocates_no_zero_gradients_for_outputs_without_one(case, path):
+    """Outputs marked non-differentiable (a loss's residuals, the sampler's actions and log-mu,
+    the continuous loss's per-unit gradient) get no gradient; autograd by default still hands
+    the backward a zero tensor of each one's shape, allocated and filled on every call (a
+    [B, D] one for the continuous loss: a tenth of the CIFAR-shape flow + loss step)."""
+    gen = torch.Generator().manual_seed(11)
+    inputs, fn = CASES[case](gen)
+    with _ops.force_op_path(path == "op"):
+        out = _tensors(fn("numba", **inputs))
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    total = sum(o.float().sum() for o in out if o.requires_grad)
+    with _RecordOps() as record:
+        grads = torch.autograd.grad(total, leaves)
+    assert all(g is not None for g in grads)
+    assert "aten.ones_like.default" in record.names  # the mode sees the engine's own allocations
+    assert not [name for name in record.names if "zeros" in name], record.names
 
 
 def test_eager_calls_skip_the_dispatcher_and_compile_uses_the_op():
