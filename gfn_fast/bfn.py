@@ -52,7 +52,7 @@ def _schedule_arg(op: str, arg: str, value, low: float, high: float) -> torch.Te
             _checks.fail(op, arg, f"must lie in [{low:g}, {high:g}], got {value}")
         return torch.as_tensor(value, dtype=torch.float64)
     if _checks.value_checks_enabled() and value.numel() > 0:
-        lowest, highest = float(value.min()), float(value.max())
+        lowest, highest = _checks.value_range(value)
         if not (low <= lowest and highest <= high):
             _checks.fail(op, arg, f"must lie in [{low:g}, {high:g}], got values in "
                          f"[{lowest}, {highest}]")
@@ -290,7 +290,7 @@ def _precision(op: str, rho, mu: torch.Tensor, dtype) -> torch.Tensor:
     if _full_precision(rho, mu):
         _checks.require_tensor(op, "rho", rho, floating=True)
         _checks.same_device(op, "mu", mu, rho=rho)
-        if _checks.value_checks_enabled() and not bool((rho > 0).all()):
+        if _checks.value_checks_enabled() and not _checks.value_range(rho)[0] > 0:
             _checks.fail(op, "rho", "must be > 0")
         return _flat(rho.to(dtype))
     per = _checks.per_sample(op, "rho", rho, batch, mu, dtype, positive=True)

@@ -435,3 +435,35 @@ def test_valid_inputs_of_the_audit_run():
     for call in (tb, vargrad, db, subtb, sample, log_prob, c_output, c_loss, c_update, c_flow,
                  d_loss, d_flow, d_update, ds_loss, ds_probs, c_step, d_step, ds_step, generate):
         call()
+
+
+
+_FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+_RANGE_CASES = [(dtype, nan_at) for dtype in _FLOATS for nan_at in
+                (None, "first", "middle", "last")] + [(torch.int64, None)]
+
+
+def _same_range(got, want):
+    return all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("numel", [1, 5, 256, 257, 5000])
+@pytest.mark.parametrize("dtype,nan_at", _RANGE_CASES)
+def test_value_range_of_the_value_checks(numel, dtype, nan_at):
+    """The value checks' (min, max): small CPU tensors go through a Python list, larger ones
+    through NumPy, half types through torch; each must give torch's min and max, and NaN for
+    both wherever a NaN sits (Python's min and max alone would skip one that is not first)."""
+    from gfn_fast._checks import value_range
+
+    gen = torch.Generator().manual_seed(numel)
+    values = (torch.randn(numel, generator=gen) * 100).to(dtype)
+    if nan_at is not None:
+        values[{"first": 0, "middle": numel // 2, "last": numel - 1}[nan_at]] = math.nan
+    low, high = value_range(values)
+    if nan_at is not None:
+        assert math.isnan(low) and math.isnan(high)
+    else:
+        assert (low, high) == (values.min().item(), values.max().item())
+    first = (values[0].item(),) * 2
+    assert _same_range(value_range(values[0]), first)  # 0-dim
+    assert _same_range(value_range(values[:1].expand(numel)), first)  # stride 0

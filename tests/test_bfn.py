@@ -465,6 +465,9 @@ def test_generate_all_kinds(backend, device):
 @pytest.mark.parametrize("call,exc,arg", [
     (lambda x: bfn.continuous_loss(x, x, x, 1.5, 0.1), ValueError, "t"),
     (lambda x: bfn.continuous_loss(x, x, x, torch.tensor([0.1, -0.2]), 0.1), ValueError, "t"),
+    (lambda x: bfn.continuous_loss(x, x, x, torch.tensor([0.1, math.nan]), 0.1), ValueError, "t"),
+    (lambda x: bfn.continuous_flow(x, torch.tensor([math.nan, 0.1]), 0.1, seed=1), ValueError,
+     "t"),
     (lambda x: bfn.continuous_loss(x, x, x, 0.5, 1.0), ValueError, "sigma_1"),
     (lambda x: bfn.continuous_loss(x, x, x, 0.5, 0.0), ValueError, "sigma_1"),
     (lambda x: bfn.continuous_loss(x, x[:, :2], x, 0.5, 0.1), ValueError, "mu"),
@@ -475,6 +478,8 @@ def test_generate_all_kinds(backend, device):
     (lambda x: bfn.continuous_flow(x, 0.5, 2.0, seed=1), ValueError, "sigma_1"),
     (lambda x: bfn.continuous_update(x, 1.0, x, 0.0), ValueError, "alpha"),
     (lambda x: bfn.continuous_update(x, 1.0, x, torch.tensor([1.0, -1.0])), ValueError, "alpha"),
+    (lambda x: bfn.continuous_update(x, 1.0, x, torch.tensor([1.0, math.nan])), ValueError,
+     "alpha"),
     (lambda x: bfn.discretised_loss(x, x, x, 0.5, 0.1, 1), ValueError, "n_bins"),
     (lambda x: bfn.discrete_loss(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3, 4), 0.5,
                                  0.0), ValueError, "beta_1"),

@@ -466,9 +466,11 @@ def _bad_cases():
         ("temperature", ValueError, dict(temperature=0.0)),
         ("temperature", ValueError, dict(temperature=torch.tensor([1.0, -1.0, 1.0, 1.0]))),
         ("temperature", ValueError, dict(temperature=torch.ones(2, 2))),
+        ("temperature", ValueError, dict(temperature=torch.tensor([1.0, 1.0, math.nan, 1.0]))),
         ("epsilon", ValueError, dict(epsilon=1.5)),
         ("epsilon", ValueError, dict(epsilon=torch.tensor([0.1, 0.2, -0.1, 0.0]))),
         ("epsilon", ValueError, dict(epsilon=torch.ones(5) * 0.1)),
+        ("epsilon", ValueError, dict(epsilon=torch.tensor([0.1, math.nan, 0.0, 0.0]))),
         ("clip", ValueError, dict(clip=(2.0, 1.0))),
         ("clip", TypeError, dict(clip=3.0)),
         ("seed", TypeError, dict(seed=1.0)),
@@ -476,7 +478,7 @@ def _bad_cases():
     ], x
 
 
-@pytest.mark.parametrize("index", range(19))
+@pytest.mark.parametrize("index", range(21))
 def test_bad_input_sample(index):
     cases, x = _bad_cases()
     arg, exc, kwargs = cases[index]
