@@ -243,7 +243,7 @@ def balance_layout(op: str, log_probs: dict, lengths=None, mask=None, cu_seqlens
         fail(op, "lengths", f"must have shape [B] = [{batch}], got {_shape(lengths)}")
     lengths = lengths.to(torch.int64).contiguous()
     if check_values:
-        low, high = int(lengths.min()), int(lengths.max())
+        low, high = value_range(lengths)
         if low < 1 or high > steps:
             fail(op, "lengths", f"must lie in [1, T] = [1, {steps}], got values in "
                  f"[{low}, {high}]")
