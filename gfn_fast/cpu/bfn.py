@@ -591,8 +591,11 @@ def _discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, k0,
 def _continuous_step(mu, rho, eps_hat, a, c, inv_sqrt_alpha, alpha, x_min, x_max, clamp,
                      k0, k1, o0, o1):
     batch, dims = mu.shape
+    # The per-element arithmetic in mu's dtype, like the noise (see _fill_normals)
+    real = mu.dtype.type
+    a, c, x_min, x_max = real(a), real(c), real(x_min), real(x_max)
     for b in numba.prange(batch):
-        gain = alpha / (rho[b] + alpha)
+        gain = real(alpha / (rho[b] + alpha))
         noise = np.empty(dims, mu.dtype)
         _fill_normals(noise, b * dims, inv_sqrt_alpha, 0.0, k0, k1, o0, o1)
         for d in range(dims):
