@@ -71,16 +71,15 @@ def value_checks_enabled() -> bool:
 
 _NUMPY_RANGE = (torch.float32, torch.float64, torch.int64, torch.int32, torch.int16, torch.int8,
                 torch.uint8, torch.bool)
-
-
 _SMALL_RANGE = 256
 
 
 def value_range(tensor: torch.Tensor) -> tuple[float, float]:
-    """(min, max) of a non-empty tensor as Python numbers, both NaN when it holds a NaN. One host
-    sync. These checks mostly see [B]-sized arguments, checked on every call: on a CPU such a
-    tensor is read as a Python list (~2 us on a 2-core VM, against ~5 us for NumPy's min and max
-    and ~15 us for the chain of small torch ops this replaces); larger ones through NumPy."""
+    """(min, max) of a non-empty tensor as Python numbers, both NaN when it holds a NaN (one host
+    sync on a GPU). These checks mostly see [B]-sized arguments, checked on every call: on a CPU
+    such a tensor is read as a Python list (~2 us on a 2-core VM, against ~5 us for NumPy's min
+    and max and ~15 us for the chain of small torch ops this replaces); larger ones through
+    NumPy."""
     if tensor.device.type == "cpu" and tensor.dim() <= 1 and tensor.numel() <= _SMALL_RANGE:
         values = tensor.tolist() if tensor.dim() == 1 else [tensor.item()]
         if any(map(math.isnan, values)):
