@@ -163,8 +163,8 @@ def continuous_output(mu: torch.Tensor, eps_hat: torch.Tensor, t, sigma_1: float
     """Network output -> data estimate x_hat = mu / gamma - sqrt((1 - gamma) / gamma) eps_hat.
 
     x_hat = 0 where t < t_min; clamped to x_range = (x_min, x_max) when given.
-    mu, eps_hat: [B, ...]; t: float, 0-dim or [B]. Returns x_hat like mu (not differentiable
-    through the fused backends; use `continuous_loss` for training).
+    mu, eps_hat: [B, ...]; t: float, 0-dim or [B]. Returns x_hat like mu, with no gradient on
+    any backend (`continuous_loss` is the differentiable, fused path for training).
     """
     op = "continuous_output"
     mu, eps_hat = _continuous_inputs(op, "mu", {"mu": mu, "eps_hat": eps_hat})
@@ -175,8 +175,9 @@ def continuous_output(mu: torch.Tensor, eps_hat: torch.Tensor, t, sigma_1: float
     t = _checks.per_sample(op, "t", t, mu.shape[0], mu, dtype, low=0.0, high=1.0)
     name = _resolve(op, backend, mu.device)
     if name == "reference":
-        out = reference.continuous_output(_flat(mu), _flat(eps_hat), t, sigma_1, t_min,
-                                          (x_min, x_max) if clamp else None)
+        with torch.no_grad():  # not differentiable on any backend (the docstring)
+            out = reference.continuous_output(_flat(mu), _flat(eps_hat), t, sigma_1, t_min,
+                                              (x_min, x_max) if clamp else None)
         return out.to(mu.dtype).reshape(mu.shape)
     out = _continuous_output_op(_flat(mu), _flat(eps_hat), t, sigma_1, t_min, x_min, x_max,
                                 clamp, name)
@@ -257,8 +258,9 @@ def continuous_loss(x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor, t,
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
     name = _resolve(op, backend, x.device)
     if name == "reference":
-        return reference.continuous_loss(_flat(x), _flat(mu.detach()), _flat(eps_hat), t,
-                                         sigma_1, steps, t_min, (x_min, x_max) if clamp else None)
+        return reference.continuous_loss(_flat(x.detach()), _flat(mu.detach()), _flat(eps_hat),
+                                         t.detach(), sigma_1, steps, t_min,
+                                         (x_min, x_max) if clamp else None)
     want_grad = eps_hat.requires_grad and torch.is_grad_enabled()
     loss, _ = _continuous_loss_op(_flat(x.detach()), _flat(mu.detach()), _flat(eps_hat), t,
                                   sigma_1, steps, t_min, x_min, x_max, clamp, name, want_grad)
@@ -283,18 +285,20 @@ def _full_precision(rho, mu: torch.Tensor) -> bool:
     return torch.is_tensor(rho) and rho.shape == mu.shape and rho.numel() != mu.shape[0]
 
 
-def _precision(op: str, rho, mu: torch.Tensor, dtype) -> torch.Tensor:
-    """rho as a float, [B] / [B, 1, ...] (per sample) or mu's shape -> [B, D] (maybe expanded)."""
+def _precision(op: str, rho, mu: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """rho as a float, [B] / [B, 1, ...] (per sample) or mu's shape -> ([B, D] (maybe expanded),
+    the per-sample [B] or None)."""
     batch = mu.shape[0]
     dims = mu[0].numel()
     if _full_precision(rho, mu):
         _checks.require_tensor(op, "rho", rho, floating=True)
         _checks.same_device(op, "mu", mu, rho=rho)
-        if _checks.value_checks_enabled() and not _checks.value_range(rho)[0] > 0:
+        if _checks.value_checks_enabled() and rho.numel() > 0 and \
+                not _checks.value_range(rho)[0] > 0:
             _checks.fail(op, "rho", "must be > 0")
-        return _flat(rho.to(dtype))
+        return _flat(rho.to(dtype)), None
     per = _checks.per_sample(op, "rho", rho, batch, mu, dtype, positive=True)
-    return per.reshape(batch, 1).expand(batch, dims)
+    return per.reshape(batch, 1).expand(batch, dims), per
 
 
 def continuous_update(mu: torch.Tensor, rho, y: torch.Tensor, alpha, *,
@@ -303,25 +307,29 @@ def continuous_update(mu: torch.Tensor, rho, y: torch.Tensor, alpha, *,
 
     rho' = rho + alpha; mu' = (rho mu + alpha y) / rho' (computed as mu + alpha/rho' (y - mu)).
     mu, y: [B, ...]; rho: float, [B] or mu's shape; alpha: float > 0, 0-dim or [B].
-    Returns (mu' like mu, rho' in the compute dtype with rho's shape ([B] for a scalar)).
+    Returns (mu' like mu, rho' in the compute dtype with rho's shape ([B] for a scalar)), with
+    no gradient.
     """
     op = "continuous_update"
     mu, y = _continuous_inputs(op, "mu", {"mu": mu, "y": y})
     dtype = reference.compute_dtype(mu, y, rho if torch.is_tensor(rho) else None,
                                     alpha if torch.is_tensor(alpha) else None)
     alpha = _checks.per_sample(op, "alpha", alpha, mu.shape[0], mu, dtype, positive=True)
-    full = _full_precision(rho, mu)
-    rho_2d = _precision(op, rho, mu, dtype)
+    rho_2d, per_sample_rho = _precision(op, rho, mu, dtype)
     name = _resolve(op, backend, mu.device)
     if name == "reference":
-        mu_new, _ = reference.continuous_update(_flat(mu), rho_2d, _flat(y), alpha.reshape(-1, 1))
+        with torch.no_grad():  # no gradient on any backend
+            mu_new, _ = reference.continuous_update(_flat(mu), rho_2d, _flat(y),
+                                                    alpha.reshape(-1, 1))
         mu_new = mu_new.to(mu.dtype)
     else:
         mu_new = _continuous_update_op(_flat(mu), rho_2d, _flat(y), alpha, name)
-    if full:
+    if per_sample_rho is None:
         rho_new = (rho_2d + alpha.reshape(-1, 1)).reshape(mu.shape)
     else:
-        rho_new = rho_2d[:, 0] + alpha
+        rho_new = per_sample_rho.reshape(-1) + alpha
+        if torch.is_tensor(rho) and rho.dim() > 0 and rho.numel() == mu.shape[0]:
+            rho_new = rho_new.reshape(rho.shape)  # [B, 1, ...] stays so (a scalar gives [B])
     return mu_new.reshape(mu.shape), rho_new
 
 
@@ -393,8 +401,8 @@ def discretised_loss(x: torch.Tensor, mu_x: torch.Tensor, log_sigma_x: torch.Ten
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
     name = _resolve(op, backend, x.device)
     if name == "reference":
-        return reference.discretised_loss(_flat(x), _flat(mu_x), _flat(log_sigma_x), t, sigma_1,
-                                          n_bins, steps)
+        return reference.discretised_loss(_flat(x.detach()), _flat(mu_x), _flat(log_sigma_x),
+                                          t.detach(), sigma_1, n_bins, steps)
     return _discretised_loss_op(_flat(x.detach()), _flat(mu_x), _flat(log_sigma_x), t, sigma_1,
                                 steps, n_bins, name)
 
@@ -414,8 +422,13 @@ def _(mu_x, log_sigma_x, n_bins, backend):
 def discretised_probs(mu_x: torch.Tensor, log_sigma_x: torch.Tensor, n_bins: int, *,
                       backend: str | None = None) -> torch.Tensor:
     """Bin probabilities p(k) of the discretised output distribution, [..., K] (float32, or
-    float64 for float64 inputs), for sampling. Far-tail bins are computed from upper-tail
-    probabilities, so they do not cancel to 0."""
+    float64 for float64 inputs), for sampling. On the reference, Numba and CUDA backends a bin
+    right of the mean is a difference of upper-tail probabilities, so far-tail bins keep their
+    relative precision instead of cancelling to 0. The Triton kernel takes differences of
+    0.5 (1 + erf(z / sqrt 2)) (Triton has no erfc that also runs in its interpreter), whose
+    absolute error is ~1e-7 in float32 and ~1e-16 in float64: bins with probabilities near or
+    below that come out as 0 or with few correct digits. No gradient (`discretised_loss` is the
+    differentiable path)."""
     op = "discretised_probs"
     _checks.require_tensor(op, "mu_x", mu_x, floating=True)
     _checks.require_tensor(op, "log_sigma_x", log_sigma_x, floating=True)
@@ -425,7 +438,8 @@ def discretised_probs(mu_x: torch.Tensor, log_sigma_x: torch.Tensor, n_bins: int
     name = _resolve(op, backend, mu_x.device)
     flat_mu, flat_ls = mu_x.reshape(-1).contiguous(), log_sigma_x.reshape(-1).contiguous()
     if name == "reference":
-        probs = reference.discretised_probs(flat_mu, flat_ls, n_bins)
+        with torch.no_grad():  # no gradient on any backend
+            probs = reference.discretised_probs(flat_mu, flat_ls, n_bins)
     else:
         probs = _discretised_probs_op(flat_mu, flat_ls, n_bins, name)
     return probs.reshape(*mu_x.shape, n_bins)
@@ -513,7 +527,7 @@ def discrete_loss(x_index: torch.Tensor, logits_out: torch.Tensor, t, beta_1: fl
                                     offset, backend)
     name = _resolve(op, backend, logits_out.device)
     if name == "reference":
-        return reference.discrete_loss(x_index, flat_logits, t, beta_1)
+        return reference.discrete_loss(x_index, flat_logits, t.detach(), beta_1)
     return _discrete_loss_op(x_index, flat_logits, t, beta_1, name)
 
 
@@ -565,7 +579,7 @@ def _discrete_nstep_loss(op, x_index, logits, t, beta_1, n_steps, generator, see
     name = _resolve(op, backend, logits.device)
     if name == "reference":
         eps = reference.philox_normals(seed, offset, logits.shape, logits.device)
-        return reference.discrete_nstep_loss(x_index, logits, t, beta_1, n_steps, eps)
+        return reference.discrete_nstep_loss(x_index, logits, t.detach(), beta_1, n_steps, eps)
     return _discrete_nstep_op(x_index, logits, t, beta_1, n_steps, _signed(seed),
                               _signed(offset), name)
 
@@ -586,7 +600,8 @@ def discrete_update(log_theta: torch.Tensor, y: torch.Tensor, *, backend: str | 
                     ) -> torch.Tensor:
     """Bayesian update of categorical beliefs in log space:
     log theta' = log theta + y - logsumexp_k(log theta + y) (theta' proportional to e^y theta,
-    never formed in linear space). log_theta, y: [..., K]. Returns log theta' like log_theta."""
+    never formed in linear space). log_theta, y: [..., K]. Returns log theta' like log_theta,
+    with no gradient."""
     op = "discrete_update"
     _checks.require_tensor(op, "log_theta", log_theta, floating=True)
     _checks.require_tensor(op, "y", y, floating=True)
@@ -599,7 +614,8 @@ def discrete_update(log_theta: torch.Tensor, y: torch.Tensor, *, backend: str | 
     flat_y = y.reshape(-1, 1, n_classes).contiguous()
     name = _resolve(op, backend, log_theta.device)
     if name == "reference":
-        out = reference.discrete_update(flat_theta, flat_y).to(log_theta.dtype)
+        with torch.no_grad():  # no gradient on any backend
+            out = reference.discrete_update(flat_theta, flat_y).to(log_theta.dtype)
     else:
         out = _discrete_update_op(flat_theta, flat_y, name)
     return out.reshape(log_theta.shape)
@@ -637,7 +653,7 @@ def continuous_flow(x: torch.Tensor, t, sigma_1: float, *,
     flat = _flat(x.detach())
     if name == "reference":
         eps = reference.philox_normals(seed, offset, flat.shape, x.device)
-        return reference.continuous_flow(flat, t, sigma_1, eps).reshape(x.shape)
+        return reference.continuous_flow(flat, t.detach(), sigma_1, eps).reshape(x.shape)
     return _continuous_flow_op(flat, t, sigma_1, _signed(seed), _signed(offset),
                                name).reshape(x.shape)
 
@@ -661,8 +677,8 @@ def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, lo
     y ~ N(beta(t) (K e_x - 1), beta(t) K I), beta(t) = beta_1 t^2.
 
     x_index: [B, ...] integer in [0, K); t: float, 0-dim or [B]. Returns theta (or log theta
-    when `log`, exact where theta underflows) [B, ..., K] in `dtype` (float32 or float64).
-    Randomness as in `continuous_flow`.
+    when `log`, exact where theta underflows) [B, ..., K] in `dtype` (float32 or float64), with
+    no gradient. Randomness as in `continuous_flow`.
     """
     op = "discrete_flow"
     beta_1 = _checks.positive_float(op, "beta_1", beta_1)
@@ -679,7 +695,8 @@ def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, lo
     if name == "reference":
         eps = reference.philox_normals(seed, offset, (*x_index.shape, n_classes),
                                        x_index.device)
-        out = reference.discrete_flow(x_index, t, beta_1, n_classes, eps.to(dtype), log)
+        out = reference.discrete_flow(x_index, t.detach(), beta_1, n_classes, eps.to(dtype),
+                                      log)
     else:
         out = _discrete_flow_op(x_index, t, beta_1, n_classes, _signed(seed), _signed(offset),
                                 bool(log), name)
@@ -801,10 +818,12 @@ def discretised_step(mu: torch.Tensor | None, rho: torch.Tensor | None, mu_x: to
     batch = mu_x.shape[0]
     if update:
         mu = _state(op, "mu", mu, mu_x.shape)
+        _checks.same_device(op, "mu_x", mu_x, mu=mu)
         rho = _step_rho(op, rho, batch, mu)
     if draw is None:
         draw = torch.empty(mu_x.shape, dtype=mu_x.dtype, device=mu_x.device)
     draw = _state(op, "draw", draw, mu_x.shape)
+    _checks.same_device(op, "mu_x", mu_x, draw=draw)
     seed, offset = _rng.seed_offset(op, mu_x.device, generator, seed, offset)
     name = _resolve(op, backend, mu_x.device)
     flat_draw = draw.view(batch, -1)
@@ -856,6 +875,7 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
             or not draw.is_contiguous():
         _checks.fail(op, "draw", f"must be a contiguous int64 tensor of shape "
                      f"{list(logits.shape[:-1])}")
+    _checks.same_device(op, "logits", logits, draw=draw)
     seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
     name = _resolve(op, backend, logits.device)
     flat_logits = logits.reshape(batch, -1, n_classes).contiguous()
@@ -877,6 +897,7 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
 
 # ------------------------------------------------------------------------------ generation
 
+@torch.no_grad()
 def generate(model, shape, n_steps: int, *, kind: str = "continuous", sigma_1: float = 1e-3,
              beta_1: float = 0.5625, n_bins: int = 256, n_classes: int | None = None,
              t_min: float = 1e-6, x_range: tuple[float, float] | None = None,
@@ -894,7 +915,10 @@ def generate(model, shape, n_steps: int, *, kind: str = "continuous", sigma_1: f
     t = (i-1)/n then one fused step kernel with alpha_i; a final network call at t = 1 gives the
     sample (continuous: x_hat; discretised: bin centres drawn from p_O; discrete: classes drawn
     from p_O, int64). Buffers are allocated once; steps read no device value on the host.
-    Step i draws its noise at (seed, offset + 4 i) of one (seed, offset) taken at the start.
+    Step i draws its noise at (seed, offset + 4 (i - 1)) of one (seed, offset) taken at the
+    start, and the final draw at (seed, offset + 4 n): a generator is advanced past all n + 1,
+    so the next call draws fresh noise. Runs under torch.no_grad() (sampling is not trained
+    through: no graph is kept across steps, whatever the model's parameters).
     """
     op = "generate"
     n_steps = _checks.positive_int(op, "n_steps", n_steps)
@@ -921,11 +945,11 @@ def generate(model, shape, n_steps: int, *, kind: str = "continuous", sigma_1: f
             torch.exp(log_theta, out=theta)
             alpha = beta_1 * (2 * i - 1) / n_steps ** 2
             discrete_step(log_theta, model(theta, t_vec), alpha, draw=draw, seed=seed,
-                          offset=offset + 4 * i, backend=backend)
+                          offset=offset + 4 * (i - 1), backend=backend)
         t_vec.fill_(1.0)
         torch.exp(log_theta, out=theta)
         return discrete_step(None, model(theta, t_vec), 1.0, draw=draw, seed=seed,
-                             offset=offset + 4 * (n_steps + 1), backend=backend)
+                             offset=offset + 4 * n_steps, backend=backend)
     sigma_1 = _checks.open_unit(op, "sigma_1", sigma_1)
     mu = torch.zeros(shape, dtype=dtype, device=device)
     rho = torch.ones(batch, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
@@ -938,18 +962,19 @@ def generate(model, shape, n_steps: int, *, kind: str = "continuous", sigma_1: f
         alpha = math.exp(-2.0 * i * log_s / n_steps) * -math.expm1(2.0 * log_s / n_steps)
         if kind == "continuous":
             continuous_step(mu, rho, model(mu, t_vec), t, alpha, sigma_1, t_min=t_min,
-                            x_range=x_range, seed=seed, offset=offset + 4 * i, backend=backend)
+                            x_range=x_range, seed=seed, offset=offset + 4 * (i - 1),
+                            backend=backend)
         else:
             mu_x, log_sigma_x = model(mu, t_vec)
             discretised_step(mu, rho, mu_x, log_sigma_x, alpha, n_bins, draw=draw, seed=seed,
-                             offset=offset + 4 * i, backend=backend)
+                             offset=offset + 4 * (i - 1), backend=backend)
     t_vec.fill_(1.0)
     if kind == "continuous":
         return continuous_output(mu, model(mu, t_vec), 1.0, sigma_1, t_min=t_min,
                                  x_range=x_range, backend=backend)
     mu_x, log_sigma_x = model(mu, t_vec)
     return discretised_step(None, None, mu_x, log_sigma_x, 1.0, n_bins, draw=draw, seed=seed,
-                            offset=offset + 4 * (n_steps + 1), backend=backend)
+                            offset=offset + 4 * n_steps, backend=backend)
 
 
 __all__ = [

@@ -32,6 +32,19 @@ def _output_coefficients(t, log_s, t_min):
 
 
 @triton.jit
+def _x_hat(mu, eps_hat, a, c):
+    """a mu - c eps_hat, exactly 0 below t_min (a = c = 0 there) whatever eps_hat holds (the
+    spec's x_hat = 0: an inf or NaN network output must not turn 0 * eps_hat into NaN)."""
+    return tl.where(a == 0.0, 0.0, a * mu - c * eps_hat)
+
+
+@triton.jit
+def _clamp(x, low, high):
+    """min(max(x, low), high) keeping NaN (tl.maximum / tl.minimum return the other operand)."""
+    return tl.where(x != x, x, tl.minimum(tl.maximum(x, low), high))
+
+
+@triton.jit
 def _continuous_output_kernel(mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements, dims,
                               log_s: tl.float64, t_min: tl.float64, x_min: tl.float64,
                               x_max: tl.float64, CLAMP: tl.constexpr, ACC: tl.constexpr,
@@ -44,10 +57,10 @@ def _continuous_output_kernel(mu_ptr, eps_ptr, t_ptr, out_ptr, n_elements, dims,
     mask = idx < n_elements
     t = tl.load(t_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
     a, c = _output_coefficients(t, log_s, t_min)
-    x_hat = a * tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC) \
-        - c * tl.load(eps_ptr + idx, mask=mask, other=0.0).to(ACC)
+    x_hat = _x_hat(tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC),
+                   tl.load(eps_ptr + idx, mask=mask, other=0.0).to(ACC), a, c)
     if CLAMP:
-        x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
+        x_hat = _clamp(x_hat, x_min, x_max)
     tl.store(out_ptr + idx, x_hat.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -72,11 +85,11 @@ def _continuous_loss_fwd_kernel(x_ptr, mu_ptr, eps_ptr, t_ptr, out_ptr, unit_ptr
     for d0 in range(0, dims, BLOCK):
         d = d0 + tl.arange(0, BLOCK).to(tl.int64)
         mask = d < dims
-        x_hat = a * tl.load(mu_ptr + row + d, mask=mask, other=0.0).to(ACC) \
-            - c * tl.load(eps_ptr + row + d, mask=mask, other=0.0).to(ACC)
+        x_hat = _x_hat(tl.load(mu_ptr + row + d, mask=mask, other=0.0).to(ACC),
+                       tl.load(eps_ptr + row + d, mask=mask, other=0.0).to(ACC), a, c)
         outside = (x_hat < x_min) | (x_hat > x_max)
         if CLAMP:
-            x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
+            x_hat = _clamp(x_hat, x_min, x_max)
         diff = tl.load(x_ptr + row + d, mask=mask, other=0.0).to(ACC) - x_hat
         total += tl.where(mask, diff * diff, 0.0)
         if UNIT:
@@ -109,7 +122,7 @@ def _phi_cdf(z):
 
 @triton.jit
 def _discretised_sigma(log_sigma):
-    return tl.minimum(tl.maximum(tl.exp(log_sigma), 1e-3), 10.0)
+    return _clamp(tl.exp(log_sigma), 1e-3, 10.0)
 
 
 @triton.jit
@@ -165,7 +178,7 @@ def _discretised_loss_bwd_kernel(grad_ptr, x_ptr, mu_ptr, log_sigma_ptr, t_ptr, 
         * tl.exp(-2.0 * t * log_s)
     mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
     raw_sigma = tl.exp(tl.load(log_sigma_ptr + idx, mask=mask, other=0.0).to(ACC))
-    sigma = tl.minimum(tl.maximum(raw_sigma, 1e-3), 10.0)
+    sigma = _clamp(raw_sigma, 1e-3, 10.0)
     x_hat, pdf_sum, pdf_z_sum = _discretised_mean(mu, sigma, n_bins, True)
     g = scale * (x_hat - tl.load(x_ptr + idx, mask=mask, other=0.0).to(ACC))
     inside = (raw_sigma >= 1e-3) & (raw_sigma <= 10.0)
@@ -209,20 +222,24 @@ def _softmax_tile(logits_ptr, offsets, mask, ACC: tl.constexpr):
 def _discrete_loss_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes,
                               beta_1: tl.float64, ACC: tl.constexpr, BLOCK_D: tl.constexpr,
                               BLOCK_K: tl.constexpr):
+    """sum_k (p_k - e_x)^2 = sum_{k != x} p_k^2 + q^2, q = sum_{k != x} p_k: 1 - p_x is never
+    formed (it cancels when p_x nears 1; gfn_fast/cpu/bfn.py)."""
     beta_1 = scalar(beta_1, ACC)
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_K)
-    total = tl.zeros([BLOCK_D, BLOCK_K], dtype=ACC)
+    total = tl.zeros([BLOCK_D], dtype=ACC)
     for d0 in range(0, dims, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
         row = b * dims + d
         mask = (d < dims)[:, None] & (k < n_classes)[None, :]
         p = _softmax_tile(logits_ptr, row[:, None] * n_classes + k[None, :], mask, ACC)
         target = tl.load(x_index_ptr + row, mask=d < dims, other=-1)
-        r = p - tl.where(k[None, :] == target[:, None], 1.0, 0.0)
-        total += tl.where(mask, r * r, 0.0)
+        # (rows past D have 0/0 probabilities: masked out here)
+        others = tl.where(mask & (k[None, :] != target[:, None]), p, 0.0)
+        q = tl.sum(others, axis=1)
+        total += tl.sum(others * others, axis=1) + q * q
     t = tl.load(t_ptr + b).to(ACC)
-    tl.store(out_ptr + b, n_classes * beta_1 * t * tl.sum(tl.sum(total, axis=1), axis=0))
+    tl.store(out_ptr + b, n_classes * beta_1 * t * tl.sum(total, axis=0))
 
 
 @triton.jit
@@ -240,10 +257,15 @@ def _discrete_loss_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr,
     c = 2.0 * n_classes * beta_1 * tl.load(t_ptr + b, mask=row_mask, other=0.0).to(ACC) \
         * tl.load(grad_ptr + b, mask=row_mask, other=0.0).to(ACC)
     target = tl.load(x_index_ptr + rows, mask=row_mask, other=-1)
-    r = p - tl.where(k[None, :] == target[:, None], 1.0, 0.0)
-    dot = tl.sum(r * p, axis=1)
-    g = c[:, None] * p * (r - dot[:, None])
-    tl.store(out_ptr + offsets, g.to(out_ptr.dtype.element_ty), mask=mask)
+    # c p_j (r_j - sum_k r_k p_k), r = p - e_x, as p_j + q p_x - S (j != x) and -(S + q^2)
+    # (j = x), S = sum_{k != x} p_k^2, q = sum_{k != x} p_k (gfn_fast/cpu/bfn.py)
+    hot = k[None, :] == target[:, None]
+    others = tl.where(hot, 0.0, p)
+    q = tl.sum(others, axis=1)
+    sum_sq = tl.sum(others * others, axis=1)
+    p_x = tl.sum(p - others, axis=1)
+    g = tl.where(hot, -(sum_sq + q * q)[:, None], p + (q * p_x - sum_sq)[:, None])
+    tl.store(out_ptr + offsets, (c[:, None] * p * g).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -458,9 +480,9 @@ def _continuous_step_kernel(mu_ptr, rho_ptr, eps_hat_ptr, n_elements, dims, a: t
     mask = idx < n_elements
     rho = tl.load(rho_ptr + idx // dims, mask=mask, other=1.0).to(ACC)
     mu = tl.load(mu_ptr + idx, mask=mask, other=0.0).to(ACC)
-    x_hat = a * mu - c * tl.load(eps_hat_ptr + idx, mask=mask, other=0.0).to(ACC)
+    x_hat = _x_hat(mu, tl.load(eps_hat_ptr + idx, mask=mask, other=0.0).to(ACC), a, c)
     if CLAMP:
-        x_hat = tl.minimum(tl.maximum(x_hat, x_min), x_max)
+        x_hat = _clamp(x_hat, x_min, x_max)
     eps = _quad_normals(tl.program_id(0).to(tl.int64) * (BLOCK // 4), seed_lo, seed_hi, off_lo,
                         off_hi, BLOCK // 4)
     y = x_hat + inv_sqrt_alpha * eps.to(ACC)
@@ -483,7 +505,7 @@ def _discretised_step_kernel(mu_ptr, rho_ptr, mu_x_ptr, log_sigma_ptr, draw_ptr,
     eps_send = tl.reshape(tl.join(sin_01, sin_23), [BLOCK])
     sigma = _discretised_sigma(tl.load(log_sigma_ptr + idx, mask=mask, other=0.0).to(ACC))
     value = tl.load(mu_x_ptr + idx, mask=mask, other=0.0).to(ACC) + sigma * eps_draw.to(ACC)
-    k = tl.minimum(tl.maximum(tl.floor((value + 1.0) * (0.5 * n_bins)), 0.0), n_bins - 1.0)
+    k = _clamp(tl.floor((value + 1.0) * (0.5 * n_bins)), 0.0, n_bins - 1.0)
     centre = (2.0 * k + 1.0) / n_bins - 1.0
     tl.store(draw_ptr + idx, centre.to(draw_ptr.dtype.element_ty), mask=mask)
     if UPDATE:
@@ -646,7 +668,7 @@ def discrete_loss_forward(x_index, logits, t, beta_1):
     block_d, block_k = _row_block(n_classes)
     _discrete_loss_fwd_kernel[(batch,)](
         x_index, logits, t, out, dims, n_classes, beta_1, ACC=accumulator(acc),
-        BLOCK_D=min(block_d, triton.next_power_of_2(dims)), BLOCK_K=block_k)
+        BLOCK_D=min(block_d, triton.next_power_of_2(max(dims, 1))), BLOCK_K=block_k)
     return out
 
 
@@ -705,7 +727,7 @@ def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offse
     batch, dims, n_classes = logits.shape
     out = torch.empty(batch, dtype=acc, device=logits.device)
     block_d, block_k = _row_block(n_classes, _NOISE_TILE)
-    block_d = min(block_d, triton.next_power_of_2(dims))
+    block_d = min(block_d, triton.next_power_of_2(max(dims, 1)))
     # a program's tiles start at rows b dims + d0
     aligned = dims * n_classes % 4 == 0 and block_d * n_classes % 4 == 0
     _discrete_nstep_fwd_kernel[(batch,)](
@@ -729,7 +751,8 @@ def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed
 
 def continuous_step(mu, rho, eps_hat, a, c, alpha, x_min, x_max, clamp, seed, offset):
     n = mu.numel()
-    block = max(4, _block(n))  # whole Philox blocks per program
+    # whole Philox blocks per program; 1024 spilled 8 bytes per thread at fp16/bf16 with a clamp
+    block = max(4, _block(n, _NOISE_TILE))
     _continuous_step_kernel[(triton.cdiv(n, block),)](
         mu, rho, eps_hat, n, mu.shape[1], a, c, 1.0 / math.sqrt(alpha), alpha, x_min, x_max,
         *_key(seed, offset), CLAMP=bool(clamp), ACC=accumulator(_acc(mu, eps_hat)), BLOCK=block)

@@ -460,6 +460,181 @@ def test_generate_all_kinds(backend, device):
     assert _same_draw_fraction(cat, out["reference"][2]) > 0.9
 
 
+# ------------------------------------------------------------- NaN, t < t_min, edges, offsets
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+def test_nan_propagates_through_the_clamps(backend, device):
+    """A NaN network output gives NaN, never a finite loss, gradient or sample: the x_range
+    clamp, the sigma clamp and the bin clamp must keep it (tl.maximum / tl.minimum drop it)."""
+    kw = dict(dtype=F64, device=device)
+    x, mu = torch.full((1, 3), 0.5, **kw), torch.zeros(1, 3, **kw)
+    nan_at_1 = torch.tensor([[0.1, math.nan, 0.2]], **kw)
+    eps_hat = nan_at_1.clone().requires_grad_(True)
+    loss = bfn.continuous_loss(x, mu, eps_hat, 0.5, 0.1, x_range=(-1.0, 1.0), backend=backend)
+    (grad,) = _grad(loss, [eps_hat])
+    # (the NaN element's own gradient is NaN on the kernels and 0 through torch.clamp's backward)
+    assert loss.isnan().all() and grad[0, [0, 2]].isfinite().all()
+    x_hat = bfn.continuous_output(mu, nan_at_1, 0.5, 0.1, x_range=(-1.0, 1.0), backend=backend)
+    assert x_hat[0, 1].isnan() and x_hat[0, [0, 2]].isfinite().all()
+    bins = torch.full((1, 3), 1.0 / 16 - 1, **kw)  # a bin centre of 16 bins
+    for mu_x, log_sigma in ((nan_at_1, torch.zeros(1, 3, **kw)), (mu, nan_at_1)):
+        assert bfn.discretised_loss(bins, mu_x, log_sigma, 0.5, 0.1, 16,
+                                    backend=backend).isnan().all()
+        probs = bfn.discretised_probs(mu_x, log_sigma, 16, backend=backend)
+        assert probs[0, 1].isnan().all() and probs[0, [0, 2]].isfinite().all()
+        draw = bfn.discretised_step(None, None, mu_x, log_sigma, 1.0, 16, seed=3,
+                                    backend=backend)
+        assert draw[0, 1].isnan() and draw[0, [0, 2]].isfinite().all()
+    state, rho = torch.zeros(1, 3, **kw), torch.ones(1, **kw)
+    bfn.continuous_step(state, rho, nan_at_1, 0.5, 2.0, 0.1, x_range=(-1.0, 1.0), seed=3,
+                        backend=backend)
+    assert state[0, 1].isnan() and state[0, [0, 2]].isfinite().all()
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+def test_x_hat_is_zero_below_t_min_whatever_the_network_says(backend, device):
+    """x_hat = 0 where t < t_min (spec): an inf or NaN eps_hat there must not give 0 * inf."""
+    kw = dict(dtype=F64, device=device)
+    mu, x = torch.zeros(2, 3, **kw), torch.full((2, 3), 0.5, **kw)
+    eps_hat = torch.tensor([[math.inf, -math.inf, math.nan], [1.0, 2.0, 3.0]], **kw)
+    t = torch.tensor([0.0, 0.5], **kw)
+    x_hat = bfn.continuous_output(mu, eps_hat, t, 0.1, backend=backend)
+    assert (x_hat[0] == 0).all() and x_hat[1].isfinite().all()
+    loss = bfn.continuous_loss(x, mu, eps_hat, t, 0.1, backend=backend)
+    assert loss[0].item() == pytest.approx(-math.log(0.1) * 3 * 0.25) and loss[1].isfinite()
+    state, rho = mu.clone(), torch.ones(2, **kw)
+    bfn.continuous_step(state, rho, eps_hat, 0.0, 1e6, 0.1, seed=5, backend=backend)
+    assert state.isfinite().all() and state.abs().max() < 0.1  # y = 0 + N(0, 1e-6) noise
+
+
+@pytest.mark.parametrize("kind", ["continuous", "discretised", "discrete"])
+def test_generate_offsets_stay_inside_what_the_generator_is_advanced_by(monkeypatch, kind):
+    """generate takes one (seed, offset) advancing a generator by n + 1 offset steps (4 each);
+    its n + 1 noisy calls must use exactly those offsets, so that the next generator-driven
+    call draws fresh noise (the final draw once sat at the next call's first offset)."""
+    from gfn_fast import _rng
+    seen, increments = [], []
+    real_seed_offset = _rng.seed_offset
+
+    def seed_offset(op, device, generator=None, seed=None, offset=None, increment=1):
+        if op == "generate":
+            increments.append(increment)
+        elif offset is not None:
+            seen.append(offset)
+        return real_seed_offset(op, device, generator, seed, offset, increment)
+
+    monkeypatch.setattr(_rng, "seed_offset", seed_offset)
+    models = {"continuous": lambda mu, t: torch.zeros_like(mu),
+              "discretised": lambda mu, t: (mu, torch.full_like(mu, -2.0)),
+              "discrete": lambda theta, t: torch.log(theta)}
+    extra = {"n_classes": 3} if kind == "discrete" else {}
+    bfn.generate(models[kind], (2, 4), 5, kind=kind, seed=1, offset=40, **extra)
+    used = seen if kind != "continuous" else seen + [40 + 4 * 5]  # its final call draws nothing
+    assert increments == [6] and sorted(used) == [40 + 4 * i for i in range(6)]
+
+
+def test_generate_keeps_no_graph():
+    """Sampling is not trained through: whatever the model's parameters, the result carries no
+    graph on any backend (the reference path used to chain one across all the steps)."""
+    net = torch.nn.Linear(4, 4)
+    for backend in ("reference", "numba"):
+        out = bfn.generate(lambda mu, t: net(mu), (2, 4), 3, seed=1, backend=backend)
+        assert not out.requires_grad and out.grad_fn is None
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+def test_ops_without_gradient_agree_on_every_backend(backend, device):
+    """Only the losses are differentiable (w.r.t. the network outputs). The other ops give
+    outputs without a graph on every backend, the reference included, so that switching backend
+    never silently changes which gradients flow."""
+    def leaf(*shape):
+        return torch.randn(*shape, dtype=F64, device=device, requires_grad=True)
+    t = torch.tensor([0.3, 0.6], dtype=F64, device=device, requires_grad=True)
+    index = torch.randint(0, 4, (2, 3), device=device)
+    outputs = [bfn.continuous_output(leaf(2, 3), leaf(2, 3), t, 0.1, backend=backend),
+               *bfn.continuous_update(leaf(2, 3), leaf(2).detach().abs() + 1, leaf(2, 3), 1.0,
+                                      backend=backend),
+               bfn.continuous_flow(leaf(2, 3), t, 0.1, seed=1, backend=backend),
+               bfn.discrete_flow(index, t, 1.0, 4, seed=1, backend=backend),
+               bfn.discrete_update(leaf(2, 3, 4), leaf(2, 3, 4), backend=backend),
+               bfn.discretised_probs(leaf(2, 3), leaf(2, 3), 8, backend=backend)]
+    assert not any(out.requires_grad for out in outputs)
+    x = leaf(2, 3)
+    losses = [bfn.continuous_loss(x, leaf(2, 3), leaf(2, 3), t, 0.1, backend=backend),
+              bfn.discretised_loss(x, leaf(2, 3), leaf(2, 3), t, 0.1, 8, backend=backend),
+              bfn.discrete_loss(index, leaf(2, 3, 4), t, 1.0, backend=backend)]
+    grads = torch.autograd.grad(sum(loss.sum() for loss in losses), [x, t], allow_unused=True)
+    assert grads == (None, None)  # data and time are not differentiated
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+@pytest.mark.parametrize("margin", [8.0, 20.0, 30.0])
+def test_discrete_loss_keeps_its_digits_when_confident(backend, device, margin):
+    """One logit `margin` above K - 1 zeros: loss and gradient against closed forms written
+    without cancellation (p_o = 1 / (e^m + K - 1) for the others, q = (K - 1) p_o = 1 - p_x).
+    The kernels used to form 1 - p_x, or sum e^2 / s^2 - 2 e_x / s + 1: at m = 30 the loss was
+    0 or 3e-4 off in float64."""
+    n_classes, t, beta_1 = 5, 0.7, 1.0
+    logits = torch.zeros(1, 1, n_classes, dtype=F64, device=device)
+    logits[0, 0, 2] = margin
+    logits.requires_grad_(True)
+    index = torch.tensor([[2]], device=device)
+    loss = bfn.discrete_loss(index, logits, t, beta_1, backend=backend)
+    (grad,) = _grad(loss, [logits])
+    p_o = 1.0 / (math.exp(margin) + n_classes - 1)
+    p_x, q = math.exp(margin) * p_o, (n_classes - 1) * p_o
+    scale = n_classes * beta_1 * t
+    sum_sq = (n_classes - 1) * p_o * p_o
+    assert loss.item() == pytest.approx(scale * (sum_sq + q * q), rel=1e-12, abs=0)
+    expected = torch.full((n_classes,), 2 * scale * p_o * (p_o + q * p_x - sum_sq), dtype=F64)
+    expected[2] = -2 * scale * p_x * (sum_sq + q * q)
+    torch.testing.assert_close(grad.reshape(-1).cpu(), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", [
+    pytest.param("reference", "cpu", id="reference-cpu"),
+    *[b for b in BACKENDS if "triton" not in b.id]])
+def test_discretised_probs_far_tail_keeps_relative_precision(backend, device):
+    """Bins right of the mean are differences of upper tails (the docstring: all but Triton):
+    against Phi computed from math.erfc, bins down to 1e-54 keep 1e-12 relative precision."""
+    mu, sigma, n_bins = -0.9, 0.05, 16
+    probs = bfn.discretised_probs(torch.tensor([mu], dtype=F64, device=device),
+                                  torch.tensor([math.log(sigma)], dtype=F64, device=device),
+                                  n_bins, backend=backend).reshape(-1).cpu()
+
+    def upper(edge):
+        return 0.5 * math.erfc((edge - mu) / sigma / math.sqrt(2.0))
+    for k in range(2, 8):
+        left, right = -1 + 2 * k / n_bins, -1 + 2 * (k + 1) / n_bins
+        exact = upper(left) - upper(right)
+        assert 0 < exact < 2e-3 and probs[k].item() == pytest.approx(exact, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+def test_empty_dimensions_and_rho_shapes(backend, device):
+    """D = 0 gives empty outputs (zero losses), and continuous_update's rho' keeps rho's shape."""
+    kw = dict(dtype=F64, device=device)
+    empty = torch.zeros(2, 0, **kw)
+    mu_new, rho_new = bfn.continuous_update(empty, 1.0, empty, 1.0, backend=backend)
+    assert mu_new.shape == (2, 0) and rho_new.tolist() == [2.0, 2.0]
+    index, logits = torch.zeros(2, 0, dtype=torch.int64, device=device), torch.zeros(2, 0, 4, **kw)
+    assert bfn.discrete_loss(index, logits, 0.5, 1.0, backend=backend).tolist() == [0.0, 0.0]
+    assert bfn.discrete_loss(index, logits, 0.5, 1.0, 10, seed=1,
+                             backend=backend).tolist() == [0.0, 0.0]
+    mu, y = torch.randn(3, 1, **kw), torch.randn(3, 1, **kw)
+    for rho, shape in ((torch.ones(3, 1, **kw), (3, 1)), (torch.ones(3, **kw), (3,)),
+                       (2.0, (3,)), (torch.tensor(2.0, **kw), (3,))):
+        assert bfn.continuous_update(mu, rho, y, 0.5, backend=backend)[1].shape == shape
+    mu = torch.randn(3, 2, 2, **kw)
+    rho_new = bfn.continuous_update(mu, torch.ones(3, 1, 1, **kw), mu, 0.5, backend=backend)[1]
+    assert rho_new.shape == (3, 1, 1)
+
+
 # ---------------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call,exc,arg", [
@@ -498,6 +673,13 @@ def test_generate_all_kinds(backend, device):
     (lambda x: bfn.discrete_step(None, torch.zeros(2, 3, 4), -1.0, seed=1), ValueError, "alpha"),
     (lambda x: bfn.discrete_update(torch.zeros(2, 3), torch.zeros(2, 4)), ValueError, "y"),
     (lambda x: bfn.generate(lambda *a: a[0], (2, 3), 4, kind="bogus"), ValueError, "kind"),
+    (lambda x: bfn.discretised_step(x.to("meta"), torch.ones(2, device="meta"), x, x, 1.0, 16,
+                                    seed=1), ValueError, "mu"),
+    (lambda x: bfn.discretised_step(None, None, x, x, 1.0, 16, draw=x.to("meta"), seed=1),
+     ValueError, "draw"),
+    (lambda x: bfn.discrete_step(None, torch.randn(2, 3, 4), 1.0,
+                                 draw=torch.zeros(2, 3, dtype=torch.int64, device="meta"), seed=1),
+     ValueError, "draw"),
 ])
 def test_bad_input(call, exc, arg):
     x = torch.randn(2, 3)
@@ -582,7 +764,7 @@ def _triton_cases():
                           dict(mu_ptr=fp, rho_ptr=accp, eps_hat_ptr=fp, n_elements=i, dims=i,
                                a=scalar, c=scalar, inv_sqrt_alpha=scalar, alpha=scalar,
                                x_min=scalar, x_max=scalar, seed_lo=i, seed_hi=i, off_lo=i,
-                               off_hi=i), dict(CLAMP=clamp, ACC=acc, BLOCK=1024)))
+                               off_hi=i), dict(CLAMP=clamp, ACC=acc, BLOCK=512)))
         cases += [
             ("_continuous_update_kernel",
              dict(mu_ptr=fp, rho_ptr=accp, y_ptr=fp, alpha_ptr=accp, out_ptr=fp, n_elements=i,

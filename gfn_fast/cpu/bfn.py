@@ -38,7 +38,8 @@ def _loss_weight(t, log_s, n_steps):
 
 @numba.njit(inline="always", cache=True)
 def _output_coefficients(t, log_s, t_min):
-    """(a, c) with x_hat = a mu - c eps_hat; both 0 below t_min."""
+    """(a, c) with x_hat = a mu - c eps_hat; both 0 below t_min, where the kernels set x_hat to 0
+    without reading eps_hat (0 * an inf or NaN network output would be NaN, not the spec's 0)."""
     if t < t_min:
         return 0.0, 0.0
     g = -math.expm1(2.0 * t * log_s)
@@ -50,8 +51,9 @@ def _continuous_output(mu, eps_hat, t, log_s, t_min, x_min, x_max, clamp, out):
     batch, dims = mu.shape
     for b in numba.prange(batch):
         a, c = _output_coefficients(t[b], log_s, t_min)
+        live = a != 0.0
         for d in range(dims):
-            x_hat = a * mu[b, d] - c * eps_hat[b, d]
+            x_hat = a * mu[b, d] - c * eps_hat[b, d] if live else 0.0
             if clamp:
                 x_hat = min(max(x_hat, x_min), x_max)
             out[b, d] = x_hat
@@ -68,9 +70,10 @@ def _continuous_loss_forward(x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_
         a, c = _output_coefficients(t[b], log_s, t_min)
         weight = _loss_weight(t[b], log_s, n_steps)
         unit_scale = 2.0 * c * weight
+        live = a != 0.0
         total = 0.0
         for d in range(dims):
-            x_hat = a * mu[b, d] - c * eps_hat[b, d]
+            x_hat = a * mu[b, d] - c * eps_hat[b, d] if live else 0.0
             inside = True
             if clamp:
                 inside = not (x_hat < x_min or x_hat > x_max)  # NaN keeps its gradient
@@ -198,9 +201,11 @@ def _shift_rows(values, b, scratch, maxima):
 
 @numba.njit(**_KERNEL)
 def _discrete_loss_forward(x_index, logits, t, beta_1, out):
-    """sum_k (p_k - e_x)^2 = (sum e_k^2) / s^2 - 2 e_x / s + 1 with e = exp(l - max), s = sum e:
-    one exp per logit. The target is picked by a select inside the loop, not by indexing, so a
-    bad index reads nothing out of bounds."""
+    """sum_k (p_k - e_x)^2 = sum_{k != x} p_k^2 + q^2 with q = 1 - p_x = sum_{k != x} p_k, both
+    summed from the other classes' exps e = exp(l - max) (one exp per logit). Forming 1 - p_x,
+    or (sum e_k^2) / s^2 - 2 e_x / s + 1, cancels when p_x nears 1: that form lost all digits at
+    a 30-logit margin even in float64. The target is picked by a select inside the loop, not by
+    indexing, so a bad index reads nothing out of bounds."""
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
         e = np.empty((dims, n_classes), logits.dtype)
@@ -211,19 +216,25 @@ def _discrete_loss_forward(x_index, logits, t, beta_1, out):
         for d in range(dims):
             target = x_index[b, d]
             s = 0.0
-            s2 = 0.0
-            e_target = 0.0
+            others = 0.0
+            others_sq = 0.0
             for k in range(n_classes):
-                s += e[d, k]
-                s2 += e[d, k] * e[d, k]
-                e_target += e[d, k] if k == target else 0.0
-            total += s2 / (s * s) - 2.0 * e_target / s + 1.0
+                v = e[d, k]
+                other = 0.0 if k == target else v
+                s += v
+                others += other
+                others_sq += other * other
+            inv = 1.0 / s
+            q = others * inv
+            total += others_sq * inv * inv + q * q
         out[b] = n_classes * beta_1 * t[b] * total
 
 
 @numba.njit(**_KERNEL)
 def _discrete_loss_backward(grad, x_index, logits, t, beta_1, grad_logits):
-    """d/d l_j = c p_j (r_j - sum_k r_k p_k), r = p - e_x (one exp per logit)."""
+    """d/d l_j = c p_j (r_j - sum_k r_k p_k), r = p - e_x (one exp per logit). With
+    S = sum_{k != x} p_k^2 and q = sum_{k != x} p_k (= 1 - p_x, see the forward), the bracket is
+    p_j + q p_x - S for j != x and -(S + q^2) for j = x: no 1 - p_x is formed."""
     batch, dims, n_classes = logits.shape
     for b in numba.prange(batch):
         c = 2.0 * n_classes * beta_1 * t[b] * grad[b]
@@ -234,17 +245,24 @@ def _discrete_loss_backward(grad, x_index, logits, t, beta_1, grad_logits):
         for d in range(dims):
             target = x_index[b, d]
             s = 0.0
-            s2 = 0.0
+            others = 0.0
+            others_sq = 0.0
             e_target = 0.0
             for k in range(n_classes):
-                s += e[d, k]
-                s2 += e[d, k] * e[d, k]
-                e_target += e[d, k] if k == target else 0.0
+                v = e[d, k]
+                other = 0.0 if k == target else v
+                s += v
+                others += other
+                others_sq += other * other
+                e_target += v - other
             inv = 1.0 / s
-            dot = s2 * inv * inv - e_target * inv
+            q = others * inv
+            sum_sq = others_sq * inv * inv
+            shift = q * e_target * inv - sum_sq
+            at_target = -(sum_sq + q * q)
             for k in range(n_classes):
                 p = e[d, k] * inv
-                grad_logits[b, d, k] = c * p * (p - (1.0 if k == target else 0.0) - dot)
+                grad_logits[b, d, k] = c * p * (at_target if k == target else p + shift)
 
 
 @numba.njit(**_KERNEL)
@@ -594,13 +612,15 @@ def _continuous_step(mu, rho, eps_hat, a, c, inv_sqrt_alpha, alpha, x_min, x_max
     # The per-element arithmetic in mu's dtype, like the noise (see _fill_normals)
     real = mu.dtype.type
     a, c, x_min, x_max = real(a), real(c), real(x_min), real(x_max)
+    live = a != 0.0  # t >= t_min (_output_coefficients)
+    zero = real(0.0)
     for b in numba.prange(batch):
         gain = real(alpha / (rho[b] + alpha))
         noise = np.empty(dims, mu.dtype)
         _fill_normals(noise, b * dims, inv_sqrt_alpha, 0.0, k0, k1, o0, o1)
         for d in range(dims):
             m = mu[b, d]
-            x_hat = a * m - c * eps_hat[b, d]
+            x_hat = a * m - c * eps_hat[b, d] if live else zero
             if clamp:
                 x_hat = min(max(x_hat, x_min), x_max)
             mu[b, d] = m + gain * (x_hat + noise[d] - m)

@@ -43,7 +43,7 @@ __device__ __forceinline__ acc_t clamp_to(acc_t v, acc_t lo, acc_t hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }
 
-// (a, c) with x_hat = a mu - c eps_hat; both 0 below t_min.
+// (a, c) with x_hat = a mu - c eps_hat; both 0 below t_min, where x_hat is 0 (`linear_x_hat`).
 template <typename acc_t>
 __device__ __forceinline__ void output_coefficients(acc_t t, acc_t log_s, acc_t t_min, acc_t& a, acc_t& c) {
   if (t < t_min) {
@@ -62,10 +62,17 @@ __device__ __forceinline__ acc_t loss_weight(const BfnArgs& p, acc_t t) {
   return acc_t(p.weight_scale) * exp(acc_t(-2) * t * acc_t(p.log_sigma_1));
 }
 
+// a mu - c eps_hat, exactly 0 below t_min (a = 0 only there: a = 1 / gamma >= 1 otherwise)
+// whatever eps_hat holds: 0 * an inf or NaN network output would be NaN, not the spec's 0.
+template <typename acc_t>
+__device__ __forceinline__ acc_t linear_x_hat(acc_t a, acc_t c, acc_t mu, acc_t eps_hat) {
+  return a == acc_t(0) ? acc_t(0) : a * mu - c * eps_hat;
+}
+
 template <typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t continuous_x_hat(const BfnArgs& p, int64_t i, acc_t a, acc_t c) {
-  const acc_t x_hat = a * to_acc<acc_t>(static_cast<const scalar_t*>(p.mu)[i]) -
-                      c * to_acc<acc_t>(static_cast<const scalar_t*>(p.eps)[i]);
+  const acc_t x_hat = linear_x_hat(a, c, to_acc<acc_t>(static_cast<const scalar_t*>(p.mu)[i]),
+                                   to_acc<acc_t>(static_cast<const scalar_t*>(p.eps)[i]));
   return p.clamp ? clamp_to(x_hat, acc_t(p.x_min), acc_t(p.x_max)) : x_hat;
 }
 
@@ -100,7 +107,7 @@ __global__ void continuous_loss_forward_kernel(BfnArgs p) {
   acc_t total = 0;
   for (int64_t d = threadIdx.x; d < p.dims; d += blockDim.x) {
     const int64_t i = b * p.dims + d;
-    const acc_t raw = a * to_acc<acc_t>(mu[i]) - c * to_acc<acc_t>(eps[i]);
+    const acc_t raw = linear_x_hat(a, c, to_acc<acc_t>(mu[i]), to_acc<acc_t>(eps[i]));
     const bool outside = p.clamp && (raw < lo || raw > hi);
     const acc_t diff = to_acc<acc_t>(x[i]) - (p.clamp ? clamp_to(raw, lo, hi) : raw);
     total += diff * diff;
@@ -244,11 +251,17 @@ __global__ void discrete_loss_forward_kernel(BfnArgs p) {
     const scalar_t* l = logits + row * p.classes;
     acc_t m, s;
     softmax_stats(l, p.classes, m, s);
+    // sum_k (p_k - e_x)^2 = sum_{k != x} p_k^2 + q^2, q = sum_{k != x} p_k: 1 - p_x, which
+    // cancels when p_x nears 1, is never formed (gfn_fast/cpu/bfn.py)
     const int64_t target = p.index[row];
+    acc_t q = 0, sum_sq = 0;
     for (int64_t k = 0; k < p.classes; ++k) {
-      const acc_t r = exp(to_acc<acc_t>(l[k]) - m) / s - (k == target ? acc_t(1) : acc_t(0));
-      total += r * r;
+      if (k == target) continue;
+      const acc_t prob = exp(to_acc<acc_t>(l[k]) - m) / s;
+      q += prob;
+      sum_sq += prob * prob;
     }
+    total += sum_sq + q * q;
   }
   total = block_sum(total);
   if (threadIdx.x == 0) {
@@ -271,14 +284,22 @@ __global__ void discrete_loss_backward_kernel(BfnArgs p) {
     softmax_stats(l, p.classes, m, s);
     const int64_t target = p.index[row];
     const acc_t c = acc_t(2) * acc_t(p.classes) * acc_t(p.beta_1) * t[b] * grad[b];
-    acc_t dot = 0;
+    // c p_j (r_j - sum_k r_k p_k), r = p - e_x, as p_j + q p_x - S (j != x) and -(S + q^2)
+    // (j = x), S = sum_{k != x} p_k^2, q = sum_{k != x} p_k (gfn_fast/cpu/bfn.py)
+    acc_t q = 0, sum_sq = 0, p_x = 0;
     for (int64_t k = 0; k < p.classes; ++k) {
       const acc_t prob = exp(to_acc<acc_t>(l[k]) - m) / s;
-      dot += (prob - (k == target ? acc_t(1) : acc_t(0))) * prob;
+      if (k == target) {
+        p_x = prob;
+      } else {
+        q += prob;
+        sum_sq += prob * prob;
+      }
     }
+    const acc_t shift = q * p_x - sum_sq, at_target = -(sum_sq + q * q);
     for (int64_t k = 0; k < p.classes; ++k) {
       const acc_t prob = exp(to_acc<acc_t>(l[k]) - m) / s;
-      out[row * p.classes + k] = from_acc<scalar_t>(c * prob * (prob - (k == target ? acc_t(1) : acc_t(0)) - dot));
+      out[row * p.classes + k] = from_acc<scalar_t>(c * prob * (k == target ? at_target : prob + shift));
     }
   }
 }
@@ -443,7 +464,7 @@ __global__ void continuous_step_kernel(BfnArgs p) {
   const int64_t n = p.batch * p.dims;
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     const acc_t m = to_acc<acc_t>(mu[i]);
-    acc_t x_hat = acc_t(p.coef_a) * m - acc_t(p.coef_c) * to_acc<acc_t>(eps_hat[i]);
+    acc_t x_hat = linear_x_hat(acc_t(p.coef_a), acc_t(p.coef_c), m, to_acc<acc_t>(eps_hat[i]));
     if (p.clamp) x_hat = clamp_to(x_hat, acc_t(p.x_min), acc_t(p.x_max));
     const acc_t y = x_hat + acc_t(p.inv_sqrt_alpha) * acc_t(first_normal(p, i));
     mu[i] = from_acc<scalar_t>(m + alpha / (rho[i / p.dims] + alpha) * (y - m));
