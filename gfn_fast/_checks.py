@@ -250,8 +250,11 @@ def balance_layout(op: str, log_probs: dict, lengths=None, mask=None, cu_seqlens
 
 
 def per_trajectory(op: str, arg: str, value, batch: int, like: torch.Tensor, *,
-                   allow_scalar: bool = True, required: bool = True):
-    """A scalar or [B] floating tensor (Python numbers become 0-dim tensors on like's device)."""
+                   allow_scalar: bool = True, required: bool = True,
+                   scalar_dtype: torch.dtype = torch.float32):
+    """A scalar or [B] floating tensor. A Python number becomes a 0-dim tensor on like's device
+    in `scalar_dtype`, the caller's compute dtype (float32 would round a float64 loss's
+    log Z = 1000.1 to 1000.0999756)."""
     if value is None:
         if required:
             fail(op, arg, "is required", TypeError)
@@ -261,7 +264,7 @@ def per_trajectory(op: str, arg: str, value, batch: int, like: torch.Tensor, *,
     if isinstance(value, (int, float)) and allow_scalar:
         # torch.full launches a fill kernel; torch.tensor would copy from the host, which a
         # CUDA graph capture forbids
-        return torch.full((), float(value), dtype=torch.float32, device=like.device)
+        return torch.full((), float(value), dtype=scalar_dtype, device=like.device)
     require_tensor(op, arg, value, floating=True)
     same_device(op, "log_pf", like, **{arg: value})
     if value.dim() == 0 and allow_scalar:

@@ -206,9 +206,13 @@ def _balance(op: str, log_pf, log_pb, log_reward, log_z, *, lengths, mask, cu_se
                                    allow_neg_inf=True)
     log_reward = _checks.per_trajectory(op, "log_reward", log_reward, layout.batch, log_pf,
                                         allow_scalar=False)
+    # Python-number log_z / beta in the dtype of the tensors they meet
+    scalars = reference.compute_dtype(log_pf, log_pb, log_reward)
     if op == "trajectory_balance":
-        log_z = _checks.per_trajectory(op, "log_z", log_z, layout.batch, log_pf)
-    beta = _checks.per_trajectory(op, "beta", beta, layout.batch, log_pf, required=False)
+        log_z = _checks.per_trajectory(op, "log_z", log_z, layout.batch, log_pf,
+                                       scalar_dtype=scalars)
+    beta = _checks.per_trajectory(op, "beta", beta, layout.batch, log_pf, required=False,
+                                  scalar_dtype=scalars)
     group_name = _group_name(op, process_group)
     if check_finite:
         _checks.check_finite(op, layout, {"log_pf": log_pf, "log_pb": log_pb},

@@ -284,7 +284,8 @@ def _validate(op, log_pf, log_pb, log_flow, log_reward, lengths, mask, cu_seqlen
                                    allow_neg_inf=True)
     log_reward = _checks.per_trajectory(op, "log_reward", log_reward, layout.batch, log_pf,
                                         allow_scalar=False)
-    beta = _checks.per_trajectory(op, "beta", beta, layout.batch, log_pf, required=False)
+    beta = _checks.per_trajectory(op, "beta", beta, layout.batch, log_pf, required=False,
+                                  scalar_dtype=compute_dtype(*log_probs.values(), log_reward))
     if check_finite:
         _checks.check_finite(op, layout, log_probs, {"log_reward": log_reward, "beta": beta})
     dtype = compute_dtype(log_pf, log_pb, log_flow, log_state_reward, log_reward, beta)

@@ -19,7 +19,11 @@ def rho(d: torch.Tensor, loss_id: int, param: float) -> torch.Tensor:
         return d.abs()
     if loss_id == HUBER:
         a = d.abs()
-        return torch.where(a <= param, 0.5 * d * d, param * (a - 0.5 * param))
+        # the quadratic branch on d clamped to [-delta, delta] (equal where it is selected):
+        # torch.where's backward multiplies the other branch's gradient by 0, and 0 * d is NaN
+        # at an infinite residual, whose Huber gradient is +-delta
+        inner = d.clamp(-param, param)
+        return torch.where(a <= param, 0.5 * inner * inner, param * (a - 0.5 * param))
     if loss_id == SHIFTED_COSH:
         return torch.exp(d) + torch.exp(-d) - 2.0
     if loss_id == LINEX:

@@ -50,6 +50,14 @@ def state_flows(log_flow, log_state_reward, lengths, packed, log_reward, beta, c
     return torch.where(steps[None, :] == n[:, None], terminal[:, None], flow), n
 
 
+def _zero_outside(d, valid):
+    """d with 0 where not `valid`, before rho: an unselected residual may be inf or NaN (a log
+    reward of -inf meets the flows around it), and torch.where's backward multiplies the
+    unselected branch's gradient by 0, which is NaN for an infinite one. The kernels never
+    compute those residuals at all."""
+    return torch.where(valid, d, torch.zeros_like(d))
+
+
 def _step_log_ratio(log_pf, log_pb, lengths, packed, dtype):
     ratio = to_padded(log_pf, lengths, packed, dtype)
     if log_pb is not None:
@@ -67,7 +75,8 @@ def detailed_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, packed
     d = flows[:, :-1] + _step_log_ratio(log_pf, log_pb, lengths, packed, dtype) - flows[:, 1:]
     steps = torch.arange(d.shape[1], device=d.device)
     valid = steps[None, :] < n[:, None]
-    per_step = torch.where(valid, rho(d, loss_id, loss_param), torch.zeros_like(d))
+    per_step = torch.where(valid, rho(_zero_outside(d, valid), loss_id, loss_param),
+                           torch.zeros_like(d))
     if reduction == MEAN:
         return per_step.sum() / valid.sum()
     if reduction == SUM:
@@ -89,7 +98,8 @@ def subtrajectory_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, p
     i, j = positions[:, None], positions[None, :]
     valid = (i < j)[None] & (j[None] <= n[:, None, None])
     span = (j - i).expand_as(d[0])[None].expand_as(d)
-    losses = torch.where(valid, rho(d, loss_id, loss_param), torch.zeros_like(d))
+    losses = torch.where(valid, rho(_zero_outside(d, valid), loss_id, loss_param),
+                         torch.zeros_like(d))
     batch = d.shape[0]
     if weighting in ("geometric_within", "equal_within"):
         lam = lamda if weighting == "geometric_within" else 1.0
@@ -101,21 +111,26 @@ def subtrajectory_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, p
     if weighting == "TB":
         first = d[:, 0, :].gather(1, n[:, None]).squeeze(1)
         return rho(first, loss_id, loss_param).mean()
+    # The weightings below never select pairs out of `losses` with torch.where (its backward
+    # gives the unselected pairs 0 * rho'(d), NaN where a residual is infinite: log reward
+    # -inf), nor zero them by a 0 weight (0 * inf).
     if weighting == "DB":
-        single = valid & (span == 1)
-        return torch.where(single, losses, torch.zeros_like(losses)).sum() / single.sum()
+        # the spec: "identical to detailed balance". Its residuals are the per-step ones; through
+        # the prefix sums above an infinite last residual's gradient would meet its negative
+        # (inf - inf) in the earlier steps' gradients, which the kernels never form.
+        return detailed_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, packed,
+                                log_reward, beta, clip_min, loss_id, loss_param, MEAN)
     if weighting == "geometric":
+        # sum_k w_k (mean loss over the pairs of span k) = sum over pairs of w_span / count_span
         longest = int(n.max())
-        per_length = []
-        for k in range(1, longest + 1):
-            of_length = valid & (span == k)
-            per_length.append(torch.where(of_length, losses, torch.zeros_like(losses)).sum()
-                              / of_length.sum())
-        per_length = torch.stack(per_length)
+        counts = torch.stack([(valid & (span == k)).sum() for k in range(1, longest + 1)])
         if lamda == 1.0:
-            weights = torch.full_like(per_length, 1.0 / longest)
+            per_length = torch.full((longest,), 1.0 / longest, dtype=dtype, device=d.device)
         else:
             ks = torch.arange(longest, device=d.device, dtype=dtype)
-            weights = lamda ** ks * (1.0 - lamda) / (1.0 - lamda ** longest)
-        return (weights * per_length).sum()
+            per_length = lamda ** ks * (1.0 - lamda) / (1.0 - lamda ** longest)
+        per_length = torch.cat([per_length.new_zeros(1), per_length / counts])
+        weights = torch.where(valid, per_length[span.clamp(max=longest).clamp(min=0)],
+                              torch.zeros_like(d))
+        return (weights * losses).sum()
     raise ValueError(f"unknown weighting {weighting!r}")
