@@ -190,8 +190,9 @@ def sample_actions(
             is a pure function of (seed, offset, row, action) and identical on every backend up
             to float-rounding ties; otherwise ``generator`` (default: the device's) supplies and
             advances them (gfn_fast._rng). Under torch.compile pass ``seed``/``offset``.
-        return_log_mu: also return log mu_r(a_r) (importance weights).
-        return_entropy: also return H(pi_r).
+        return_log_mu: also return log mu_r(a_r) (importance weights; no gradient).
+        return_entropy: also return H(pi_r) (no gradient: an entropy bonus needs its own
+            differentiable computation, e.g. from ``action_log_prob`` or the logits).
         backend: "cuda" | "triton" | "numba" | "reference" | None (automatic).
 
     Returns ``(actions [N] int64, log_pi [N])`` then ``log_mu`` and/or ``entropy`` when asked;
@@ -206,6 +207,9 @@ def sample_actions(
         actions, log_pi, log_mu, entropy = reference.sample_actions(
             logits, _reference_mask(inputs), inputs.scale, inputs.inv_temperature, inputs.clip,
             inputs.epsilon, seed, offset, return_log_mu, return_entropy)
+        # as on the fused backends, only log_pi carries a gradient
+        log_mu = None if log_mu is None else log_mu.detach()
+        entropy = None if entropy is None else entropy.detach()
     else:
         log_pi, actions, log_mu, entropy, _ = _sample_op(
             logits, inputs.mask, inputs.scale, inputs.inv_temperature, inputs.epsilon,

@@ -601,3 +601,46 @@ def test_triton_kernels_compile_for_sm90():
 
     compile_in_subprocess("gfn_fast.kernels.sampling", _triton_cases(), timeout=1200,
                           known_spills=KNOWN_SPILLS)
+
+
+# ------------------------------------------------------- audit: reference gradients and entropy
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+def test_scale_gradient_ignores_infinite_logits_it_does_not_touch(backend, device):
+    """d log pi / d scale = l_a - sum_j pi_j l_j over entries that depend on the scale. A masked
+    -inf logit, or an allowed -inf logit where the clip binds, depends on nothing: the reference
+    formed 0 * inf = NaN for it (the kernels skip it). Exact values from the allowed entries."""
+    kw = dict(dtype=torch.float64, device=device)
+    logits = torch.tensor([[0.3, -math.inf, 1.0, -0.5]], **kw)
+    action = torch.tensor([2], device=device)
+    free = torch.tensor([0.3, 1.0, -0.5], dtype=torch.float64)
+    pi = torch.softmax(1.5 * free, 0)
+    masked_exact = (1.0 - (pi * free).sum()).item()
+    clipped_z = torch.tensor([0.45, -20.0, 1.5, -0.75], dtype=torch.float64)
+    clipped_exact = (1.0 - (torch.softmax(clipped_z, 0)[[0, 2, 3]] * free).sum()).item()
+    for mask, clip, exact in ((torch.tensor([[True, False, True, True]], device=device), None,
+                               masked_exact), (None, (-20.0, 20.0), clipped_exact)):
+        scale = torch.tensor(1.5, **kw).requires_grad_(True)
+        log_pi = gfn_fast.action_log_prob(logits, action, mask, scale=scale, clip=clip,
+                                          backend=backend)
+        (grad,) = torch.autograd.grad(log_pi.sum(), scale)
+        assert grad.item() == pytest.approx(exact, rel=1e-9, abs=0), (mask, clip)
+        scale = torch.tensor(1.5, **kw).requires_grad_(True)
+        _, log_pi = gfn_fast.sample_actions(logits, mask, scale=scale, clip=clip, seed=3,
+                                            backend=backend)
+        assert torch.autograd.grad(log_pi.sum(), scale)[0].isfinite()
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+def test_only_log_pi_has_a_gradient_and_nan_entropy_stays_nan(backend, device):
+    """log_mu and entropy come without a gradient on every backend (the reference had one, so
+    an entropy bonus changed the gradient with the backend), and a NaN logit in an allowed
+    position gives a NaN entropy (the reference's p > 0 test made it 0)."""
+    logits = torch.tensor([[0.5, 0.1, -1.0], [0.5, math.nan, -1.0]], dtype=torch.float64,
+                          device=device, requires_grad=True)
+    _, log_pi, log_mu, entropy = gfn_fast.sample_actions(
+        logits, epsilon=0.1, seed=0, return_log_mu=True, return_entropy=True, backend=backend)
+    assert log_pi.requires_grad and not log_mu.requires_grad and not entropy.requires_grad
+    assert entropy[0].isfinite() and entropy[1].isnan()

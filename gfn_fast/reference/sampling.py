@@ -49,10 +49,23 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def scaled_logits(logits, allowed, scale, inv_temperature, clip, dtype) -> torch.Tensor:
-    """z [N, A] in `dtype`, -inf on masked entries (differentiable w.r.t. logits and scale)."""
+    """z [N, A] in `dtype`, -inf on masked entries (differentiable w.r.t. logits and scale).
+
+    The gradient w.r.t. scale is sum_a dz_a * logit_a over the entries where z depends on the
+    scale: masked entries are zeroed before the product, and entries where the clip binds take
+    the clipped value without it, so that an infinite or NaN logit there does not turn the
+    zero gradient into 0 * inf = NaN (the kernels skip those entries too)."""
     z = logits.to(dtype)
+    if allowed is not None:
+        z = z.masked_fill(~allowed, 0.0)
     if scale is not None:
-        z = _per_row(scale, dtype) * z
+        scale = _per_row(scale, dtype)
+        if clip is not None:
+            raw = (scale * z).detach()
+            free = (raw >= clip[0]) & (raw <= clip[1])
+            z = torch.where(free, scale * torch.where(free, z, torch.zeros_like(z)), raw)
+        else:
+            z = scale * z
     if clip is not None:
         z = torch.clamp(z, clip[0], clip[1])
     if inv_temperature is not None:
@@ -98,10 +111,10 @@ def log_mixture(log_pi, epsilon, count):
 
 
 def entropy(z: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """H(pi) = -sum_a p_a (z_a - lse) over entries with p_a > 0."""
+    """H(pi) = -sum_a p_a (z_a - lse) over entries with p_a != 0 (a NaN row stays NaN)."""
     log_p = z - lse[:, None]
     p = torch.exp(log_p)
-    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(dim=1)
+    return -torch.where(p == 0, torch.zeros_like(p), p * log_p).sum(dim=1)
 
 
 def sample_actions(logits, allowed, scale, inv_temperature, clip, epsilon, seed, offset,
