@@ -39,12 +39,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
-    if args.command == "demo":
-        {"gflownet": gflownet, "bfn": bfn}[args.demo].run(args)
-        return 0
-    if args.command == "bench" or args.command is None:
-        return benchmark.main(args if args.command == "bench" else
-                              bench.parse_args([]))
+    try:
+        if args.command == "demo":
+            {"gflownet": gflownet, "bfn": bfn}[args.demo].run(args)
+            return 0
+        if args.command == "bench":
+            return benchmark.main(args)
+    except ValueError as err:
+        # gfn_fast's own input errors (a backend not available here, a bad environment size)
+        # as one line, like argparse's; anything else keeps its traceback
+        if not str(err).startswith("gfn_fast"):
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
     parser.print_help()
     return 2
 

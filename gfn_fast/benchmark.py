@@ -28,6 +28,7 @@ import torch
 
 import gfn_fast
 from gfn_fast import _backends, bench_plots
+from gfn_fast._cli import positive_float
 
 
 @dataclass
@@ -533,7 +534,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, short timings")
     parser.add_argument("--out", default=None,
                         help="directory for results.jsonl, results.md and one PNG plot per op")
-    parser.add_argument("--min-seconds", type=float, default=None,
+    parser.add_argument("--min-seconds", type=positive_float, default=None,
                         help="minimum timing per row (default 1.0, --quick 0.2)")
     parser.add_argument("--update-readme", nargs=2, metavar=("README", "RESULTS_DIR"),
                         help="only rewrite README's results table from RESULTS_DIR/*/results.jsonl")
@@ -543,18 +544,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "update_readme", None):
+        for path in (args.update_readme[0], args.update_readme[1]):
+            if not Path(path).exists():
+                raise SystemExit(f"--update-readme: {path} does not exist")
         update_readme(*args.update_readme)
         return 0
     if getattr(args, "plots_only", None):
+        if not (Path(args.plots_only) / "results.jsonl").is_file():
+            raise SystemExit(f"--plots-only: no results.jsonl in {args.plots_only}")
         write_plots(bench_plots.plot_results_dir, args.plots_only)
         return 0
+    if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
+        raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is available here")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     min_seconds = args.min_seconds if args.min_seconds is not None else (
         0.2 if args.quick else 1.0)
     families = [f.strip() for f in args.ops.split(",") if f.strip()]
     unknown = [f for f in families if f not in CASE_FAMILIES]
-    if unknown:
-        raise SystemExit(f"unknown --ops {unknown}; choose from {list(CASE_FAMILIES)}")
+    if unknown or not families:
+        raise SystemExit(f"unknown --ops {unknown or args.ops!r}; choose from "
+                         f"{list(CASE_FAMILIES)}")
     bandwidth = copy_bandwidth(device)
     header = {"device": str(device), "device_name": device_name(device),
               "copy_gbps": bandwidth / 1e9, "versions": _versions(),

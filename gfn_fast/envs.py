@@ -72,9 +72,14 @@ class HyperGrid:
                            -torch.log(parents))
 
     def log_reward(self, states: torch.Tensor) -> torch.Tensor:
-        centred = (states.to(torch.float64) / (self.height - 1) - 0.5).abs()
-        band1 = (centred > 0.25).all(dim=1)
-        band2 = ((centred > 0.3) & (centred < 0.4)).all(dim=1)
+        # |x / (H - 1) - 0.5| = d / (2 m) with d = |2x - m|, m = H - 1, so the bands are integer
+        # tests: > 0.25 iff 2d > m, in (0.3, 0.4) iff 3m < 5d < 4m. In floating point x / m at
+        # x = 4, m = 5 minus 0.5 came out 0.30000000000000004 > 0.3: a spurious R2 state at
+        # H = 6, 11, 16, ... that its mirror image did not get.
+        m = self.height - 1
+        d = (2 * states.to(torch.int64) - m).abs()
+        band1 = (2 * d > m).all(dim=1)
+        band2 = ((5 * d > 3 * m) & (5 * d < 4 * m)).all(dim=1)
         reward = self.r0 + self.r1 * band1.to(torch.float64) + self.r2 * band2.to(torch.float64)
         return torch.log(reward).to(torch.float32)
 

@@ -307,9 +307,12 @@ def sample_trajectories(policy: Callable, env, n: int, *,
     device = env.device
     if compact is None:
         compact = device.type == "cpu"
-    if isinstance(epsilon, torch.Tensor) and epsilon.dim() > 0 and compact:
-        raise ValueError("gfn_fast.rollout.sample_trajectories: a per-row `epsilon` needs "
-                         "compact=False")
+    for name, value in (("epsilon", epsilon), ("temperature", temperature)):
+        # the compacting loops shrink the batch as rows finish; per-row values would not follow
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and compact:
+            raise ValueError(f"gfn_fast.rollout.sample_trajectories: a per-row `{name}` needs "
+                             "compact=False (the default on CPU compacts the finished rows "
+                             "away)")
     graphable = device.type == "cuda" and not compact and seed is not None
     if cuda_graph and not graphable:
         raise ValueError("gfn_fast.rollout.sample_trajectories: `cuda_graph=True` needs a CUDA "

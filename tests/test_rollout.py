@@ -34,6 +34,74 @@ def test_hypergrid_reward_and_moves():
         HyperGrid(ndim=2, height=1)
 
 
+@pytest.mark.parametrize("height", range(2, 31))
+def test_hypergrid_reward_is_the_standard_one_at_every_height(height):
+    """Against the definition in exact fractions: R0 + R1 [all |x/(H-1) - 1/2| in (1/4, 1/2]]
+    + R2 [all in (3/10, 2/5)]. Floating point put a spurious R2 state at H = 6, 11, 16, ...
+    (4/5 - 1/2 = 0.30000000000000004 > 0.3), breaking the grid's symmetry."""
+    from fractions import Fraction
+    env = HyperGrid(ndim=2, height=height)
+    states = env.all_states()
+    rewards = env.log_reward(states).exp().double()
+    for state, reward in zip(states.tolist(), rewards.tolist(), strict=True):
+        centred = [abs(Fraction(x, height - 1) - Fraction(1, 2)) for x in state]
+        expected = 0.1 + 0.5 * all(c > Fraction(1, 4) for c in centred) \
+            + 2.0 * all(Fraction(3, 10) < c < Fraction(2, 5) for c in centred)
+        assert reward == pytest.approx(expected, rel=1e-6, abs=0), state
+    mirrored = env.log_reward(height - 1 - states)
+    assert torch.equal(mirrored, env.log_reward(states))
+
+
+def test_compacting_rollout_rejects_per_row_values_it_cannot_compact():
+    """The compacting loop (CPU default) shrinks the batch as rows finish: a per-row
+    temperature failed at the second step with a message about a tensor of the right size."""
+    env = HyperGrid(ndim=2, height=4)
+    net = torch.nn.Linear(8, 3)
+    for name in ("temperature", "epsilon"):
+        with pytest.raises(ValueError, match=f"per-row `{name}` needs compact=False"):
+            sample_trajectories(lambda f, _: net(f), env, 10, seed=1,
+                                **{name: torch.full((10,), 0.5)})
+        out = sample_trajectories(lambda f, _: net(f), env, 10, seed=1, compact=False,
+                                  **{name: torch.full((10,), 0.5)})
+        assert out.lengths.shape == (10,)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["demo", "gflownet", "--steps", "0"], "--steps: must be >= 1"),
+    (["demo", "gflownet", "--compare-steps", "0"], "--compare-steps: must be >= 1"),
+    (["demo", "gflownet", "--height", "1"], "--height: must be >= 2"),
+    (["demo", "gflownet", "--lr", "nan"], "--lr: must be a finite number > 0"),
+    (["demo", "bfn", "--sample-steps", "0"], "--sample-steps: must be >= 1"),
+    (["demo", "bfn", "--batch", "-1"], "--batch: must be >= 1"),
+])
+def test_demo_arguments_are_checked_before_any_work(argv, message, capsys):
+    """Bad demo arguments used to fail after the whole training run (a ZeroDivisionError in the
+    timing, or generate's n_steps check) or not at all (--steps -3 trained nothing, rc 0)."""
+    from gfn_fast.__main__ import main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--device", "foo"], "--device must be cpu or cuda"),
+    (["bench", "--ops", ","], "unknown --ops"),
+    (["bench", "--plots-only", "/nonexistent/dir"], "no results.jsonl"),
+    (["bench", "--update-readme", "/nonexistent/README.md", "."], "does not exist"),
+    (["bench", "--min-seconds", "-1"], "--min-seconds: must be a finite number > 0"),
+] + ([] if torch.cuda.is_available() else [(["bench", "--device", "cuda"], "no CUDA device")]))
+def test_bench_arguments_fail_in_one_line(argv, message, capsys):
+    from gfn_fast.__main__ import main
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert message in str(stop.value.code) + capsys.readouterr().err
+
+
+def test_no_command_prints_help_instead_of_running_the_full_benchmark(capsys):
+    from gfn_fast.__main__ import main
+    assert main([]) == 2 and "usage:" in capsys.readouterr().out
+
+
 def test_exact_terminal_distribution_matches_monte_carlo():
     env = HyperGrid(ndim=2, height=4)
     exact = env.terminal_distribution(uniform_policy_probs(env))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from gfn_fast import _png, bfn
+from gfn_fast._cli import positive_float, positive_int
 
 N_CLASSES = 17
 SIDE = 8
@@ -153,13 +154,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--beta-1", type=float, default=1.0)
-    parser.add_argument("--sample-steps", type=int, default=100, help="generation steps")
-    parser.add_argument("--compare-steps", type=int, default=20)
+    parser.add_argument("--steps", type=positive_int, default=3000, help="training steps")
+    parser.add_argument("--batch", type=positive_int, default=64)
+    parser.add_argument("--hidden", type=positive_int, default=256)
+    parser.add_argument("--lr", type=positive_float, default=2e-3)
+    parser.add_argument("--beta-1", type=positive_float, default=1.0)
+    parser.add_argument("--sample-steps", type=positive_int, default=100,
+                        help="generation steps")
+    parser.add_argument("--compare-steps", type=positive_int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default=None)
     parser.add_argument("--out", default="gfn_fast_out/bfn", help="output directory")

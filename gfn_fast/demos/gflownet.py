@@ -20,6 +20,7 @@ from torch import nn
 
 import gfn_fast
 from gfn_fast import _png
+from gfn_fast._cli import at_least, positive_float, positive_int
 from gfn_fast.envs import HyperGrid, total_variation
 from gfn_fast.rollout import sample_trajectories
 from gfn_fast.sampling import action_log_prob
@@ -193,14 +194,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ndim", type=int, default=4)
-    parser.add_argument("--height", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3000, help="training steps")
-    parser.add_argument("--batch", type=int, default=128, help="trajectories per step")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3, help="policy and g(beta) learning rate")
-    parser.add_argument("--lr-log-z", type=float, default=0.1, help="log Z(beta) learning rate")
-    parser.add_argument("--compare-steps", type=int, default=20,
+    parser.add_argument("--ndim", type=positive_int, default=4)
+    parser.add_argument("--height", type=at_least(2), default=8)
+    parser.add_argument("--steps", type=positive_int, default=3000, help="training steps")
+    parser.add_argument("--batch", type=positive_int, default=128,
+                        help="trajectories per step")
+    parser.add_argument("--hidden", type=positive_int, default=128)
+    parser.add_argument("--lr", type=positive_float, default=1e-3,
+                        help="policy and g(beta) learning rate")
+    parser.add_argument("--lr-log-z", type=positive_float, default=0.1,
+                        help="log Z(beta) learning rate")
+    parser.add_argument("--compare-steps", type=positive_int, default=20,
                         help="steps timed on each path for the speed ratio")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default=None, help="gfn_fast backend (default: automatic)")
