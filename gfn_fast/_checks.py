@@ -134,12 +134,14 @@ def parse_loss(op: str, loss) -> tuple[int, float]:
         return loss_id, _DEFAULT_LOSS_PARAM.get(loss_id, 0.0)
     if loss_id not in _DEFAULT_LOSS_PARAM:
         fail(op, "loss", f"'{name}' takes no parameter, got {loss!r}")
+    if isinstance(param, bool):
+        fail(op, "loss", f"parameter must be a number, got {loss!r}")
     try:
         value = float(param)
     except (TypeError, ValueError):
         fail(op, "loss", f"parameter must be a number, got {loss!r}")
-    if loss_id == HUBER and not value > 0:
-        fail(op, "loss", f"huber delta must be > 0, got {value}")
+    if loss_id == HUBER and not (value > 0 and math.isfinite(value)):
+        fail(op, "loss", f"huber delta must be finite and > 0, got {value}")
     if loss_id == LINEX and (value == 0 or not math.isfinite(value)):
         fail(op, "loss", f"linex alpha must be finite and non-zero, got {value}")
     return loss_id, value

@@ -354,6 +354,8 @@ BAD_INPUTS = {
                         "`log_reward`"),
     "unknown loss": (dict(loss=lambda a: "cubic"), ValueError, "`loss`"),
     "bad huber": (dict(loss=lambda a: "huber(-1)"), ValueError, "`loss`"),
+    "infinite huber": (dict(loss=lambda a: "huber(inf)"), ValueError, "`loss`"),
+    "bool huber": (dict(loss=lambda a: ("huber", True)), ValueError, "`loss`"),
     "unknown reduction": (dict(reduction=lambda a: "max"), ValueError, "`reduction`"),
     "unknown backend": (dict(backend=lambda a: "opencl"), ValueError, "`backend`"),
     "nan clip": (dict(log_reward_clip_min=lambda a: math.nan), ValueError,
