@@ -308,7 +308,8 @@ def _log_prob_backward_kernel(
         onehot = tl.where(cols == action[:, None], 1.0, 0.0)
         value = tl.where(active, (g * inv_t)[:, None] * (onehot - tl.exp(z - lse[:, None])), 0.0)
         if NEED_SCALE:
-            acc += tl.sum(tl.where(active, value * x, 0.0), axis=1)
+            # zero terms skipped: 0 * -inf would be NaN (gfn_fast/cpu/sampling.py)
+            acc += tl.sum(tl.where(active & (value != 0.0), value * x, 0.0), axis=1)
         if NEED_LOGITS:
             tl.store(grad_logits_ptr + rows[:, None] * stride_gr
                      + cols.to(tl.int64) * stride_ga,

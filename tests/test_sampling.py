@@ -608,9 +608,10 @@ def test_triton_kernels_compile_for_sm90():
 @pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
                                             *BACKENDS])
 def test_scale_gradient_ignores_infinite_logits_it_does_not_touch(backend, device):
-    """d log pi / d scale = l_a - sum_j pi_j l_j over entries that depend on the scale. A masked
-    -inf logit, or an allowed -inf logit where the clip binds, depends on nothing: the reference
-    formed 0 * inf = NaN for it (the kernels skip it). Exact values from the allowed entries."""
+    """d log pi / d scale = l_a - sum_j pi_j l_j over the entries that move with the scale. A
+    masked -inf logit, an allowed -inf logit where the clip binds, and an allowed -inf logit
+    with no clip (probability 0 at every scale > 0) do not: the reference formed 0 * inf = NaN
+    for all three and every kernel for the last. Exact values from the finite entries."""
     kw = dict(dtype=torch.float64, device=device)
     logits = torch.tensor([[0.3, -math.inf, 1.0, -0.5]], **kw)
     action = torch.tensor([2], device=device)
@@ -620,7 +621,8 @@ def test_scale_gradient_ignores_infinite_logits_it_does_not_touch(backend, devic
     clipped_z = torch.tensor([0.45, -20.0, 1.5, -0.75], dtype=torch.float64)
     clipped_exact = (1.0 - (torch.softmax(clipped_z, 0)[[0, 2, 3]] * free).sum()).item()
     for mask, clip, exact in ((torch.tensor([[True, False, True, True]], device=device), None,
-                               masked_exact), (None, (-20.0, 20.0), clipped_exact)):
+                               masked_exact), (None, (-20.0, 20.0), clipped_exact),
+                              (None, None, masked_exact)):
         scale = torch.tensor(1.5, **kw).requires_grad_(True)
         log_pi = gfn_fast.action_log_prob(logits, action, mask, scale=scale, clip=clip,
                                           backend=backend)

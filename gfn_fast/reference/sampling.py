@@ -52,9 +52,9 @@ def scaled_logits(logits, allowed, scale, inv_temperature, clip, dtype) -> torch
     """z [N, A] in `dtype`, -inf on masked entries (differentiable w.r.t. logits and scale).
 
     The gradient w.r.t. scale is sum_a dz_a * logit_a over the entries where z depends on the
-    scale: masked entries are zeroed before the product, and entries where the clip binds take
-    the clipped value without it, so that an infinite or NaN logit there does not turn the
-    zero gradient into 0 * inf = NaN (the kernels skip those entries too)."""
+    scale: masked entries are zeroed before the product, entries where the clip binds take the
+    clipped value without it, and infinite logits take their product without a gradient, so
+    that none of them turns a zero gradient into 0 * inf = NaN (the kernels skip zero terms)."""
     z = logits.to(dtype)
     if allowed is not None:
         z = z.masked_fill(~allowed, 0.0)
@@ -65,7 +65,11 @@ def scaled_logits(logits, allowed, scale, inv_temperature, clip, dtype) -> torch
             free = (raw >= clip[0]) & (raw <= clip[1])
             z = torch.where(free, scale * torch.where(free, z, torch.zeros_like(z)), raw)
         else:
-            z = scale * z
+            # an infinite logit's product carries no gradient: a -inf one has probability 0 at
+            # every scale > 0, and 0 * -inf would make the scale's gradient NaN
+            finite = torch.isfinite(z)
+            z = torch.where(finite, scale * torch.where(finite, z, torch.zeros_like(z)),
+                            (scale * z).detach())
     if clip is not None:
         z = torch.clamp(z, clip[0], clip[1])
     if inv_temperature is not None:

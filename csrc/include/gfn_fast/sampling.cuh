@@ -274,7 +274,7 @@ __global__ void action_log_prob_backward_kernel(SamplingRows p, LogProbGrad gr) 
       if (y >= q.lo && y <= q.hi) {
         const acc_t z = scaled(q, x);
         value = g * q.inv_t * ((a == action ? acc_t(1) : acc_t(0)) - exp(z - lse));
-        acc += value * x;
+        if (value != acc_t(0)) acc += value * x;  // 0 * -inf would be NaN (cpu/sampling.py)
         value *= q.scale;
       }
     }
