@@ -34,8 +34,13 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
     # Rows that finished earlier keep their point: step t + 1 starts as a copy of step t (one
     # contiguous copy; filling each exiting row's later steps one by one instead touched a cache
-    # line per step, ~T scattered writes a row)
-    states[t + 1] = states[t]
+    # line per step, ~T scattered writes a row). A loop, not `states[t + 1] = states[t]`: Numba's
+    # array-to-array setitem brings its broadcasting checks and their string formatting, 2.6 s
+    # of this kernel's 6 s first-run compile.
+    source, target = states[t], states[t + 1]
+    for i in range(source.shape[0]):
+        for d in range(ndim):
+            target[i, d] = source[i, d]
     for r in numba.prange(rows):
         mask_row = mask[r]
         for d in range(ndim):
