@@ -19,7 +19,7 @@ harness's `subtb` family (gfn_fast/bench_cases/subtb.py, `python -m gfn_fast ben
     python bench/bench_subtb.py --out bench/results/subtb-cpu-2core.jsonl
     python bench/bench_subtb.py --memory-only --out bench/results/subtb-cpu-2core-memory.jsonl
 
-Peak memory is measured from torch's allocation-level memory timeline (bench/memory.py).
+Peak memory is measured from the profiler's allocation events (bench/memory.py).
 """
 
 import argparse

@@ -84,7 +84,7 @@ def time_call(fn: Callable, device: torch.device, *, warmup: int = 3, min_reps: 
 
 def peak_memory(fn: Callable, device: torch.device) -> int:
     """Peak bytes allocated by torch during one call, above what was allocated before it.
-    CUDA: the caching allocator's statistics. CPU: the profiler's memory timeline, with the
+    CUDA: the caching allocator's statistics. CPU: the profiler's allocation events, with the
     Numba backend's output reuse off, so that its outputs count as the allocations they are."""
     if device.type == "cuda":
         _sync(device)
@@ -98,26 +98,44 @@ def peak_memory(fn: Callable, device: torch.device) -> int:
     from gfn_fast.cpu import output_reuse
 
     with output_reuse(False), _quiet_stderr(), profile(
-            activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True) as prof:
+            activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     try:
-        # One event per allocation and per free, in order (torch's memory timeline).
-        from torch.profiler._memory_profiler import Action, MemoryProfile
-
-        changes = [(size if action == Action.CREATE else -size)
-                   for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline
-                   if action in (Action.CREATE, Action.DESTROY)]
+        return _peak_from_allocations(prof)
     except (ImportError, AttributeError):
         # Fallback: each op's net self usage at its start. Inside an op that allocates and
         # frees scratch, frees are netted before they happen, so this can read low.
         changes = [change for _, change in sorted(
             ((e.time_range.start, e.cpu_memory_usage if e.name == "[memory]"
               else e.self_cpu_memory_usage) for e in prof.events()), key=lambda c: c[0])]
-    current = peak = 0
-    for change in changes:
-        current += change
-        peak = max(peak, current)
-    return peak
+        current = peak = 0
+        for change in changes:
+            current += change
+            peak = max(peak, current)
+        return peak
+
+
+def _peak_from_allocations(prof) -> int:
+    """The profiler records every allocation and free with the allocator's running total of
+    allocated bytes after it: the peak is the largest total less the total before the first
+    event. (torch's MemoryProfile gives the same figures from the same events, but its
+    data-flow analysis cost ~0.4 s a row, half of a warm `bench --quick` on 2 cores.)"""
+    from torch._C._profiler import _EventType
+
+    first = None  # (time, total before the event)
+    highest = None
+    pending = list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        pending.extend(event.children)
+        if event.tag != _EventType.Allocation:
+            continue
+        fields = event.extra_fields
+        if first is None or event.start_time_ns < first[0]:
+            first = (event.start_time_ns, fields.total_allocated - fields.alloc_size)
+        highest = fields.total_allocated if highest is None else max(highest,
+                                                                     fields.total_allocated)
+    return 0 if first is None else max(0, highest - first[1])
 
 
 @contextlib.contextmanager

@@ -151,3 +151,45 @@ def test_side_by_side_timing_stops_at_its_budget():
     unbounded = benchmark.time_side_by_side(calls, torch.device("cpu"), min_seconds=0.01,
                                             min_reps=4)
     assert len(unbounded["slow"]) == 4
+
+
+def test_cpu_peak_memory_is_the_allocators_high_water_mark_within_the_call():
+    """Exact bytes: 1 MiB and 2 MiB live, 1 MiB freed, 4 MiB more (peak 6 MiB); a tensor made
+    before the call and freed inside it lowers the running total, which the peak is measured
+    from; nothing allocated gives 0."""
+    mib = 2**20
+    held = [torch.empty(3 * mib, dtype=torch.uint8)]
+
+    def sequence():
+        a = torch.empty(mib, dtype=torch.uint8)
+        b = torch.empty(2 * mib, dtype=torch.uint8)
+        del a
+        c = torch.empty(4 * mib, dtype=torch.uint8)
+        return b, c
+
+    def frees_first():
+        held.pop()  # 3 MiB that existed before the call
+        return torch.empty(2 * mib, dtype=torch.uint8)
+
+    cpu = torch.device("cpu")
+    assert benchmark.peak_memory(sequence, cpu) == 6 * mib
+    assert benchmark.peak_memory(frees_first, cpu) == 2 * mib
+    assert benchmark.peak_memory(lambda: None, cpu) == 0
+
+
+def test_cpu_peak_memory_counts_a_numba_kernels_outputs():
+    """The Numba backend's output pool is off while measuring: a TB forward + backward at
+    B = 4096, T = 64 allocates its [B, T] float32 gradients (1 MiB each) and they count."""
+    import gfn_fast
+
+    log_pf = torch.randn(4096, 64, requires_grad=True)
+    log_pb = torch.randn(4096, 64, requires_grad=True)
+    log_r = torch.randn(4096)
+
+    def step():
+        loss = gfn_fast.trajectory_balance(log_pf, log_pb, log_r, torch.tensor(0.0),
+                                           backend="numba").sum()
+        return torch.autograd.grad(loss, (log_pf, log_pb))
+
+    step()
+    assert benchmark.peak_memory(step, torch.device("cpu")) >= 2 * 4096 * 64 * 4
