@@ -60,16 +60,13 @@ def scaled_logits(logits, allowed, scale, inv_temperature, clip, dtype) -> torch
         z = z.masked_fill(~allowed, 0.0)
     if scale is not None:
         scale = _per_row(scale, dtype)
-        if clip is not None:
-            raw = (scale * z).detach()
-            free = (raw >= clip[0]) & (raw <= clip[1])
-            z = torch.where(free, scale * torch.where(free, z, torch.zeros_like(z)), raw)
-        else:
-            # an infinite logit's product carries no gradient: a -inf one has probability 0 at
-            # every scale > 0, and 0 * -inf would make the scale's gradient NaN
-            finite = torch.isfinite(z)
-            z = torch.where(finite, scale * torch.where(finite, z, torch.zeros_like(z)),
-                            (scale * z).detach())
+        raw = (scale * z).detach()
+        # the entries whose product moves with the scale: inside the clip where there is one
+        # (which also leaves out infinite logits), else finite logits. An infinite logit's
+        # product carries no gradient: a -inf one has probability 0 at every scale > 0, and
+        # 0 * -inf would make the scale's gradient NaN
+        moves = (raw >= clip[0]) & (raw <= clip[1]) if clip is not None else torch.isfinite(z)
+        z = torch.where(moves, scale * torch.where(moves, z, torch.zeros_like(z)), raw)
     if clip is not None:
         z = torch.clamp(z, clip[0], clip[1])
     if inv_temperature is not None:
