@@ -90,7 +90,7 @@ def cifar_cases(device, quick):
 
 
 def discretised_cases(device, quick):
-    p = dict(CIFAR, B=8, n_bins=256) if quick else dict(CIFAR, n_bins=256)
+    p = dict(CIFAR, B=4, n_bins=256) if quick else dict(CIFAR, n_bins=256)
     batch, dims, sigma_1, n_bins = p["B"], p["D"], p["sigma_1"], p["n_bins"]
 
     def setup(dev):

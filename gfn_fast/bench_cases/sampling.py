@@ -64,7 +64,7 @@ def sampling_cases(device, quick):
         sizes = [(65536, 256)] if quick else [(65536, 256), (4096, 4096), (256, 262144),
                                              (8, 262144)]
     else:
-        sizes = [(16384, 256)] if quick else [(65536, 256)]
+        sizes = [(4096, 256)] if quick else [(65536, 256)]
     cases = []
     for rows, width in sizes:
         setup = _setup(rows, width)
