@@ -9,16 +9,22 @@ device, versions and date), a markdown table and one PNG plot per op (gfn_fast.b
 needs matplotlib).
 
 Value checks are switched off while timing (`gfn_fast.validation(False)`), as in production.
+On a CPU everything that compiles (Numba kernels, torch.compile baselines) is compiled before
+the timing starts, in parallel where there are cores for it (compile_ahead).
 """
 
 import argparse
 import contextlib
 import datetime
+import importlib
 import json
 import os
 import platform
+import queue
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +34,7 @@ import torch
 
 import gfn_fast
 from gfn_fast import _backends, bench_plots
-from gfn_fast._cli import positive_float
+from gfn_fast._cli import at_least, positive_float
 
 
 @dataclass
@@ -260,7 +266,11 @@ def _graph_rows(calls: dict, rows: list, case: Case, device: torch.device, bandw
 
 
 def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds: float,
-             progress: Callable[[str], None] = lambda _: None) -> list[dict]:
+             progress: Callable[[str], None] = lambda _: None,
+             first_calls: dict | None = None) -> list[dict]:
+    """The rows of one case. `first_calls` (impl -> seconds) are first calls already made
+    elsewhere (see compile_ahead); they are reported instead of this process's first call."""
+    first_calls = first_calls or {}
     try:
         state = case.setup(device)
     except Exception as err:  # e.g. a peer library that cannot run on this device
@@ -279,7 +289,7 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
                 rows.append({"op": case.op, "case": case.label, "impl": impl,
                              "error": repr(err)})
                 continue
-            first_call[impl] = time.perf_counter() - started
+            first_call[impl] = first_calls.get(impl, time.perf_counter() - started)
             calls[impl] = call
             progress(f"{case.label} / first call of {impl}: {first_call[impl]:.2f} s")
         progress(f"{case.label} / timing {len(calls)} implementations side by side")
@@ -292,7 +302,8 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
                 "op": case.op, "case": case.label, "impl": impl, "params": case.params,
                 "median_ms": median * 1e3, "p20_ms": _percentile(samples, 0.2) * 1e3,
                 "p80_ms": _percentile(samples, 0.8) * 1e3, "reps": len(samples),
-                # the first call: compilation, autotuning, graph capture (and one run)
+                # the first call: compilation, autotuning, graph capture (and one run); on a
+                # CPU, Numba's and torch.compile's made while others compile (compile_ahead)
                 "first_call_ms": first_call[impl] * 1e3,
                 "peak_mem_mb": peak_memory(call, device) / 2**20,
                 "bytes_moved": case.bytes_moved,
@@ -315,6 +326,172 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
         if eager is not None and "graph_ms" in row and "graph_ms" in eager:
             row["graph_speedup_vs_eager"] = eager["graph_ms"] / row["graph_ms"]
     return rows
+
+
+NUMBA_IMPL = "gfn_fast[numba]"
+_DONE = "gfn_fast compiled"
+
+
+def compile_worker(builders: list, quick: bool) -> None:
+    """A compile worker's loop (see compile_ahead). Builds the cases with `builders`
+    ("module:qualified name" of each case family's function), then reads cases from stdin, one JSON
+    [index, op, label] a line; makes the first call of that case's Numba implementation, which
+    compiles its kernels into Numba's on-disk cache; answers `gfn_fast compiled INDEX SECONDS`
+    on stdout. SECONDS is -1 where the call failed (run_case reports why) or where this
+    process's case INDEX is not the one named (the parent built other cases)."""
+    torch.set_num_threads(1)
+    cases = []
+    for name in builders:
+        module, qualname = name.split(":")
+        build = importlib.import_module(module)
+        for attribute in qualname.split("."):
+            build = getattr(build, attribute)
+        cases += build(torch.device("cpu"), quick)
+    for line in sys.stdin:
+        index, op, label = json.loads(line)
+        seconds = None
+        if 0 <= index < len(cases) and (cases[index].op, cases[index].label) == (op, label):
+            seconds = _numba_first_call(cases[index])
+        print(f"{_DONE} {index} {-1.0 if seconds is None else seconds!r}", flush=True)
+
+
+def _numba_first_call(case: Case) -> float | None:
+    """Seconds of the first call of `case`'s Numba implementation, None if it failed."""
+    try:
+        state = case.setup(torch.device("cpu"))
+        with gfn_fast.validation(False):
+            started = time.perf_counter()
+            case.impls[NUMBA_IMPL](state)
+            return time.perf_counter() - started
+    except Exception:
+        return None
+
+
+def _start_worker(builders: list, quick: bool) -> subprocess.Popen:
+    # the worker imports the gfn_fast this process runs, whatever put it on sys.path
+    env = dict(os.environ)
+    root = str(Path(gfn_fast.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    code = ("import sys; from gfn_fast.benchmark import compile_worker; "
+            "compile_worker(sys.argv[2:], sys.argv[1] == '1')")
+    names = [f"{build.__module__}:{build.__qualname__}" for build in builders]
+    return subprocess.Popen([sys.executable, "-c", code, str(int(quick)), *names],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+
+
+def _feed(worker: subprocess.Popen, tasks: queue.Queue, results: dict) -> None:
+    """Hands `worker` one case at a time until none is left. A worker that stops answering
+    (it died) gets no more, and its case goes back in the queue."""
+    try:
+        while True:
+            try:
+                task = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                worker.stdin.write(json.dumps(task) + "\n")
+                worker.stdin.flush()
+                line = worker.stdout.readline()
+                while line and not line.startswith(_DONE):  # whatever else the case printed
+                    line = worker.stdout.readline()
+            except OSError:  # a broken pipe
+                line = ""
+            if not line:
+                tasks.put(task)
+                return
+            _, _, index, seconds = line.split()
+            if float(seconds) >= 0:
+                results[int(index)] = float(seconds)
+    finally:
+        with contextlib.suppress(OSError):
+            worker.stdin.close()
+
+
+def compile_ahead(cases: list[Case], builders: list, quick: bool, device: torch.device,
+                  workers: int, progress: Callable[[str], None] = lambda _: None) -> dict:
+    """First calls made before the timing, by case index: {index: {impl: seconds}}.
+
+    On a CPU, most of a first run is compiling: Numba's kernels (~40 s of `bench --quick` on 2
+    cores, one core busy) and torch.compile's baselines (~20 s, half of it waiting on the C++
+    compiler). Here `workers` processes make the first call of every case's Numba
+    implementation, which compiles its kernels into Numba's on-disk cache, while this process
+    makes the first calls of the torch.compile baselines, then takes Numba cases from the same
+    queue. The timing that follows finds every kernel compiled (a worker's in the cache), and
+    nothing compiles beside it. Each first call is measured where it is made, with the other
+    compiles running beside it. Whatever fails here is left to run_case, which makes the call
+    again and reports the error.
+
+    `cases` must be what the case-family functions `builders` build for `quick`: a worker
+    imports those functions and builds the cases again (a worker that cannot, e.g. for a family
+    defined inside a function, answers nothing and its cases are compiled here)."""
+    if device.type != "cpu" or workers < 1:
+        return {}
+    # An op's later cases go last: at another size or on other inputs they mostly run the
+    # kernels its first case compiled, and they are left to this process, which will have run
+    # their setup (torchgfn's cases take a second or two each the first time) by then.
+    firsts, repeats, ops = [], [], set()
+    for index, case in enumerate(cases):
+        if NUMBA_IMPL in case.impls:
+            (repeats if case.op in ops else firsts).append(index)
+            ops.add(case.op)
+    tasks: queue.Queue = queue.Queue()
+    for index in firsts + repeats:
+        tasks.put((index, cases[index].op, cases[index].label))
+    n_tasks = tasks.qsize()
+    if not n_tasks:
+        return {}
+    numba_first: dict = {}
+    procs = [_start_worker(builders, quick) for _ in range(min(workers, n_tasks))]
+    feeders = [threading.Thread(target=_feed, args=(proc, tasks, numba_first), daemon=True)
+               for proc in procs]
+    for feeder in feeders:
+        feeder.start()
+    first: dict = {}
+    try:
+        with gfn_fast.validation(False):
+            for index, case in enumerate(cases):
+                compiled = [impl for impl in case.impls if impl.startswith("torch.compile")]
+                if not compiled:
+                    continue
+                try:
+                    state = case.setup(device)
+                except Exception:
+                    continue
+                for impl in compiled:
+                    progress(f"{case.label} / first call of {impl}")
+                    started = time.perf_counter()
+                    try:
+                        case.impls[impl](state)
+                    except Exception:
+                        continue
+                    first.setdefault(index, {})[impl] = time.perf_counter() - started
+                del state
+        # then Numba cases from the same queue, including any a dying worker put back
+        while not tasks.empty() or any(feeder.is_alive() for feeder in feeders):
+            try:
+                index, _, _ = tasks.get_nowait()
+            except queue.Empty:
+                progress(f"Numba kernels in {len(procs)} worker(s): {len(numba_first)} of "
+                         f"{n_tasks} cases")
+                for feeder in feeders:
+                    feeder.join(0.5 if feeder.is_alive() else 0)
+                continue
+            progress(f"{cases[index].label} / first call of {NUMBA_IMPL}")
+            seconds = _numba_first_call(cases[index])
+            if seconds is not None:
+                numba_first[index] = seconds
+    finally:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    for index, seconds in numba_first.items():
+        first.setdefault(index, {})[NUMBA_IMPL] = seconds
+    return first
 
 
 def markdown(rows: list[dict], header: dict) -> str:
@@ -552,6 +729,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, short timings")
     parser.add_argument("--out", default=None,
                         help="directory for results.jsonl, results.md and one PNG plot per op")
+    parser.add_argument("--compile-workers", type=at_least(0), default=None, metavar="N",
+                        help="on a CPU, processes that compile the Numba kernels before the "
+                        "timing while this one compiles the torch.compile baselines (default: "
+                        "one less than the CPU count, at most 4; 0: compile each in its case)")
     parser.add_argument("--min-seconds", type=positive_float, default=None,
                         help="minimum timing per row (default 1.0, --quick 0.2)")
     parser.add_argument("--update-readme", nargs=2, metavar=("README", "RESULTS_DIR"),
@@ -594,11 +775,18 @@ def main(args: argparse.Namespace) -> int:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.jsonl").write_text("")
+    workers = getattr(args, "compile_workers", None)
+    if workers is None:
+        workers = min(4, (os.cpu_count() or 1) - 1)
+    first_calls = compile_ahead(
+        cases, [CASE_FAMILIES[family] for family in families], args.quick, device, workers,
+        lambda what: print(f"\r[compiling] {what:<60}", end="", flush=True))
     rows = []
     for index, case in enumerate(cases, 1):
         def progress(what, index=index):
             print(f"\r[{index}/{len(cases)}] {what:<60}", end="", flush=True)
-        case_rows = run_case(case, device, bandwidth, min_seconds=min_seconds, progress=progress)
+        case_rows = run_case(case, device, bandwidth, min_seconds=min_seconds, progress=progress,
+                             first_calls=first_calls.get(index - 1))
         rows.extend(case_rows)
         if out is not None:  # each case as it finishes: a run cut short keeps what it measured
             with open(out / "results.jsonl", "a") as f:

@@ -193,3 +193,71 @@ def test_cpu_peak_memory_counts_a_numba_kernels_outputs():
 
     step()
     assert benchmark.peak_memory(step, torch.device("cpu")) >= 2 * 4096 * 64 * 4
+
+
+_COMPILE_PROBE = """
+import json, sys
+from numba.core import event
+
+compiled = []
+
+
+class Recorder(event.Listener):
+    def on_start(self, ev):
+        compiled.append(ev.data["dispatcher"].py_func.__module__)
+
+    def on_end(self, ev):
+        pass
+
+
+event.register("numba:compile", Recorder())
+from gfn_fast.__main__ import main
+
+main(["bench", "--device", "cpu", "--quick", "--ops", "balance", "--min-seconds", "0.01",
+      "--compile-workers", sys.argv[1], "--out", sys.argv[2]])
+print("COMPILED " + json.dumps(sorted({m for m in compiled if m.startswith("gfn_fast")})))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 0])
+def test_compile_workers_leave_nothing_to_compile_beside_the_timing(tmp_path, workers):
+    """With a compile worker, the Numba kernels of a CPU bench are compiled in the worker (into
+    an empty Numba cache) and the timing process only loads them; with none (the control, which
+    shows the probe sees compiles), the timing process compiles them itself."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    result = subprocess.run([sys.executable, "-c", _COMPILE_PROBE, str(workers),
+                             str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    compiled = json.loads(result.stdout.rsplit("COMPILED ", 1)[1])
+    rows = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text()
+            .splitlines()]
+    numba_row = next(r for r in rows if r["impl"] == benchmark.NUMBA_IMPL)
+    assert "error" not in numba_row and numba_row["first_call_ms"] > 0
+    if workers:
+        assert compiled == []
+        assert list((tmp_path / "numba").rglob("balance.*.nbi"))  # the worker's build
+    else:
+        assert compiled == ["gfn_fast.cpu.balance"]
+
+
+def test_a_worker_that_cannot_build_the_cases_leaves_them_to_this_process():
+    """Cases from a family defined inside a function cannot be rebuilt in a worker: the worker
+    stops, and its case is compiled (here: called) in this process instead, still ahead of the
+    timing."""
+    calls = []
+
+    def family(device, quick):
+        def numba_impl(state):
+            calls.append(os.getpid())
+            return state["x"] + 1
+        return [benchmark.Case("toy", "local", {}, 64, lambda dev: {"x": torch.ones(8)},
+                               {"eager": lambda s: s["x"] + 1,
+                                benchmark.NUMBA_IMPL: numba_impl})]
+
+    cases = family(None, True)
+    first = benchmark.compile_ahead(cases, [family], True, torch.device("cpu"), workers=1)
+    assert calls == [os.getpid()]
+    assert set(first) == {0} and first[0][benchmark.NUMBA_IMPL] >= 0
+    assert benchmark.compile_ahead(cases, [family], True, torch.device("cuda"), workers=1) == {}
+    assert calls == [os.getpid()]  # nothing ahead of time on a GPU

@@ -89,6 +89,7 @@ def test_demo_arguments_are_checked_before_any_work(argv, message, capsys):
     (["bench", "--plots-only", "/nonexistent/dir"], "no results.jsonl"),
     (["bench", "--update-readme", "/nonexistent/README.md", "."], "does not exist"),
     (["bench", "--min-seconds", "-1"], "--min-seconds: must be a finite number > 0"),
+    (["bench", "--compile-workers", "-1"], "--compile-workers: must be >= 0"),
 ] + ([] if torch.cuda.is_available() else [(["bench", "--device", "cuda"], "no CUDA device")]))
 def test_bench_arguments_fail_in_one_line(argv, message, capsys):
     from gfn_fast.__main__ import main
