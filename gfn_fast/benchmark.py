@@ -169,9 +169,27 @@ def copy_bandwidth(device: torch.device, n_bytes: int | None = None) -> float:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name; for a CPU its model (Linux's /proc/cpuinfo, else the platform's word),
+    the CPU LLVM compiles the Numba kernels for, and the threads torch uses. CPU results depend
+    on more than the core count: the same Numba kernel can vectorise under LLVM's tuning for
+    one x86 CPU and not another's (see cpu/sampling.py), and a VM may name its CPU vaguely."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    model = None
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info
+                          if line.startswith("model name")), None)
+    name = model or platform.processor() or platform.machine()
+    try:
+        import llvmlite.binding
+        import numba
+
+        target = numba.config.CPU_NAME or llvmlite.binding.get_host_cpu_name()
+        name += f", LLVM target {target}"
+    except ImportError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
 
 
 def _versions() -> dict:

@@ -261,3 +261,18 @@ def test_a_worker_that_cannot_build_the_cases_leaves_them_to_this_process():
     assert set(first) == {0} and first[0][benchmark.NUMBA_IMPL] >= 0
     assert benchmark.compile_ahead(cases, [family], True, torch.device("cuda"), workers=1) == {}
     assert calls == [os.getpid()]  # nothing ahead of time on a GPU
+
+
+def test_cpu_device_name_names_the_model_and_the_llvm_target():
+    """CPU results depend on the CPU model and on LLVM's tuning for it, not only on the thread
+    count: the recorded name carries both where they can be read."""
+    name = benchmark.device_name(torch.device("cpu"))
+    assert name.endswith(f"({torch.get_num_threads()} threads)")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        assert not models or name.startswith(models[0])
+    import llvmlite.binding
+    assert f"LLVM target {llvmlite.binding.get_host_cpu_name()}" in name or \
+        os.environ.get("NUMBA_CPU_NAME")
