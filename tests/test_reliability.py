@@ -605,3 +605,51 @@ def test_sanitize_script_refuses_to_pass_without_a_gpu():
                             env={**__import__("os").environ, "SANITIZER": "/bin/true"})
     assert result.returncode == 2 and "no CUDA device" in result.stderr
     assert "clean" not in result.stdout
+
+
+_FLAGS_PROBE = """
+import json, numba, numpy as np
+from gfn_fast.cpu import _vmath
+
+
+@numba.njit
+def unflagged(x):  # the control: a callee that sets no flags of its own
+    return x * np.float32(2.0) + np.float32(1.0)
+
+
+@numba.njit(fastmath={"reassoc", "contract", "nnan"})
+def caller(x, u, v):
+    return (_vmath._exp32(x) + _vmath._exp64(np.float64(x)) + _vmath.log(np.float64(x))
+            + _vmath.box_muller(u, v)[0] + unflagged(x))
+
+
+caller(np.float32(0.5), np.float32(0.25), np.float32(1.0))
+flags = {}
+for fn in (_vmath._exp32, _vmath._exp64, _vmath.log, _vmath.box_muller, unflagged):
+    ir = "".join(fn.inspect_llvm(sig) for sig in fn.signatures)
+    flags[fn.py_func.__name__] = [flag for flag in ("reassoc", "nnan", "contract") if flag in ir]
+print("FLAGS " + json.dumps(flags))
+"""
+
+
+def test_vmath_helpers_keep_their_own_fastmath_flags_whoever_compiles_them_first(tmp_path):
+    """Numba compiles a callee that sets no fastmath flags with its first caller's and caches
+    that build on disk for every later caller, so kernels' results depended on which kernel had
+    compiled first (the BFN demo gave two different test losses from the same code). The shared
+    exp / log / Box-Muller helpers set their own: contraction only, even when a reassoc + nnan
+    kernel compiles them first into an empty cache. The control shows the probe sees inherited
+    flags."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", _FLAGS_PROBE], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    flags = json.loads(result.stdout.rsplit("FLAGS ", 1)[1])
+    assert flags.pop("unflagged") == ["reassoc", "nnan", "contract"]
+    assert flags == {name: ["contract"] for name in ("_exp32", "_exp64", "log", "box_muller")}

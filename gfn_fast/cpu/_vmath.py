@@ -2,9 +2,10 @@
 
 Numba lowers math.exp / math.log / math.cos to calls into libm (there is no SVML here), and a
 call inside a loop keeps LLVM from vectorising the loop: a Box-Muller normal cost ~15 ns and an
-exp ~4 ns, scalar. These versions are plain arithmetic plus bit casts: LLVM inlines them (they
-are ordinary, non-fastmath njit functions, so their own rounding steps survive a caller compiled
-with fastmath reassoc) and vectorises the loops that call them. float32 math runs 16 lanes to an
+exp ~4 ns, scalar. These versions are plain arithmetic plus bit casts: LLVM inlines them and
+vectorises the loops that call them. They carry flags of their own (see _HELPER: contraction,
+no reassociation), so their rounding steps survive a caller compiled with fastmath reassoc and
+their build does not depend on which kernel called them first. float32 math runs 16 lanes to an
 AVX-512 register against float64's 8, so float32 data gets float32 versions.
 
   * exp(x): float32 or float64 by the type of x, within 1-2 ulps of that type;
@@ -128,8 +129,17 @@ _SIN_COEFFS32 = tuple(_F32((-1.0) ** k / math.factorial(2 * k + 1)) for k in ran
 _MANTISSA32 = np.int32((1 << 23) - 1)
 _ONE_BITS32 = np.int32(127 << 23)
 
+# The functions below are compiled on their own and called (LLVM inlines them), so Numba would
+# give them the fastmath flags and error model of whichever kernel first calls them in a process
+# (flags a callee does not set are inherited), and cache that build on disk for every later
+# caller: the same kernel's results then depended on which kernel had compiled first (the BFN
+# demo gave 5.128 or 5.137 bits/dim from the same code). Their flags are set here instead:
+# contraction (a * b + c as one fused multiply-add, one rounding fewer) and NumPy's error model;
+# no reassociation, which would allow undoing the two-constant Cody-Waite reduction.
+_HELPER = dict(cache=True, fastmath={"contract"}, error_model="numpy")
 
-@numba.njit(cache=True)
+
+@numba.njit(**_HELPER)
 def _exp64(x):
     """e^x for float64 x: Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, a degree-13
     Taylor polynomial in r, times 2^n built from its bits. NaN -> NaN, -inf -> 0, +inf -> inf;
@@ -165,7 +175,7 @@ def _exp64(x):
     return result
 
 
-@numba.njit(cache=True)
+@numba.njit(**_HELPER)
 def _exp32(x):
     """e^x for float32 x, all in float32: as _exp64 with a degree-7 polynomial (|r| <= 0.347,
     truncation 5e-9). Results below 2^-124 are flushed to 0."""
@@ -201,7 +211,7 @@ def _exp_overload(x):
     return None
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(**_HELPER)
 def log(x):
     """ln x for float64 x, normal or +inf (0 -> -inf; x < 0 and NaN -> NaN; subnormal x is
     outside the domain): x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(f),
@@ -238,7 +248,7 @@ def log(x):
     return result
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(**_HELPER)
 def box_muller(u1, theta):
     """(r cos theta, r sin theta), r = sqrt(-2 ln u1), for float32 u1 in (0, 1] (normal) and
     theta in [0, 2 pi], all in float32. ln u1 by the atanh series to f^11; theta = q pi/2 + r
