@@ -207,3 +207,105 @@ def test_every_gfn_fast_op_is_registered_through_ops():
     in_torch -= {"name"}
     assert in_torch <= registered, in_torch - registered
     assert len(registered) >= 20
+
+
+def test_no_grad_calls_skip_autograd_function():
+    """Under no_grad nothing is recorded, so the direct path calls the implementation without
+    autograd.Function's cost; the values are those of a recorded call."""
+    inputs, fn = _tb(torch.Generator().manual_seed(3))
+    recorded = fn("numba", **inputs)
+    op = _ops.REGISTRY["gfn_fast::trajectory_balance_fwd"]
+    saved = op._apply
+
+    def refuse(*args):
+        raise AssertionError("autograd.Function applied under no_grad")
+
+    op._apply = refuse
+    try:
+        with torch.no_grad():
+            unrecorded = fn("numba", **inputs)
+        with pytest.raises(AssertionError, match="under no_grad"):
+            fn("numba", **inputs)  # the control: with grad enabled the Function is applied
+    finally:
+        op._apply = saved
+    assert unrecorded.grad_fn is None and torch.equal(unrecorded, recorded.detach())
+
+
+def test_dead_functorch_wrappers_take_the_op_path():
+    """A tensor kept from inside a functorch transform is a dead wrapper with the plain Tensor
+    type. autograd.Function.apply unwraps those in Python, a step the direct path skips, so they
+    go through the op, which gives the values of the plain tensor."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(4, 6, generator=gen) * 2 - 1
+    mu, plain = torch.randn(4, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    t = torch.rand(4, generator=gen)
+    kept = []
+    torch.func.grad(lambda e: kept.append(e) or e.sum())(plain)
+    dead = kept[0]
+    assert type(dead) is torch.Tensor and not _ops._eager((dead,)) and _ops._eager((plain,))
+    through_op = bfn.continuous_loss(x, mu, dead, t, 0.02, backend="numba")
+    direct = bfn.continuous_loss(x, mu, plain, t, 0.02, backend="numba")
+    assert torch.equal(through_op.detach(), direct)
+
+
+def _continuous_step(gen):
+    state = {"mu": torch.randn(3, 8, generator=gen), "rho": torch.ones(3)}
+    eps_hat = torch.randn(3, 8, generator=gen)
+    return state, lambda s: bfn.continuous_step(s["mu"], s["rho"], eps_hat, 0.4, 2.0, 0.02,
+                                                seed=7, backend="numba")
+
+
+def _discretised_step(gen):
+    state = {"mu": torch.randn(3, 8, generator=gen), "rho": torch.ones(3),
+             "draw": torch.empty(3, 8)}
+    mu_x, log_sigma_x = torch.randn(3, 8, generator=gen), torch.randn(3, 8, generator=gen)
+    return state, lambda s: bfn.discretised_step(s["mu"], s["rho"], mu_x, log_sigma_x, 2.0, 16,
+                                                 draw=s["draw"], seed=7, backend="numba")
+
+
+def _discrete_step(gen):
+    state = {"log_theta": torch.log_softmax(torch.randn(3, 8, 5, generator=gen), -1),
+             "draw": torch.empty(3, 8, dtype=torch.int64)}
+    logits = torch.randn(3, 8, 5, generator=gen)
+    return state, lambda s: bfn.discrete_step(s["log_theta"], logits, 2.0, draw=s["draw"],
+                                              seed=7, backend="numba")
+
+
+STEPS = {"bfn_continuous_step": (_continuous_step, ("mu",)),
+         "bfn_discretised_step": (_discretised_step, ("mu", "draw")),
+         "bfn_discrete_step": (_discrete_step, ("log_theta", "draw"))}
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_mutating_ops_run_directly_and_bump_version_counters(name):
+    """The generation steps write into their arguments. In eager mode they skip the dispatcher
+    too, and bump the version counters of what they write as it would, so autograd still
+    catches a saved tensor changed by a step; the state they leave is the op path's, bitwise."""
+    build, written = STEPS[name]
+    op = _ops.REGISTRY[f"gfn_fast::{name}"]
+    direct, step = build(torch.Generator().manual_seed(2))
+    through_op, step_op = build(torch.Generator().manual_seed(2))
+    versions = {arg: direct[arg]._version for arg in written}
+    saved = op.op
+
+    def refuse(*args):
+        raise AssertionError("dispatched")
+
+    op.op = refuse
+    try:
+        step(direct)
+    finally:
+        op.op = saved
+    assert all(direct[arg]._version > versions[arg] for arg in written)
+    with _ops.force_op_path():
+        step_op(through_op)
+    for arg in direct:
+        assert torch.equal(direct[arg], through_op[arg]), arg
+
+    weight = torch.ones(3, requires_grad=True)
+    state, step = build(torch.Generator().manual_seed(2))
+    first = state[written[0]]
+    product = (weight.view(-1, *[1] * (first.dim() - 1)) * first).sum()  # saves first
+    step(state)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        product.backward()
