@@ -490,11 +490,13 @@ def per_sample(op: str, arg: str, value, batch: int, like: torch.Tensor, dtype: 
         if positive and not value > 0:
             fail(op, arg, f"must be > 0, got {value}")
         return torch.full((batch,), value, dtype=dtype, device=like.device)
-    require_tensor(op, arg, value, floating=True)
-    same_device(op, "the data", like, **{arg: value})
-    # A contiguous [B] tensor of the compute dtype is already what the kernels take.
-    if not (value.dim() == 1 and value.shape[0] == batch and value.dtype == dtype
+    require_tensor(op, arg, value)
+    if value.device != like.device:
+        same_device(op, "the data", like, **{arg: value})
+    # A contiguous [B] tensor of the compute dtype (floating) is already what the kernels take.
+    if not (value.dtype == dtype and value.dim() == 1 and value.shape[0] == batch
             and value.is_contiguous()):
+        require_tensor(op, arg, value, floating=True)
         if value.numel() == 1 and value.dim() <= 1:
             value = value.reshape(()).expand(batch)
         elif value.dim() == 0 or value.shape[0] != batch or value.numel() != batch:
