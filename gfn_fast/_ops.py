@@ -8,10 +8,11 @@ than the kernels themselves at small and medium sizes. `custom_op` below registe
 function as the op, and returns a callable that runs it directly in plain eager mode: under an
 `autograd.Function` built from the very `setup_context` and `backward` registered with the op
 when it has autograd and grad mode is on, under `no_grad` otherwise; the version counters of
-the arguments an op writes into are bumped as the dispatcher would. Anything else (torch.compile tracing, a
-dispatch mode such as FakeTensorMode, functorch transforms, tensor subclasses) goes through the
-op. Both paths run the same implementation and backward code, so they give bitwise equal
-results (tests/test_ops.py checks it for every op family).
+the arguments an op writes into are bumped as the dispatcher would. Anything else
+(torch.compile tracing, a dispatch mode such as FakeTensorMode, functorch transforms and their
+wrappers, tensor subclasses) goes through the op. Both paths run the same implementation and
+backward code, so they give bitwise equal results (tests/test_ops.py checks it for every op
+family, and for the generation steps, which write into their arguments).
 """
 
 import contextlib
