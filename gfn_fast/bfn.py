@@ -232,12 +232,7 @@ def _continuous_loss_backward(ctx, grad, _grad_unit):
     # differentiable, like every fused op's. With create_graph, a multiply tracked through
     # `grad` alone would give a silently partial second derivative (unit depends on eps_hat
     # too); untracked, a double backward raises instead.
-    grad = grad.detach()
-    if grad.dtype != unit.dtype:
-        grad = grad.to(unit.dtype)
-    grad_eps = unit * grad.unsqueeze(1)
-    if grad_eps.dtype != ctx.eps_dtype:
-        grad_eps = grad_eps.to(ctx.eps_dtype)
+    grad_eps = (unit * grad.detach().to(unit.dtype).unsqueeze(1)).to(ctx.eps_dtype)
     return (None, None, grad_eps) + (None,) * 9
 
 

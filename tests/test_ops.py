@@ -209,25 +209,23 @@ def test_every_gfn_fast_op_is_registered_through_ops():
     assert len(registered) >= 20
 
 
-def test_no_grad_calls_skip_autograd_function():
+def _refuse(message):
+    def call(*args):
+        raise AssertionError(message)
+    return call
+
+
+def test_no_grad_calls_skip_autograd_function(monkeypatch):
     """Under no_grad nothing is recorded, so the direct path calls the implementation without
     autograd.Function's cost; the values are those of a recorded call."""
     inputs, fn = _tb(torch.Generator().manual_seed(3))
     recorded = fn("numba", **inputs)
-    op = _ops.REGISTRY["gfn_fast::trajectory_balance_fwd"]
-    saved = op._apply
-
-    def refuse(*args):
-        raise AssertionError("autograd.Function applied under no_grad")
-
-    op._apply = refuse
-    try:
-        with torch.no_grad():
-            unrecorded = fn("numba", **inputs)
-        with pytest.raises(AssertionError, match="under no_grad"):
-            fn("numba", **inputs)  # the control: with grad enabled the Function is applied
-    finally:
-        op._apply = saved
+    monkeypatch.setattr(_ops.REGISTRY["gfn_fast::trajectory_balance_fwd"], "_apply",
+                        _refuse("autograd.Function applied under no_grad"))
+    with torch.no_grad():
+        unrecorded = fn("numba", **inputs)
+    with pytest.raises(AssertionError, match="under no_grad"):
+        fn("numba", **inputs)  # the control: with grad enabled the Function is applied
     assert unrecorded.grad_fn is None and torch.equal(unrecorded, recorded.detach())
 
 
@@ -277,7 +275,7 @@ STEPS = {"bfn_continuous_step": (_continuous_step, ("mu",)),
 
 
 @pytest.mark.parametrize("name", STEPS)
-def test_mutating_ops_run_directly_and_bump_version_counters(name):
+def test_mutating_ops_run_directly_and_bump_version_counters(name, monkeypatch):
     """The generation steps write into their arguments. In eager mode they skip the dispatcher
     too, and bump the version counters of what they write as it would, so autograd still
     catches a saved tensor changed by a step; the state they leave is the op path's, bitwise."""
@@ -286,16 +284,9 @@ def test_mutating_ops_run_directly_and_bump_version_counters(name):
     direct, step = build(torch.Generator().manual_seed(2))
     through_op, step_op = build(torch.Generator().manual_seed(2))
     versions = {arg: direct[arg]._version for arg in written}
-    saved = op.op
-
-    def refuse(*args):
-        raise AssertionError("dispatched")
-
-    op.op = refuse
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(op, "op", _refuse("dispatched"))
         step(direct)
-    finally:
-        op.op = saved
     assert all(direct[arg]._version > versions[arg] for arg in written)
     with _ops.force_op_path():
         step_op(through_op)
