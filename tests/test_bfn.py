@@ -175,12 +175,15 @@ def _same_draw_fraction(a, b):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_flows_match_reference_noise(backend, device, dtype):
-    x, _, _, t = _continuous(3, 41, dtype, device)
     seed, offset = 2**64 - 5, 2**40 + 3
-    mu = bfn.continuous_flow(x, t, 0.01, seed=seed, offset=offset, backend=backend)
-    expected = bfn.continuous_flow(x.double(), t.double(), 0.01, seed=seed, offset=offset,
-                                   backend="reference")
-    close(mu, expected, 1e-5, "continuous flow")
+    # 2 x 2057: rows start off a Philox block boundary and span three of the Numba fill's
+    # 256-block chunks, with a partial last chunk and ragged ends
+    for batch, dims in ((2, 2057), (3, 41)):  # t of the last is used below
+        x, _, _, t = _continuous(batch, dims, dtype, device)
+        mu = bfn.continuous_flow(x, t, 0.01, seed=seed, offset=offset, backend=backend)
+        expected = bfn.continuous_flow(x.double(), t.double(), 0.01, seed=seed, offset=offset,
+                                       backend="reference")
+        close(mu, expected, 1e-5, "continuous flow")
     x_index = torch.randint(0, 7, (3, 13), device=device)
     for log in (False, True):
         theta = bfn.discrete_flow(x_index, t, 0.5, 7, log=log, dtype=dtype, seed=seed,
