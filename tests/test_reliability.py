@@ -657,7 +657,8 @@ def test_vmath_helpers_keep_their_own_fastmath_flags_whoever_compiles_them_first
 
 _WIDE_PROBE = """
 import json, torch
-from gfn_fast.cpu import _vmath, bfn
+import gfn_fast
+from gfn_fast.cpu import _vmath, bfn, sampling
 
 
 def libraries(library, seen):
@@ -672,8 +673,12 @@ bfn.continuous_flow(torch.zeros(64, 1031), torch.rand(64), 0.01, 1, 0)
 # large enough to run the parallel kernels, not their serial twins
 bfn.discrete_loss_forward(torch.zeros(64, 64, dtype=torch.long), torch.randn(64, 64, 8),
                           torch.rand(64), 1.0)
+logits = torch.randn(64, 32, requires_grad=True)
+log_pi = gfn_fast.action_log_prob(logits, torch.zeros(64, dtype=torch.long), backend="numba")
+log_pi.sum().backward()
 found = {}
-for kernel in (bfn._continuous_flow, bfn._discrete_loss_forward):
+for kernel in (bfn._continuous_flow, bfn._discrete_loss_forward, sampling._log_prob_rows,
+               sampling._log_prob_backward_rows):
     for cres in kernel.overloads.values():
         for library in libraries(cres.library, set()):
             name = library.name
@@ -686,13 +691,14 @@ print("WIDE " + json.dumps(found))
 """
 
 
-def test_bfn_kernels_are_compiled_for_wide_vectors(tmp_path):
+def test_kernels_are_compiled_for_wide_vectors(tmp_path):
     """vm.wide_vectors() puts "prefer-vector-width"="512" on the function being compiled through
     a private path into llvmlite's attribute set. A change there would silently cost the BFN
-    kernels their 512-bit vectors (a third of the noise kernels' time on Intel AVX-512 CPUs), so
-    the attribute is looked for in the LLVM IR of a fresh build: the prange bodies of a noise
-    kernel and of a loss kernel and the normal-filling row helper carry it; box_muller, which
-    does not ask for it, shows the probe does not find it everywhere."""
+    kernels and the log-prob kernels their 512-bit vectors (a fifth to a third of their time on
+    Intel AVX-512 CPUs), so the attribute is looked for in the LLVM IR of a fresh build: the
+    prange bodies of a noise kernel, a loss kernel and both log-prob kernels and the BFN row
+    helpers carry it; box_muller, which does not ask for it, shows the probe does not find it
+    everywhere."""
     import json
     import os
     import subprocess
@@ -706,6 +712,7 @@ def test_bfn_kernels_are_compiled_for_wide_vectors(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.rsplit("WIDE ", 1)[1])
     for name in ("_continuous_flow prange body", "_discrete_loss_forward prange body",
+                 "_log_prob_rows prange body", "_log_prob_backward_rows prange body",
                  "_fill_normals", "_exp_inplace", "_shift_rows"):
         assert found.get(name) is True, (name, found)
     assert found.get("box_muller") is False, found
