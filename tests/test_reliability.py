@@ -607,6 +607,23 @@ def test_sanitize_script_refuses_to_pass_without_a_gpu():
     assert "clean" not in result.stdout
 
 
+def _run_probe(source: str, tag: str, cache_dir):
+    """Runs `source` in a fresh interpreter with an empty Numba cache (`cache_dir`) and returns
+    the JSON it printed after `tag`."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(cache_dir))
+    result = subprocess.run([sys.executable, "-c", source], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.rsplit(tag + " ", 1)[1])
+
+
 _FLAGS_PROBE = """
 import json, numba, numpy as np
 from gfn_fast.cpu import _vmath
@@ -639,18 +656,7 @@ def test_vmath_helpers_keep_their_own_fastmath_flags_whoever_compiles_them_first
     exp / log / Box-Muller helpers set their own: contraction only, even when a reassoc + nnan
     kernel compiles them first into an empty cache. The control shows the probe sees inherited
     flags."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", _FLAGS_PROBE], env=env, cwd=root,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    flags = json.loads(result.stdout.rsplit("FLAGS ", 1)[1])
+    flags = _run_probe(_FLAGS_PROBE, "FLAGS", tmp_path)
     assert flags.pop("unflagged") == ["reassoc", "nnan", "contract"]
     assert flags == {name: ["contract"] for name in ("_exp32", "_exp64", "log", "box_muller")}
 
@@ -699,18 +705,7 @@ def test_kernels_are_compiled_for_wide_vectors(tmp_path):
     prange bodies of a noise kernel, a loss kernel and both log-prob kernels and the BFN row
     helpers carry it; box_muller, which does not ask for it, shows the probe does not find it
     everywhere."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", _WIDE_PROBE], env=env, cwd=root,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    found = json.loads(result.stdout.rsplit("WIDE ", 1)[1])
+    found = _run_probe(_WIDE_PROBE, "WIDE", tmp_path)
     for name in ("_continuous_flow prange body", "_discrete_loss_forward prange body",
                  "_log_prob_rows prange body", "_log_prob_backward_rows prange body",
                  "_fill_normals", "_exp_inplace", "_shift_rows"):
