@@ -466,7 +466,7 @@ _CHUNK_BLOCKS = 256
 @numba.njit(**_ROW_HELPER)
 def _fill_normals(values, base, scale, shift, k0, k1, o0, o1):
     """values[j] = scale * normal(base + j) + shift over a contiguous array (any shape): whole
-    blocks in one vectorised loop (four normals each), the ragged ends one by one. scale and
+    blocks (four normals each) in vectorised loops, the ragged ends one by one. scale and
     shift are rounded to values' dtype first: float64 factors on float32 normals would widen
     the whole vector loop to float64 (a fifth of the CIFAR-shape flow's time: 80 -> 64 us).
     The blocks go in chunks of two loops: the Philox words of a chunk into an L1-resident
