@@ -443,10 +443,16 @@ def _words(k0, k1, o0, o1, row, col):
 
 
 @numba.njit(inline="always", cache=True)
+def _block_words(k0, k1, o0, o1, block):
+    """The four words of flat Philox block `block`, read at (block >> 32, block mod 2^32)."""
+    j = np.uint64(block)
+    return _words(k0, k1, o0, o1, j >> px.SHIFT32, j)
+
+
+@numba.njit(inline="always", cache=True)
 def _normal_quad(k0, k1, o0, o1, block):
     """The four normals of Philox block `block` (normals 4 block .. 4 block + 3)."""
-    j = np.uint64(block)
-    w0, w1, w2, w3 = _words(k0, k1, o0, o1, j >> px.SHIFT32, j)
+    w0, w1, w2, w3 = _block_words(k0, k1, o0, o1, block)
     n0, n1 = px.normal_pair(w0, w1)
     n2, n3 = px.normal_pair(w2, w3)
     return n0, n1, n2, n3
@@ -490,8 +496,7 @@ def _fill_normals(values, base, scale, shift, k0, k1, o0, o1):
     for start in range(0, blocks, _CHUNK_BLOCKS):
         size = min(_CHUNK_BLOCKS, blocks - start)
         for q in range(size):
-            j = np.uint64(first + start + q)
-            w0, w1, w2, w3 = _words(k0, k1, o0, o1, j >> px.SHIFT32, j)
+            w0, w1, w2, w3 = _block_words(k0, k1, o0, o1, first + start + q)
             words[4 * q] = w0
             words[4 * q + 1] = w1
             words[4 * q + 2] = w2
