@@ -239,19 +239,26 @@ def _row_log_prob(row, mask_row, allow, s_r, lo, hi, it_r, a_r):
 
 
 @numba.njit(inline="always", cache=True, fastmath=_REASSOC)
+def _grad_term(row, mask_row, allow, a, g_it, s_r, lo, hi, it_r, lse_r, a_r):
+    """(live, d log_pi / d z_a times g inv_t): live where the action is allowed and its scaled
+    logit is not clipped (the term is 0 elsewhere)."""
+    x = row[a]
+    y = s_r * x
+    live = allow(mask_row, a) & (y >= lo) & (y <= hi)
+    z = float(_scaled(x, s_r, lo, hi, it_r))
+    return live, g_it * ((1.0 if a == a_r else 0.0) - vm.exp(z - lse_r))
+
+
+@numba.njit(inline="always", cache=True, fastmath=_REASSOC)
 def _row_log_prob_grad(row, mask_row, allow, g, s_r, lo, hi, it_r, lse_r, a_r, grad_row,
                        need_logits):
     """Writes d log_pi / d logits of one row (when need_logits) and returns d / d scale."""
-    s_f, it_f = float(s_r), float(it_r)
+    s_f, g_it = float(s_r), g * float(it_r)
     acc = 0.0
     for a in range(row.shape[0]):
-        x = row[a]
-        y = s_r * x
-        live = allow(mask_row, a) & (y >= lo) & (y <= hi)
-        z = float(_scaled(x, s_r, lo, hi, it_r))
-        e = vm.exp(z - lse_r)
-        value = g * it_f * ((1.0 if a == a_r else 0.0) - e) if live else 0.0
-        acc += value * float(x) if live else 0.0
+        live, term = _grad_term(row, mask_row, allow, a, g_it, s_r, lo, hi, it_r, lse_r, a_r)
+        value = term if live else 0.0
+        acc += value * float(row[a]) if live else 0.0
         if need_logits:
             grad_row[a] = value * s_f
     if acc != acc:
@@ -260,13 +267,10 @@ def _row_log_prob_grad(row, mask_row, allow, g, s_r, lo, hi, it_r, lse_r, a_r, g
         # such rows: the test in the loop above cost ~3% of the fused forward + backward.
         acc = 0.0
         for a in range(row.shape[0]):
-            x = row[a]
-            y = s_r * x
-            if allow(mask_row, a) & (y >= lo) & (y <= hi):
-                z = float(_scaled(x, s_r, lo, hi, it_r))
-                value = g * it_f * ((1.0 if a == a_r else 0.0) - vm.exp(z - lse_r))
-                if value != 0.0:
-                    acc += value * float(x)
+            live, term = _grad_term(row, mask_row, allow, a, g_it, s_r, lo, hi, it_r, lse_r,
+                                    a_r)
+            if live and term != 0.0:
+                acc += term * float(row[a])
     return acc
 
 
