@@ -59,6 +59,18 @@ def _output_coefficients(t, log_s, t_min):
     return 1.0 / g, math.sqrt(math.exp(2.0 * t * log_s) / g)
 
 
+@numba.njit(inline="always", cache=True)
+def _x_hat(m, e, a, c, live, zero, x_min, x_max, clamp):
+    """(x_hat, inside) of one element: x_hat = a mu - c eps_hat, or `zero` (0 in the kernel's
+    type) below t_min, where `live` is False and eps_hat goes unused; clamped to [x_min, x_max]
+    when `clamp`. `inside` is False where the clamp binds (no gradient there); a NaN stays
+    inside and keeps its gradient."""
+    x_hat = a * m - c * e if live else zero
+    if not clamp:
+        return x_hat, True
+    return min(max(x_hat, x_min), x_max), not (x_hat < x_min or x_hat > x_max)
+
+
 @numba.njit(**_KERNEL)
 def _continuous_output(mu, eps_hat, t, log_s, t_min, x_min, x_max, clamp, out):
     batch, dims = mu.shape
@@ -67,10 +79,7 @@ def _continuous_output(mu, eps_hat, t, log_s, t_min, x_min, x_max, clamp, out):
         a, c = _output_coefficients(t[b], log_s, t_min)
         live = a != 0.0
         for d in range(dims):
-            x_hat = a * mu[b, d] - c * eps_hat[b, d] if live else 0.0
-            if clamp:
-                x_hat = min(max(x_hat, x_min), x_max)
-            out[b, d] = x_hat
+            out[b, d] = _x_hat(mu[b, d], eps_hat[b, d], a, c, live, 0.0, x_min, x_max, clamp)[0]
 
 
 @numba.njit(**_KERNEL)
@@ -88,11 +97,8 @@ def _continuous_loss_forward(x, mu, eps_hat, t, log_s, n_steps, t_min, x_min, x_
         live = a != 0.0
         total = 0.0
         for d in range(dims):
-            x_hat = a * mu[b, d] - c * eps_hat[b, d] if live else 0.0
-            inside = True
-            if clamp:
-                inside = not (x_hat < x_min or x_hat > x_max)  # NaN keeps its gradient
-                x_hat = min(max(x_hat, x_min), x_max)
+            x_hat, inside = _x_hat(mu[b, d], eps_hat[b, d], a, c, live, 0.0, x_min, x_max,
+                                   clamp)
             diff = x[b, d] - x_hat
             total += diff * diff
             if want_unit:
@@ -685,9 +691,7 @@ def _continuous_step(mu, rho, eps_hat, a, c, inv_sqrt_alpha, alpha, x_min, x_max
         _fill_normals(noise, b * dims, inv_sqrt_alpha, 0.0, k0, k1, o0, o1)
         for d in range(dims):
             m = mu[b, d]
-            x_hat = a * m - c * eps_hat[b, d] if live else zero
-            if clamp:
-                x_hat = min(max(x_hat, x_min), x_max)
+            x_hat = _x_hat(m, eps_hat[b, d], a, c, live, zero, x_min, x_max, clamp)[0]
             mu[b, d] = m + gain * (x_hat + noise[d] - m)
 
 
