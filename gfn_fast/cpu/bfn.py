@@ -438,14 +438,18 @@ def discrete_update(log_theta, y):
 
 
 # ------------------------------------------------------------------------------- noisy ops
-# Noise contract: gfn_fast/reference/bfn.py ("noise"). Keys and offsets arrive as np.uint64.
+# Noise contract: gfn_fast/reference/bfn.py ("noise"). The key and offset words arrive as Python
+# ints < 2^32 (typed int64) and become uint64 in _words, where every kernel's draws go through
+# (as in cpu/sampling.py): building four np.uint64 scalars per call cost ~1 us, ~8 us with the
+# caches cold (after a network's forward), against ~1.6 us for the ints.
 
 _UNIFORM_ROW = np.uint64(1 << 31)
 
 
 @numba.njit(inline="always", cache=True)
 def _words(k0, k1, o0, o1, row, col):
-    return px.philox4x32(k0, k1, np.uint64(col) & px.MASK32, np.uint64(row), o0, o1)
+    return px.philox4x32(np.uint64(k0), np.uint64(k1), np.uint64(col) & px.MASK32,
+                         np.uint64(row), np.uint64(o0), np.uint64(o1))
 
 
 @numba.njit(inline="always", cache=True)
@@ -772,10 +776,10 @@ def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
 
 
 def _key(seed: int, offset: int):
-    """(k0, k1, o0, o1) as np.uint64; seed and offset may arrive as signed 64-bit ints."""
+    """(k0, k1, o0, o1), 32-bit words as Python ints; seed and offset may arrive as signed
+    64-bit ints."""
     mask = 0xFFFFFFFF
-    return (np.uint64(seed & mask), np.uint64((seed >> 32) & mask), np.uint64(offset & mask),
-            np.uint64((offset >> 32) & mask))
+    return seed & mask, (seed >> 32) & mask, offset & mask, (offset >> 32) & mask
 
 
 def continuous_flow(x, t, sigma_1, seed, offset):
