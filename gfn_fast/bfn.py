@@ -232,7 +232,15 @@ def _continuous_loss_backward(ctx, grad, _grad_unit):
     # differentiable, like every fused op's. With create_graph, a multiply tracked through
     # `grad` alone would give a silently partial second derivative (unit depends on eps_hat
     # too); untracked, a double backward raises instead.
-    grad_eps = (unit * grad.detach().to(unit.dtype).unsqueeze(1)).to(ctx.eps_dtype)
+    # Each skipped no-op (detach of an untracked grad, same-dtype .to) is a dispatcher trip,
+    # ~1 us (~4 us with the caches cold, as after a network's forward).
+    if grad.requires_grad:
+        grad = grad.detach()
+    if grad.dtype != unit.dtype:
+        grad = grad.to(unit.dtype)
+    grad_eps = unit * grad.unsqueeze(1)
+    if grad_eps.dtype != ctx.eps_dtype:
+        grad_eps = grad_eps.to(ctx.eps_dtype)
     return (None, None, grad_eps) + (None,) * 9
 
 

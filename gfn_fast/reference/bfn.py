@@ -17,8 +17,9 @@ SIGMA_MIN, SIGMA_MAX = 1e-3, 10.0
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 when any floating input is float64, else float32 (also for half inputs)."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
+    for t in tensors:  # a loop, not any(genexpr): every BFN call asks, ~1.5 us less cold
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
     return torch.float32
 
 
