@@ -15,6 +15,7 @@ import torch
 from gfn_fast.cpu import _philox as px
 from gfn_fast.cpu import _vmath as vm
 from gfn_fast.cpu._common import as_numpy, empty, serial_if
+from gfn_fast.reference.balance import compute_dtype as _acc
 
 _SIGMA_MIN, _SIGMA_MAX = 1e-3, 10.0
 # The loops over logits and noise vectorise only without calls and exceptions in their bodies:
@@ -332,13 +333,6 @@ _NS_CHEAP, _NS_LOGIT, _NS_NOISE = 0.25, 1.0, 1.0
 
 def _run(kernel, work_ns: float, *args) -> None:
     serial_if(kernel, work_ns < _SERIAL_BELOW_NS)(*args)
-
-
-def _acc(*tensors) -> torch.dtype:
-    for tensor in tensors:  # a loop, not any(genexpr): this runs on every call
-        if tensor.dtype == torch.float64:
-            return torch.float64
-    return torch.float32
 
 
 def _cast(out: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -14,8 +14,9 @@ MEAN, SUM, NONE = range(3)
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 when any floating input is float64, else float32 (also for half inputs)."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
+    for t in tensors:  # a loop, not any(genexpr): every op call asks, ~1.5 us less cold
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
     return torch.float32
 
 
