@@ -110,6 +110,15 @@ def require_tensor(op: str, arg: str, value, *, floating: bool = False, integer:
     return value
 
 
+def not_tracked_in_place(op: str, arg: str, tensor: torch.Tensor) -> None:
+    """A tensor an op writes into without a gradient must not be one autograd tracks: a leaf
+    that requires grad would be changed behind autograd's back, and a non-leaf would keep the
+    graph of its old values, so its gradients would be silently wrong."""
+    if tensor.requires_grad and torch.is_grad_enabled():
+        fail(op, arg, "is written in place and has no gradient through this op, but requires "
+             "grad: call it under torch.no_grad() or pass a tensor that does not require grad")
+
+
 def same_device(op: str, reference_arg: str, reference: torch.Tensor, **others) -> None:
     for arg, value in others.items():
         if value is not None and value.device != reference.device:

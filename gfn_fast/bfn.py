@@ -763,6 +763,7 @@ def _state(op: str, arg: str, tensor: torch.Tensor, shape=None) -> torch.Tensor:
         _checks.fail(op, arg, "must be contiguous (it is updated in place)")
     if shape is not None and tuple(tensor.shape) != tuple(shape):
         _checks.fail(op, arg, f"must have shape {list(shape)}, got {list(tensor.shape)}")
+    _checks.not_tracked_in_place(op, arg, tensor)
     return tensor
 
 
@@ -772,6 +773,7 @@ def _step_rho(op: str, rho: torch.Tensor, batch: int, like: torch.Tensor) -> tor
     if rho.shape != (batch,) or not rho.is_contiguous():
         _checks.fail(op, "rho", f"must be a contiguous [B] = [{batch}] tensor, got "
                      f"{list(rho.shape)}")
+    _checks.not_tracked_in_place(op, "rho", rho)
     return rho
 
 
@@ -782,7 +784,8 @@ def continuous_step(mu: torch.Tensor, rho: torch.Tensor, eps_hat: torch.Tensor, 
                     offset: int | None = None, backend: str | None = None) -> None:
     """One generation step after the network, in place: x_hat from eps_hat (as
     `continuous_output` at time t), sender sample y = x_hat + eps / sqrt(alpha), Bayesian update
-    of mu [B, ...] (in place) and rho [B] (in place, rho += alpha)."""
+    of mu [B, ...] (in place) and rho [B] (in place, rho += alpha). No gradient: with grad mode
+    on, mu and rho must not require grad."""
     op = "continuous_step"
     mu = _state(op, "mu", mu)
     _continuous_inputs(op, "mu", {"mu": mu, "eps_hat": eps_hat})
@@ -823,7 +826,7 @@ def discretised_step(mu: torch.Tensor | None, rho: torch.Tensor | None, mu_x: to
     network's mu_x, log_sigma_x; returned as its centre k_c), sender sample
     y = k_c + eps / sqrt(alpha), Bayesian update of mu [B, ...] and rho [B] in place. With
     mu = rho = None it only draws (the final sample). Returns the drawn centres (into `draw`
-    when given)."""
+    when given). No gradient: with grad mode on, mu, rho and draw must not require grad."""
     op = "discretised_step"
     _continuous_inputs(op, "mu_x", {"mu_x": mu_x, "log_sigma_x": log_sigma_x})
     n_bins = _checks.positive_int(op, "n_bins", n_bins, minimum=2)
@@ -871,7 +874,8 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
     per dimension, sender sample y ~ N(alpha (K e_k - 1), alpha K I), and the log-space Bayesian
     update of log_theta [B, ..., K] in place. With log_theta = None it only draws (the final
     sample). Returns the drawn classes [B, ...] int64 (into `draw` when given). The draw uses one
-    float32 uniform (23 bits) per dimension by inverse CDF."""
+    float32 uniform (23 bits) per dimension by inverse CDF. No gradient: with grad mode on,
+    log_theta must not require grad."""
     op = "discrete_step"
     _checks.require_tensor(op, "logits", logits, floating=True)
     if logits.dim() < 2 or logits.shape[-1] < 2:

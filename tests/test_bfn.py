@@ -690,6 +690,44 @@ def test_bad_input(call, exc, arg):
         call(x)
 
 
+def _step_call(step, backend, state, rho, draw):
+    """One generation step on small CPU inputs, writing into state, rho and draw (where given)."""
+    if step == "continuous_step":
+        return bfn.continuous_step(state, rho, torch.randn(2, 3), 0.5, 2.0, 0.1, seed=1,
+                                   backend=backend)
+    if step == "discretised_step":
+        return bfn.discretised_step(state, rho, torch.randn(2, 3), torch.randn(2, 3), 2.0, 16,
+                                    draw=draw, seed=1, backend=backend)
+    return bfn.discrete_step(state, torch.randn(2, 3, 4), 2.0, seed=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("step,arg", [
+    ("continuous_step", "mu"), ("continuous_step", "rho"), ("discretised_step", "mu"),
+    ("discretised_step", "rho"), ("discretised_step", "draw"), ("discrete_step", "log_theta")])
+@pytest.mark.parametrize("leaf", [True, False], ids=["leaf", "non_leaf"])
+def test_steps_refuse_to_write_into_tensors_autograd_tracks(backend, step, arg, leaf):
+    """A step has no gradient: writing into a tensor that requires grad either changed a leaf
+    behind autograd's back (the Numba path raised nothing) or kept a non-leaf's graph of its old
+    values, so gradients through it came out silently wrong. Under no_grad both are allowed, as
+    for torch's own in-place ops."""
+    tensors = {"rho": None if step == "discrete_step" else torch.ones(2),
+               "draw": torch.empty(2, 3) if step == "discretised_step" else None,
+               "state": (torch.randn(2, 3, 4).log_softmax(-1) if step == "discrete_step"
+                         else torch.randn(2, 3))}
+    key = arg if arg in tensors else "state"
+    source = tensors[key].clone().requires_grad_(True)
+    tensors[key] = source if leaf else source * 1.0
+    before = {k: v.detach().clone() for k, v in tensors.items() if v is not None}
+    with pytest.raises(ValueError, match=f"`{arg}` is written in place .* requires grad"):
+        _step_call(step, backend, **tensors)
+    for k, v in before.items():  # refused before anything was written
+        assert torch.equal(tensors[k].detach(), v), k
+    with torch.no_grad():
+        _step_call(step, backend, **tensors)
+    assert not torch.equal(tensors["state"].detach(), before["state"])
+
+
 # ------------------------------------------------------------------------ compile and opcheck
 
 def test_opcheck_custom_ops():
