@@ -131,6 +131,34 @@ def test_bench_bfn_script_runs_and_labels_its_rows(tmp_path):
     assert all(r["device_label"] == "ci" and r["op"] == "bfn_continuous_flow+loss" for r in rows)
 
 
+def test_gpu_session_script_rehearses_on_a_cpu(tmp_path):
+    """tools/gpu_session.sh is what a session with a lent GPU runs in its one device call; its
+    stages, limits and output files are rehearsed here on the CPU: the profile stage writes the
+    kernel table, stages not asked for do not run, and the summary gives each stage's status."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OUT=str(tmp_path), DEVICE="cpu", QUICK="1",
+               STAGES="profile", PROFILE_CASES="cifar", PREFIX="rehearsal")
+    result = subprocess.run(["bash", str(ROOT / "tools" / "gpu_session.sh")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["profile.md", "session.log"]
+    log = (tmp_path / "session.log").read_text()
+    assert "profile: exit 0" in log and "== build" not in log and "== test" not in log
+    table = (tmp_path / "profile.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| bfn_")]
+    assert [row.split(" | ")[1] for row in rows] == ["eager", "gfn_fast[numba]"] * 2
+    assert all("B=8 D=3072" in row for row in rows)  # --quick sizes, CIFAR cases only
+    assert not list((ROOT / "bench" / "results").glob("rehearsal-*"))
+
+
+def test_profile_script_refuses_bad_arguments():
+    script = ROOT / "bench" / "profile_kernels.py"
+    for args, message in ((["--ops", "nope"], "unknown --ops"),
+                          (["--device", "cpu", "--cases", "nothing_like_this"], "no case"),
+                          (["--reps", "0"], "at least 1")):
+        result = _run_script(script, *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
 def test_side_by_side_timing_stops_at_its_budget():
     """A slow case stops after max_seconds with a sample of every implementation, not after
     min_reps rounds (at N = 10^6 on a GPU, min_reps rounds outran the run's time limit)."""

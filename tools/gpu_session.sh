@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Everything a session with a lent GPU should run, in one call that fits the device budget
+# (15 minutes in all, one command at most 10): build the CUDA extension, run the GPU tests,
+# profile the BFN cases kernel by kernel, record the benchmarks. Each stage has its own time
+# limit, so a slow one cannot eat the others, and everything lands under $OUT as it finishes:
+#
+#   $OUT/session.log     every stage's output, with its exit status and seconds
+#   $OUT/profile.md      bench/profile_kernels.py over the BFN cases (device time per kernel)
+#   $OUT/results.tar.gz  bench/results/<prefix>-* directories of the recorded runs
+#
+# From the repository root on the device machine (run tool, carry .whl for the torchgfn peer):
+#   tools/gpu_session.sh                      # all stages
+#   STAGES="build test" tools/gpu_session.sh  # some of them
+#   PREFIX=h200 tools/gpu_session.sh          # results directories h200-* (default: h100)
+# Limits in seconds: LIMIT_BUILD LIMIT_TEST LIMIT_BFN LIMIT_ROLLOUT LIMIT_PROFILE LIMIT_SAMPLING.
+# Their defaults sum to 565 s, inside one command's 600 s. A rehearsal without a GPU (what
+# tests/test_bench_harness.py runs): DEVICE=cpu QUICK=1 STAGES=profile PROFILE_CASES=cifar.
+#
+# torchgfn (the rollout and loss peer) is not on the device image: `tools/gpu_wheels.sh` puts
+# its wheels under .whl here; this script installs whatever .whl holds.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-gpu_out}"
+PREFIX="${PREFIX:-h100}"
+STAGES="${STAGES:-build test bfn rollout profile sampling}"
+DEVICE="${DEVICE:-cuda}"
+quick=()
+[ -n "${QUICK:-}" ] && quick=(--quick)
+mkdir -p "$OUT"
+LOG="$OUT/session.log"
+started="$(mktemp)"  # results written after this one are this run's
+export PYTHONUNBUFFERED=1
+summary=()
+
+stage() {  # stage NAME LIMIT COMMAND...: run it under `timeout`, log it, note its status
+  local name="$1" limit="$2"
+  shift 2
+  case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
+  echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
+  local began=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+  local status=$?
+  local line="$name: exit $status after $((SECONDS - began))s"
+  [ $status -eq 124 ] && line="$line (time limit)"
+  echo "$line" | tee -a "$LOG"
+  summary+=("$line")
+  return $status
+}
+
+{
+  date -u
+  nvidia-smi -L || true
+  python3 -c "import torch, triton, numba, sys; print(sys.version.split()[0], 'torch',
+torch.__version__, 'triton', triton.__version__, 'numba', numba.__version__)"
+  git rev-parse HEAD 2>/dev/null || true
+} >>"$LOG" 2>&1
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 && export PYTHONPATH=/tmp/site
+fi
+
+bench=(python3 -m gfn_fast bench --device "$DEVICE" --min-seconds 0.3 "${quick[@]}")
+
+# Order: what only a GPU can tell first (do the never-run CUDA paths pass, then the figures
+# issues #5 and #6 wait for), then the kernel profile, then the families recorded before.
+stage build "${LIMIT_BUILD:-90}" env GFN_FAST_CUDA=1 GFN_FAST_CUDA_ARCHS=90 MAX_JOBS=16 \
+  python3 -m pip install --no-build-isolation --no-deps -e . \
+  || { printf '%s\n' "${summary[@]}"; exit 1; }
+stage test "${LIMIT_TEST:-200}" python3 -m pytest -m cuda -q -n 12 -p no:cacheprovider \
+  --durations=15 tests
+stage bfn "${LIMIT_BFN:-70}" "${bench[@]}" --ops bfn \
+  --out "bench/results/$PREFIX-bfn"
+stage rollout "${LIMIT_ROLLOUT:-100}" "${bench[@]}" --ops rollout \
+  --out "bench/results/$PREFIX-rollout"
+stage profile "${LIMIT_PROFILE:-45}" python3 bench/profile_kernels.py --ops bfn --device "$DEVICE" \
+  --cases "${PROFILE_CASES:-}" "${quick[@]}" --out "$OUT/profile.md"
+stage sampling "${LIMIT_SAMPLING:-60}" "${bench[@]}" --ops sampling \
+  --out "bench/results/$PREFIX-sampling"
+
+fresh=()
+for dir in bench/results/"$PREFIX"-*; do
+  [ "$dir/results.jsonl" -nt "$started" ] && fresh+=("$dir")
+done
+[ ${#fresh[@]} -gt 0 ] && tar -czf "$OUT/results.tar.gz" "${fresh[@]}"
+echo "== summary" | tee -a "$LOG"
+printf '%s\n' "${summary[@]}" | tee -a "$LOG"
+for dir in "${fresh[@]}"; do  # the reply carries the end of the output: the new figures
+  echo "-- $dir"
+  grep -E "gfn_fast|eager" "$dir/results.md" | cut -c1-160 | head -24
+done
+exit 0
