@@ -68,7 +68,8 @@ bench=(python3 -m gfn_fast bench --device "$DEVICE" --min-seconds 0.3 "${quick[@
 stage build "${LIMIT_BUILD:-90}" env GFN_FAST_CUDA=1 GFN_FAST_CUDA_ARCHS=90 MAX_JOBS=16 \
   python3 -m pip install --no-build-isolation --no-deps -e . \
   || { printf '%s\n' "${summary[@]}"; exit 1; }
-stage test "${LIMIT_TEST:-200}" python3 -m pytest -m cuda -q -n 12 -p no:cacheprovider \
+# -v: each result is logged as it comes, so a run cut off at its limit still names its failures
+stage test "${LIMIT_TEST:-200}" python3 -m pytest -m cuda -v -n 12 -p no:cacheprovider \
   --durations=15 tests
 stage bfn "${LIMIT_BFN:-70}" "${bench[@]}" --ops bfn \
   --out "bench/results/$PREFIX-bfn"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, on a machine with network, the wheels the device image lacks for the peer
-# comparisons: torchgfn and what it imports (tensordict, which is compiled, for CPython 3.12 on
-# x86-64; the rest pure Python). They land in .whl/ (git-excluded here), which the device call
+# comparisons: torchgfn and what it imports, for CPython 3.12 on x86-64 (all pure-Python wheels
+# at these versions, 6 MB in all). They land in .whl/ (git-excluded here), which the device call
 # carries and tools/gpu_session.sh installs. The device image has torch, numpy, einops,
 # cloudpickle, packaging and torch_geometric already.
 set -euo pipefail
