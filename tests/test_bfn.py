@@ -497,6 +497,26 @@ def test_nan_propagates_through_the_clamps(backend, device):
 
 @pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
                                             *BACKENDS])
+def test_discrete_step_draws_the_same_class_for_nan_rows_on_every_backend(backend, device):
+    """A row of logits holding a NaN has no distribution to draw from; every backend draws
+    class 0 there (Numba and CUDA drew K - 1 where the reference and Triton drew 0) and the
+    other rows draw as on the reference. The update only reads the drawn class, so every row's
+    state stays finite."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 4, 6, generator=gen, dtype=F64)
+    logits[0, 1, 2] = math.nan
+    logits[2, 3] = math.nan  # a whole row
+    logits = logits.to(device)
+    log_theta = torch.full((3, 4, 6), -math.log(6), dtype=F64, device=device)
+    draw = bfn.discrete_step(log_theta, logits, 1.5, seed=11, backend=backend)
+    expected = bfn.discrete_step(None, logits.cpu(), 1.5, seed=11, backend="reference")
+    assert draw[0, 1] == 0 and draw[2, 3] == 0
+    assert torch.equal(draw.cpu(), expected)
+    assert log_theta.isfinite().all()
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
 def test_x_hat_is_zero_below_t_min_whatever_the_network_says(backend, device):
     """x_hat = 0 where t < t_min (spec): an inf or NaN eps_hat there must not give 0 * inf."""
     kw = dict(dtype=F64, device=device)

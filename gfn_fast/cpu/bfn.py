@@ -736,8 +736,10 @@ def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
             for k in range(n_classes):
                 s_l += e[d, k]
             # Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
+            # None exceeds a NaN threshold (a NaN logit row): that row draws 0, the count of
+            # running sums <= threshold that the reference and Triton take.
             threshold = uniforms[d] * s_l
-            chosen = n_classes - 1
+            chosen = n_classes - 1 if threshold == threshold else 0
             running = 0.0
             for k in range(n_classes):
                 running += e[d, k]

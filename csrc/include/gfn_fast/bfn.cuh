@@ -508,9 +508,11 @@ __global__ void discrete_step_kernel(BfnArgs p) {
     const scalar_t* l = logits + base;
     acc_t m_l, s_l;
     softmax_stats(l, p.classes, m_l, s_l);
-    // Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
+    // Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total. None
+    // exceeds a NaN target (a NaN logit row): that row draws 0, the count of running sums
+    // <= target that the reference and Triton take.
     const acc_t target = acc_t(row_uniform(p, row)) * s_l;
-    int64_t chosen = p.classes - 1;
+    int64_t chosen = target == target ? p.classes - 1 : 0;
     acc_t running = 0;
     for (int64_t k = 0; k < p.classes; ++k) {
       running += exp(to_acc<acc_t>(l[k]) - m_l);
