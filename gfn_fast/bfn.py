@@ -43,10 +43,13 @@ def _resolve(op: str, backend: str | None, device: torch.device) -> str:
 # ------------------------------------------------------------------------------------- schedules
 
 def _schedule_arg(op: str, arg: str, value, low: float, high: float) -> torch.Tensor:
-    """t or a step index i as a tensor, checked in [low, high] (a value check for tensors)."""
+    """t or a step index i as a tensor, checked in [low, high] (a value check for tensors). A t
+    tensor must be floating, as every op's t is; a step index may be an integer tensor."""
     if isinstance(value, bool) or not (isinstance(value, (int, float)) or torch.is_tensor(value)):
         _checks.fail(op, arg, f"must be a number or a tensor, got {type(value).__name__}",
                      TypeError)
+    if arg == "t" and torch.is_tensor(value):
+        _checks.require_tensor(op, arg, value, floating=True)
     if not torch.is_tensor(value):
         if not low <= value <= high:
             _checks.fail(op, arg, f"must lie in [{low:g}, {high:g}], got {value}")

@@ -672,6 +672,8 @@ def test_empty_dimensions_and_rho_shapes(backend, device):
     (lambda x: bfn.continuous_loss(x, x.to("meta"), x, 0.5, 0.1), ValueError, "mu"),
     (lambda x: bfn.continuous_loss(x, x.long(), x, 0.5, 0.1), TypeError, "mu"),
     (lambda x: bfn.continuous_loss(x, x, x, torch.tensor([1, 0]), 0.1), TypeError, "t"),
+    (lambda x: bfn.gamma(torch.tensor([1, 0]), 0.1), TypeError, "t"),
+    (lambda x: bfn.beta(torch.tensor([1, 0]), 0.5), TypeError, "t"),
     (lambda x: bfn.continuous_loss(x, x, x, 0.5, 0.1, 0), ValueError, "n_steps"),
     (lambda x: bfn.continuous_flow(x, 0.5, 2.0, seed=1), ValueError, "sigma_1"),
     (lambda x: bfn.continuous_update(x, 1.0, x, 0.0), ValueError, "alpha"),
