@@ -12,8 +12,9 @@
 #   tools/gpu_session.sh                      # all stages
 #   STAGES="build test" tools/gpu_session.sh  # some of them
 #   PREFIX=h200 tools/gpu_session.sh          # results directories h200-* (default: h100)
-# Limits in seconds: LIMIT_BUILD LIMIT_TEST LIMIT_BFN LIMIT_ROLLOUT LIMIT_PROFILE LIMIT_SAMPLING.
-# Their defaults sum to 565 s, inside one command's 600 s. A rehearsal without a GPU (what
+# Limits in seconds: LIMIT_BUILD LIMIT_TEST LIMIT_BFN LIMIT_ROLLOUT LIMIT_PROFILE LIMIT_SAMPLING
+# (defaults 90 190 70 120 45 60), and TOTAL (580) for the whole run: a stage never runs past
+# it, and one that finds under 10 s left is skipped. Run it with the device tool's timeout_s=600. A rehearsal without a GPU (what
 # tests/test_bench_harness.py runs): DEVICE=cpu QUICK=1 STAGES=profile PROFILE_CASES=cifar.
 #
 # torchgfn (the rollout and loss peer) is not on the device image: `tools/gpu_wheels.sh` puts
@@ -25,6 +26,7 @@ OUT="${OUT:-gpu_out}"
 PREFIX="${PREFIX:-h100}"
 STAGES="${STAGES:-build test bfn rollout profile sampling}"
 DEVICE="${DEVICE:-cuda}"
+TOTAL="${TOTAL:-580}"  # seconds for the whole run: the device tool's timeout_s is at most 600
 quick=()
 [ -n "${QUICK:-}" ] && quick=(--quick)
 mkdir -p "$OUT"
@@ -37,6 +39,13 @@ stage() {  # stage NAME LIMIT COMMAND...: run it under `timeout`, log it, note i
   local name="$1" limit="$2"
   shift 2
   case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
+  local left=$((TOTAL - SECONDS))  # never past the whole run's limit, whatever came before
+  if [ "$left" -lt 10 ]; then
+    summary+=("$name: skipped, ${left}s of TOTAL=${TOTAL}s left")
+    echo "${summary[-1]}" | tee -a "$LOG"
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s): $*" | tee -a "$LOG"
   local began=$SECONDS
   timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
@@ -69,11 +78,11 @@ stage build "${LIMIT_BUILD:-90}" env GFN_FAST_CUDA=1 GFN_FAST_CUDA_ARCHS=90 MAX_
   python3 -m pip install --no-build-isolation --no-deps -e . \
   || { printf '%s\n' "${summary[@]}"; exit 1; }
 # -v: each result is logged as it comes, so a run cut off at its limit still names its failures
-stage test "${LIMIT_TEST:-200}" python3 -m pytest -m cuda -v -n 12 -p no:cacheprovider \
+stage test "${LIMIT_TEST:-190}" python3 -m pytest -m cuda -v -n 12 -p no:cacheprovider \
   --durations=15 tests
 stage bfn "${LIMIT_BFN:-70}" "${bench[@]}" --ops bfn \
   --out "bench/results/$PREFIX-bfn"
-stage rollout "${LIMIT_ROLLOUT:-100}" "${bench[@]}" --ops rollout \
+stage rollout "${LIMIT_ROLLOUT:-120}" "${bench[@]}" --ops rollout \
   --out "bench/results/$PREFIX-rollout"
 stage profile "${LIMIT_PROFILE:-45}" python3 bench/profile_kernels.py --ops bfn --device "$DEVICE" \
   --cases "${PROFILE_CASES:-}" "${quick[@]}" --out "$OUT/profile.md"
