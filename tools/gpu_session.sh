@@ -11,7 +11,8 @@
 # From the repository root on the device machine (run tool, carry .whl for the torchgfn peer):
 #   tools/gpu_session.sh                      # all stages
 #   STAGES="build test" tools/gpu_session.sh  # some of them
-#   PREFIX=h200 tools/gpu_session.sh          # results directories h200-* (default: h100)
+#   PREFIX=h100 tools/gpu_session.sh          # results directories h100-* (default: from
+#                                             # the card's name, h100 or h200; else gpu)
 # Limits in seconds: LIMIT_BUILD LIMIT_TEST LIMIT_BFN LIMIT_ROLLOUT LIMIT_PROFILE LIMIT_SAMPLING
 # (defaults 90 190 70 120 45 60), and TOTAL (580) for the whole run: a stage never runs past
 # it, and one that finds under 10 s left is skipped. Run it with the device tool's timeout_s=600. A rehearsal without a GPU (what
@@ -23,7 +24,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT="${OUT:-gpu_out}"
-PREFIX="${PREFIX:-h100}"
+if [ -z "${PREFIX:-}" ]; then  # h100 / h200 from the card's name, else "gpu"
+  PREFIX=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 \
+    | grep -oiE 'h100|h200|a100|l40s' | head -n 1 | tr 'A-Z' 'a-z')
+  PREFIX="${PREFIX:-gpu}"
+fi
 STAGES="${STAGES:-build test bfn rollout profile sampling}"
 DEVICE="${DEVICE:-cuda}"
 TOTAL="${TOTAL:-580}"  # seconds for the whole run: the device tool's timeout_s is at most 600
