@@ -67,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device is available here")
-    families = [f.strip() for f in args.ops.split(",") if f.strip()]
-    unknown = [f for f in families if f not in harness.CASE_FAMILIES]
-    if unknown or not families:
-        parser.error(f"unknown --ops {unknown or args.ops!r}; choose from "
-                     f"{list(harness.CASE_FAMILIES)}")
+    try:
+        families = harness.parse_families(args.ops)
+    except ValueError as err:
+        parser.error(str(err))
     words = [w.strip().lower() for w in args.cases.split(",") if w.strip()]
     unit = "device us/call" if device.type == "cuda" else "self CPU us/call"
     lines = [f"Kernels by time per call on {harness.device_name(device)}, {args.reps} profiled "

@@ -759,6 +759,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only redraw the PNG plots of DIR/results.jsonl (a recorded run)")
 
 
+def parse_families(ops: str) -> list[str]:
+    """'balance, bfn' -> ['balance', 'bfn']; ValueError naming the unknown ones (or an empty
+    list) and the choices."""
+    families = [f.strip() for f in ops.split(",") if f.strip()]
+    unknown = [f for f in families if f not in CASE_FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown --ops {unknown or ops!r}; choose from {list(CASE_FAMILIES)}")
+    return families
+
+
 def main(args: argparse.Namespace) -> int:
     if getattr(args, "update_readme", None):
         for path in (args.update_readme[0], args.update_readme[1]):
@@ -778,11 +788,10 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     min_seconds = args.min_seconds if args.min_seconds is not None else (
         0.2 if args.quick else 1.0)
-    families = [f.strip() for f in args.ops.split(",") if f.strip()]
-    unknown = [f for f in families if f not in CASE_FAMILIES]
-    if unknown or not families:
-        raise SystemExit(f"unknown --ops {unknown or args.ops!r}; choose from "
-                         f"{list(CASE_FAMILIES)}")
+    try:
+        families = parse_families(args.ops)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     bandwidth = copy_bandwidth(device)
     header = {"device": str(device), "device_name": device_name(device),
               "copy_gbps": bandwidth / 1e9, "versions": _versions(),

@@ -15,8 +15,9 @@
 #                                             # the card's name, h100 or h200; else gpu)
 # Limits in seconds: LIMIT_BUILD LIMIT_TEST LIMIT_BFN LIMIT_ROLLOUT LIMIT_PROFILE LIMIT_SAMPLING
 # (defaults 90 190 70 120 45 60), and TOTAL (580) for the whole run: a stage never runs past
-# it, and one that finds under 10 s left is skipped. Run it with the device tool's timeout_s=600. A rehearsal without a GPU (what
-# tests/test_bench_harness.py runs): DEVICE=cpu QUICK=1 STAGES=profile PROFILE_CASES=cifar.
+# it, and one that finds under 10 s left is skipped. Run it with the device tool's timeout_s=600.
+# A rehearsal without a GPU (what tests/test_bench_harness.py runs):
+#   DEVICE=cpu QUICK=1 STAGES=profile PROFILE_CASES=cifar tools/gpu_session.sh
 #
 # torchgfn (the rollout and loss peer) is not on the device image: `tools/gpu_wheels.sh` puts
 # its wheels under .whl here; this script installs whatever .whl holds.
