@@ -331,7 +331,7 @@ class SamplingInputs:
     dtype: torch.dtype
 
 
-def _sampling_row_value(op: str, arg: str, value, rows: int, logits: torch.Tensor,
+def sampling_row_value(op: str, arg: str, value, rows: int, logits: torch.Tensor,
                         dtype: torch.dtype):
     """None, a Python number or a 0-dim / [1] / [N] floating tensor -> None or a tensor."""
     if value is None:
@@ -382,13 +382,13 @@ def sampling_inputs(op: str, logits, mask, scale, temperature, clip, epsilon=Non
         else:
             fail(op, "mask", f"must be a bool tensor [N, A] or a packed uint8 bitmask, got "
                  f"{mask.dtype}", TypeError)
-    scale = _sampling_row_value(op, "scale", scale, rows, logits, dtype)
+    scale = sampling_row_value(op, "scale", scale, rows, logits, dtype)
     inv_temperature = None
     if temperature is not None:
         if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
                 and not temperature > 0:
             fail(op, "temperature", f"must be > 0, got {temperature}")
-        temperature = _sampling_row_value(op, "temperature", temperature, rows, logits, dtype)
+        temperature = sampling_row_value(op, "temperature", temperature, rows, logits, dtype)
         inv_temperature = 1.0 / temperature.detach()
     if clip is not None:
         if not isinstance(clip, (tuple, list)) or len(clip) != 2:
@@ -404,7 +404,7 @@ def sampling_inputs(op: str, logits, mask, scale, temperature, clip, epsilon=Non
         if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) \
                 and not 0.0 <= epsilon <= 1.0:
             fail(op, "epsilon", f"must lie in [0, 1], got {epsilon}")
-        epsilon = _sampling_row_value(op, "epsilon", epsilon, rows, logits, dtype).detach()
+        epsilon = sampling_row_value(op, "epsilon", epsilon, rows, logits, dtype).detach()
     if value_checks_enabled():
         if inv_temperature is not None and temperature.numel() > 0 and \
                 not value_range(temperature)[0] > 0:

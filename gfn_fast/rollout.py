@@ -128,8 +128,13 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
     op = "sample_actions"
     n = states.shape[1]
     features = impl.trajectory_buffer((n, env.ndim * env.height), torch.float32)
-    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0], out=features))
+    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0], out=features),
+                              states, actions, log_pf)
     rows, row_condition = n, conditioning
+    # temperature, clip and epsilon are per-call constants (a per-row one is refused when
+    # compacting): checked once, with the first step's logits, and again only if the policy's
+    # dtype changes; the scale the policy returns is checked at every step
+    constants = None
     for t in range(env.max_steps):
         logits, scale = _policy_outputs(policy, work.policy_input(rows), row_condition)
         work.after_policy()
@@ -140,13 +145,14 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
             raise ValueError(f"gfn_fast.rollout.sample_trajectories: the policy must return "
                              f"logits [M, {env.n_actions}] on {env.device} for M = {rows} rows, "
                              f"got {got}")
-        inputs = _checks.sampling_inputs(op, logits, None, scale, sampling["temperature"],
-                                         sampling["clip"], sampling["epsilon"])
+        if constants is None or logits.dtype != constants.logits.dtype:
+            constants = _checks.sampling_inputs(op, logits, None, None, sampling["temperature"],
+                                                sampling["clip"], sampling["epsilon"])
+        scale = _checks.sampling_row_value(op, "scale", scale, rows, logits, constants.dtype)
         seed, offset = _rng.seed_offset(op, env.device, **rng(t))
         survivors = impl.hypergrid_step(
-            work, rows, t, logits, inputs.scale, inputs.inv_temperature, inputs.clip,
-            inputs.epsilon, (*_philox.split_seed(seed), *_philox.split_offset(offset)), states,
-            actions, log_pf)
+            work, rows, t, logits, scale, constants.inv_temperature, constants.clip,
+            constants.epsilon, (*_philox.split_seed(seed), *_philox.split_offset(offset)))
         if survivors == 0:
             states[t + 2:] = states[t + 1]
             return

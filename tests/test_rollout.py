@@ -249,6 +249,39 @@ def test_fused_hypergrid_steps_never_rewrite_features_the_policy_holds(keep):
         assert torch.equal(held, want if keep == "input" else want[:, :env.n_actions])
 
 
+def test_fused_hypergrid_steps_recheck_what_can_change_from_step_to_step(monkeypatch):
+    """The fused loop checks temperature, clip and epsilon once per dtype of the policy's
+    logits, and the policy's scale at every step: a policy that switches dtype midway matches
+    the generic loop, and a bad scale on a later step is still refused."""
+    env = HyperGrid(3, 4)
+    net = mlp_policy(env, seed=7)
+    calls = []
+
+    def switching(features, _):
+        calls.append(None)
+        logits = net(features)
+        return (logits.double(), torch.full((features.shape[0],), 0.5, dtype=torch.float64)) \
+            if len(calls) % 2 == 0 else (logits, None)
+
+    options = dict(seed=4, epsilon=0.2, temperature=1.5, clip=(-2.0, 2.0), backend="numba")
+    fused = sample_trajectories(switching, env, 900, **options)
+    monkeypatch.setattr(rollout, "_FUSE_STEPS", False)
+    generic = sample_trajectories(switching, env, 900, **options)
+    assert_same_trajectories(fused, generic)
+    assert int(fused.lengths.max()) > 3
+    monkeypatch.setattr(rollout, "_FUSE_STEPS", True)
+
+    def bad_later(features, _):
+        calls.append(None)
+        rows = features.shape[0] + (1 if len(calls) == 3 else 0)
+        return net(features), torch.ones(rows)
+
+    calls.clear()
+    with pytest.raises(ValueError, match=r"scale.*must be a scalar or shape \[N\]"):
+        sample_trajectories(bad_later, env, 900, seed=0, backend="numba")
+    assert len(calls) == 3
+
+
 def test_fused_hypergrid_steps_reject_a_policy_of_the_wrong_shape():
     env = HyperGrid(2, 3)
     with pytest.raises(ValueError, match=r"logits \[M, 3\].*M = 10 rows, got \[10, 4\]"):

@@ -84,10 +84,15 @@ def trajectory_buffer(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 
 class HyperGridWork:
     """Per-rollout scratch of the fused step: ping-pong live states and indices, the mask rows,
-    the survivors' positions and the policy's input features (all [N, ...])."""
+    the survivors' positions and the policy's input features (all [N, ...]), and the NumPy
+    views the kernel takes, made once per rollout: at a few hundred rows a step, remaking them
+    (a dozen .numpy() calls, the constant per-row views, the clip bounds) cost as much as the
+    kernel."""
 
-    def __init__(self, first_states: torch.Tensor, height: int, first_features: torch.Tensor):
+    def __init__(self, first_states: torch.Tensor, height: int, first_features: torch.Tensor,
+                 states: torch.Tensor, actions: torch.Tensor, log_pf: torch.Tensor):
         n, ndim = first_states.shape
+        self.n = n
         self.height = height
         self.current = [first_states.clone(), torch.empty(n, ndim, dtype=torch.int64)]
         self.live = [torch.arange(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)]
@@ -97,6 +102,12 @@ class HyperGridWork:
         self.features = first_features
         self.side = 0
         self._held = None
+        self._current_np = [tensor.numpy() for tensor in self.current]
+        self._live_np = [tensor.numpy() for tensor in self.live]
+        self._picked_np = self.picked.numpy()
+        self._features_np = first_features.numpy()
+        self._buffers_np = (states.numpy(), actions.numpy(), log_pf.numpy())
+        self._constants = {}
 
     def policy_input(self, rows: int) -> torch.Tensor:
         """features[:rows], the next policy call's input (a view of a buffer the following step
@@ -111,21 +122,42 @@ class HyperGridWork:
         now = OUTPUTS.use_count(self.features)
         if now is None or now > self._held:
             self.features = torch.empty_like(self.features)
+            self._features_np = self.features.numpy()
+
+    def constant(self, value: torch.Tensor | None, dtype: torch.dtype, default: float):
+        """The [N] view of a per-call constant (None, or a 0-dim / [1] tensor that is the same
+        object at every step), made on its first step; any prefix of it serves fewer rows."""
+        key = (id(value), dtype, default)
+        hit = self._constants.get(key)
+        if hit is None or hit[0] is not value:
+            hit = self._constants[key] = (value, _row_view(value, self.n, dtype, default))
+        return hit[1]
+
+    def bounds(self, clip: tuple[float, float] | None, dtype: torch.dtype):
+        """The clip bounds as NumPy scalars of the compute dtype."""
+        key = (clip, dtype)
+        hit = self._constants.get(key)
+        if hit is None:
+            hit = self._constants[key] = _clip(clip, dtype)
+        return hit
 
 
 def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, inv_temperature, clip,
-                   epsilon, seed_words, states, actions, log_pf) -> int:
-    """One fused step over the first `rows` live rows; returns the survivors' count. After it,
-    work.features[:count] and work.picked[:count] describe the next step's rows."""
+                   epsilon, seed_words) -> int:
+    """One fused step over the first `rows` live rows into the trajectory buffers `work` was
+    made with; returns the survivors' count. `inv_temperature` and `epsilon` are the call's
+    constants (None, or 0-dim tensors that stay the same objects from step to step); `scale`
+    may change at every step. After it, work.features[:count] and work.picked[:count] describe
+    the next step's rows."""
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    lo, hi = _clip(clip, dtype)
+    lo, hi = work.bounds(clip, dtype)
     side = work.side
+    states, actions, log_pf = work._buffers_np
     count = serial_if(_hypergrid_step, serial_sampling(rows, logits.shape[1]))(
         as_numpy(logits, dtype), _row_view(scale, rows, dtype, 1.0),
-        _row_view(inv_temperature, rows, dtype, 1.0), lo, hi, _row_view(epsilon, rows, dtype, 0.0),
-        *seed_words, work.height, t, work.current[side].numpy()[:rows],
-        work.live[side].numpy()[:rows], states.numpy(), actions.numpy(), log_pf.numpy(),
-        work.mask, work.keep, work.current[1 - side].numpy(), work.live[1 - side].numpy(),
-        work.picked.numpy(), work.features.numpy())
+        work.constant(inv_temperature, dtype, 1.0), lo, hi, work.constant(epsilon, dtype, 0.0),
+        *seed_words, work.height, t, work._current_np[side][:rows], work._live_np[side][:rows],
+        states, actions, log_pf, work.mask, work.keep, work._current_np[1 - side],
+        work._live_np[1 - side], work._picked_np, work._features_np)
     work.side = 1 - side
     return count
