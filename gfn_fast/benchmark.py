@@ -627,14 +627,30 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
     sizes = [1024] if quick else (cpu_sizes if device.type == "cpu" else [65536, 1_000_000])
     cases = []
     for n in sizes:
-        def setup(dev):
+        def setup(dev, n=n):
             torch.manual_seed(0)
             env = HyperGrid(ndim=4, height=8, device=dev)
             net = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.LeakyReLU(),
                                       torch.nn.Linear(128, 128), torch.nn.LeakyReLU(),
                                       torch.nn.Linear(128, 5)).to(dev)
             # one policy object: a CUDA-graphed rollout is cached per (policy, env, n, ...)
-            return {"env": env, "net": net, "policy": lambda f, _: net(f)}
+            state = {"env": env, "net": net, "policy": lambda f, _: net(f)}
+            # the row counts gfn_fast's default rollout hands the policy (live rows on CPU),
+            # for the "policy network alone" floor below
+            rows = []
+            with torch.no_grad():
+                sample_trajectories(lambda f, _: rows.append(f.shape[0]) or net(f), env, n,
+                                    seed=0)
+            state["policy_rows"] = rows
+            state["policy_input"] = torch.zeros(max(rows), 32, device=dev)
+            return state
+
+        def policy_alone(state):
+            """The same network on the same rows with nothing else: the floor of any sampler
+            that calls it, and so the ceiling of every ratio against torchgfn in this case."""
+            with torch.no_grad():
+                features = state["policy_input"]
+                return [state["net"](features[:m]) for m in state["policy_rows"]][-1]
 
         def ours(backend, n=n, graph=False):
             def call(state):
@@ -643,7 +659,7 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
                                                backend=backend, cuda_graph=graph).lengths
             return call
 
-        impls = {"eager": ours("reference")}
+        impls = {"eager": ours("reference"), "policy network alone (floor)": policy_alone}
         for backend in ("cuda", "triton", "numba"):
             if device.type in gfn_fast.backends()[backend]["devices"] and not (
                     backend == "triton" and device.type == "cpu"):

@@ -304,3 +304,22 @@ def test_cpu_device_name_names_the_model_and_the_llvm_target():
     import llvmlite.binding
     assert f"LLVM target {llvmlite.binding.get_host_cpu_name()}" in name or \
         os.environ.get("NUMBA_CPU_NAME")
+
+
+def test_the_rollout_floor_runs_the_policy_on_the_rows_the_rollout_gave_it():
+    """The rollout cases' "policy network alone" row (the ceiling of every ratio against
+    torchgfn) calls the network on exactly the row counts of gfn_fast's rollout: on CPU the live
+    rows, one policy call per transition of each trajectory, so their sum is the lengths' sum."""
+    from gfn_fast.rollout import sample_trajectories
+
+    (case,) = benchmark.rollout_cases(torch.device("cpu"), quick=True)
+    floor = case.impls["policy network alone (floor)"]
+    state = case.setup(torch.device("cpu"))
+    rows = state["policy_rows"]
+    with torch.no_grad():
+        lengths = sample_trajectories(state["policy"], state["env"], case.params["N"],
+                                      seed=0).lengths
+    assert rows[0] == case.params["N"] and rows == sorted(rows, reverse=True)
+    assert sum(rows) == int(lengths.sum()) and len(rows) == int(lengths.max())
+    out = floor(state)
+    assert out.shape == (rows[-1], state["env"].n_actions)
