@@ -124,7 +124,8 @@ def _fused_steps(env, compact: bool, backend: str | None):
 
 def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioning, sampling,
                           rng):
-    """The compacting loop with one fused kernel call per step (same trajectories)."""
+    """The compacting loop with one fused kernel call per step (same trajectories); returns the
+    lengths."""
     op = "sample_actions"
     n = states.shape[1]
     features = impl.trajectory_buffer((n, env.ndim * env.height), torch.float32)
@@ -155,10 +156,11 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
             constants.epsilon, (*_philox.split_seed(seed), *_philox.split_offset(offset)))
         if survivors == 0:
             states[t + 2:] = states[t + 1]
-            return
+            break
         if row_condition is not None and survivors < rows:
             row_condition = row_condition.index_select(0, work.picked[:survivors])
         rows = survivors
+    return work.lengths
 
 
 def _fixed_shape_loop(policy, env, states, actions, log_pf, conditioning, sampling, rng):
@@ -341,10 +343,10 @@ def sample_trajectories(policy: Callable, env, n: int, *,
     fused = _fused_steps(env, compact, backend)
     states, actions, log_pf = _buffers(env, n, fused.trajectory_buffer if fused else None)
     if fused is not None:
-        _fused_hypergrid_loop(fused, policy, env, states, actions, log_pf, conditioning,
-                              sampling, rng)
+        lengths = _fused_hypergrid_loop(fused, policy, env, states, actions, log_pf,
+                                        conditioning, sampling, rng)
     else:
         loop = _compacting_loop if compact else _fixed_shape_loop
         loop(policy, env, states, actions, log_pf, conditioning, sampling, rng)
-    lengths = _lengths(actions, env.exit_action)
+        lengths = _lengths(actions, env.exit_action)
     return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)

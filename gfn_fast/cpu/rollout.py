@@ -21,13 +21,14 @@ from gfn_fast.cpu.sampling import _U64, _clip, _row_view, _sample_row, serial_sa
 
 @numba.njit(parallel=True, cache=True)
 def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_hi, height, t,
-                    current, live, states, actions, log_pf, mask, keep, next_current, next_live,
-                    picked, features):
+                    current, live, states, actions, log_pf, lengths, mask, keep, next_current,
+                    next_live, picked, features):
     """Samples every live row r (trajectory live[r], state current[r]) and writes its action and
     log-probability at step t and its next state at t + 1 (the exit leaves the point unchanged;
-    rows finished before t are copied from step t). Then packs the rows that did not exit into
-    next_current / next_live (picked[i] = their position among this step's rows), writes their
-    one-hot features, and returns how many there are."""
+    rows finished before t are copied from step t), and the length t + 1 of each row that exits
+    (lengths[row] keeps its initial T for a row that never does). Then packs the rows that did
+    not exit into next_current / next_live (picked[i] = their position among this step's rows),
+    writes their one-hot features, and returns how many there are."""
     rows, ndim = current.shape
     exit_action = ndim
     top = height - 1
@@ -52,6 +53,8 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
         row = live[r]
         actions[t, row] = action
         log_pf[t, row] = lp
+        if action == exit_action:
+            lengths[row] = t + 1
         for d in range(ndim):
             states[t + 1, row, d] = current[r, d] + (1 if d == action else 0)
         keep[r] = action != exit_action
@@ -99,6 +102,9 @@ class HyperGridWork:
         self.mask = np.empty((n, ndim + 1), dtype=np.uint8)
         self.keep = np.empty(n, dtype=np.bool_)
         self.picked = torch.empty(n, dtype=torch.int64)
+        # transitions up to and including the exit, written by the step where a row exits (the
+        # generic loop's rollout._lengths, without a pass over the [T, N] actions after it)
+        self.lengths = torch.full((n,), states.shape[0] - 1, dtype=torch.int64)
         self.features = first_features
         self.side = 0
         self._held = None
@@ -106,7 +112,8 @@ class HyperGridWork:
         self._live_np = [tensor.numpy() for tensor in self.live]
         self._picked_np = self.picked.numpy()
         self._features_np = first_features.numpy()
-        self._buffers_np = (states.numpy(), actions.numpy(), log_pf.numpy())
+        self._buffers_np = (states.numpy(), actions.numpy(), log_pf.numpy(),
+                            self.lengths.numpy())
         self._constants = {}
 
     def policy_input(self, rows: int) -> torch.Tensor:
@@ -152,12 +159,12 @@ def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, inv_te
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     lo, hi = work.bounds(clip, dtype)
     side = work.side
-    states, actions, log_pf = work._buffers_np
+    states, actions, log_pf, lengths = work._buffers_np
     count = serial_if(_hypergrid_step, serial_sampling(rows, logits.shape[1]))(
         as_numpy(logits, dtype), _row_view(scale, rows, dtype, 1.0),
         work.constant(inv_temperature, dtype, 1.0), lo, hi, work.constant(epsilon, dtype, 0.0),
         *seed_words, work.height, t, work._current_np[side][:rows], work._live_np[side][:rows],
-        states, actions, log_pf, work.mask, work.keep, work._current_np[1 - side],
+        states, actions, log_pf, lengths, work.mask, work.keep, work._current_np[1 - side],
         work._live_np[1 - side], work._picked_np, work._features_np)
     work.side = 1 - side
     return count
