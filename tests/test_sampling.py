@@ -125,16 +125,20 @@ def _argmax_of_every_key(logits, mask, seed):
     return torch.from_numpy(out)
 
 
+@pytest.mark.parametrize("width", [5, 40, 2100])
 @pytest.mark.parametrize("order", ["random", "ascending"])
 @pytest.mark.parametrize("values", ["1", "30", "1e4", "3e5", "inf and nan"])
-def test_numba_gumbel_skip_keeps_the_exact_argmax(values, order):
+def test_numba_gumbel_skip_keeps_the_exact_argmax(values, order, width):
     """The Numba sampler skips the Gumbel key of elements that provably cannot win (module
     docstring of gfn_fast/cpu/sampling.py), by a bound renewed when the running max or the best
     key changes. Ascending rows renew the max at every element; spreads beyond 1e5 take the
-    never-skip branch. Its draws must be exactly those of computing every key."""
-    generator = torch.Generator().manual_seed(len(values) * 7 + len(order))
+    never-skip branch. Its draws must be exactly those of computing every key. Rows narrower
+    than 8 compute every key; the Philox words come from a pre-pass over a chunk of rows, whose
+    loop runs over rows (narrow rows) or over a row's pairs (2100: one row a chunk)."""
+    generator = torch.Generator().manual_seed(len(values) * 7 + len(order) + width)
     spread = 1.0 if values == "inf and nan" else float(values)
-    logits = torch.randn(6000, 40, generator=generator, dtype=torch.float64) * spread
+    rows = 6000 if width <= 40 else 150
+    logits = torch.randn(rows, width, generator=generator, dtype=torch.float64) * spread
     if order == "ascending":
         logits = logits.sort(dim=1).values
     logits = logits.float()
@@ -143,7 +147,7 @@ def test_numba_gumbel_skip_keeps_the_exact_argmax(values, order):
         logits[special < 0.01] = math.inf
         logits[(special > 0.01) & (special < 0.02)] = math.nan
         logits[(special > 0.02) & (special < 0.2)] = -math.inf
-    mask = torch.rand(6000, 40, generator=generator) < 0.8
+    mask = torch.rand(rows, width, generator=generator) < 0.8
     mask[:, -1] = True
     got = gfn_fast.sample_actions(logits, mask, seed=5, backend="numba")[0]
     assert torch.equal(got, _argmax_of_every_key(logits, mask, 5))

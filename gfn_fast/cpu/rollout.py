@@ -16,7 +16,16 @@ import numpy as np
 import torch
 
 from gfn_fast.cpu._common import OUTPUTS, as_numpy, serial_if
-from gfn_fast.cpu.sampling import _U64, _clip, _row_view, _sample_row, serial_sampling
+from gfn_fast.cpu.sampling import (
+    _U64,
+    _clip,
+    _row_view,
+    _sample_row,
+    chunk_rows,
+    fill_words,
+    new_words,
+    serial_sampling,
+)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -42,22 +51,28 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
     for i in range(source.shape[0]):
         for d in range(ndim):
             target[i, d] = source[i, d]
-    for r in numba.prange(rows):
-        mask_row = mask[r]
-        for d in range(ndim):
-            mask_row[d] = 1 if current[r, d] < top else 0
-        mask_row[exit_action] = 1
-        action, lp, _, _, _, _ = _sample_row(logits[r], mask_row, True, False, r, scale[r],
-                                             inv_t[r], lo, hi, float(epsilon[r]), key0, key1,
-                                             o0, o1)
-        row = live[r]
-        actions[t, row] = action
-        log_pf[t, row] = lp
-        if action == exit_action:
-            lengths[row] = t + 1
-        for d in range(ndim):
-            states[t + 1, row, d] = current[r, d] + (1 if d == action else 0)
-        keep[r] = action != exit_action
+    width = logits.shape[1]
+    per_chunk = chunk_rows(width)
+    for chunk in numba.prange((rows + per_chunk - 1) // per_chunk):
+        first = chunk * per_chunk
+        words = new_words(width)
+        fill_words(words, key0, key1, o0, o1, first, min(per_chunk, rows - first))
+        for r in range(first, min(first + per_chunk, rows)):
+            mask_row = mask[r]
+            for d in range(ndim):
+                mask_row[d] = 1 if current[r, d] < top else 0
+            mask_row[exit_action] = 1
+            action, lp, _, _, _, _ = _sample_row(
+                logits[r], mask_row, True, False, r, scale[r], inv_t[r], lo, hi,
+                float(epsilon[r]), key0, key1, o0, o1, words[:, :, r - first])
+            row = live[r]
+            actions[t, row] = action
+            log_pf[t, row] = lp
+            if action == exit_action:
+                lengths[row] = t + 1
+            for d in range(ndim):
+                states[t + 1, row, d] = current[r, d] + (1 if d == action else 0)
+            keep[r] = action != exit_action
     count = 0
     for r in range(rows):
         if keep[r]:
