@@ -21,9 +21,8 @@ from gfn_fast.cpu.sampling import (
     _clip,
     _row_view,
     _sample_row,
-    chunk_rows,
-    fill_words,
-    new_words,
+    chunk_words,
+    n_chunks,
     serial_sampling,
 )
 
@@ -52,12 +51,9 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
         for d in range(ndim):
             target[i, d] = source[i, d]
     width = logits.shape[1]
-    per_chunk = chunk_rows(width)
-    for chunk in numba.prange((rows + per_chunk - 1) // per_chunk):
-        first = chunk * per_chunk
-        words = new_words(width)
-        fill_words(words, key0, key1, o0, o1, first, min(per_chunk, rows - first))
-        for r in range(first, min(first + per_chunk, rows)):
+    for chunk in numba.prange(n_chunks(rows, width)):
+        first, end, words = chunk_words(chunk, rows, width, key0, key1, o0, o1)
+        for r in range(first, end):
             mask_row = mask[r]
             for d in range(ndim):
                 mask_row[d] = 1 if current[r, d] < top else 0

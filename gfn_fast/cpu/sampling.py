@@ -1,7 +1,7 @@
 """Numba CPU kernels of masked, logit-scaled, epsilon-exploring action sampling.
 
 Rows go to threads in chunks (prange): the chunk's Philox blocks are drawn first, in one loop
-that LLVM vectorises (fill_words), then each row takes one pass: a streaming max /
+that LLVM vectorises (chunk_words), then each row takes one pass: a streaming max /
 sum-of-exponentials / entropy accumulator, the Gumbel-max argmax of the policy branch and the
 uint32-key argmax of the uniform branch, then the per-row epsilon coin decides which index is
 returned. Randomness and the exact decision rules: gfn_fast/reference/sampling.py and
@@ -79,9 +79,9 @@ def log_mixture(log_pi, eps, count):
 # Philox blocks are drawn ahead of the row loops, for a chunk of rows at a time, by a loop that
 # does nothing else: LLVM vectorises it (~1.5 ns a block on a 2-core AMD EPYC, Zen 4), where the
 # same block drawn inside a row's loop, among its branches, stayed scalar (~9-11 ns). The chunk
-# holds up to _CHUNK_ROWS rows and at most _CHUNK_BLOCKS blocks (32 KiB of words), so it stays in
-# L1 whatever the width; its loop runs over rows when it holds several (narrow rows: a HyperGrid
-# row has 3 blocks) and over a row's pairs otherwise.
+# holds up to _CHUNK_ROWS rows and at most _CHUNK_BLOCKS blocks (32 KiB of words, in L1) unless
+# a single row has more (over 4096 actions); its loop runs over rows when it holds several
+# (narrow rows: a HyperGrid row has 3 blocks) and over a row's pairs otherwise.
 _CHUNK_ROWS = 16
 _CHUNK_BLOCKS = 2048
 # The Gumbel skip (module docstring) pays from 8 actions a row up: on the EPYC host, ns per
@@ -98,34 +98,38 @@ def chunk_rows(width):
 
 
 @numba.njit(inline="always", cache=True)
-def fill_words(words, key0, key1, o0, o1, first, rows):
-    """words[pair, k, j] = word k of the Philox block (column pair `pair`, row first + j) for
-    j < rows: the blocks rows first .. first + rows - 1 draw in _sample_row."""
-    pairs = words.shape[0]
-    if words.shape[2] >= 8:
-        for pair in range(pairs):
-            for j in range(rows):
-                w0, w1, w2, w3 = _philox.philox4x32(key0, key1, _U64(pair), _U64(first + j),
-                                                    o0, o1)
-                words[pair, 0, j] = w0
-                words[pair, 1, j] = w1
-                words[pair, 2, j] = w2
-                words[pair, 3, j] = w3
-    else:
-        for j in range(rows):
-            for pair in range(pairs):
-                w0, w1, w2, w3 = _philox.philox4x32(key0, key1, _U64(pair), _U64(first + j),
-                                                    o0, o1)
-                words[pair, 0, j] = w0
-                words[pair, 1, j] = w1
-                words[pair, 2, j] = w2
-                words[pair, 3, j] = w3
+def _put_block(words, pair, j, key0, key1, o0, o1, row):
+    w0, w1, w2, w3 = _philox.philox4x32(key0, key1, _U64(pair), _U64(row), o0, o1)
+    words[pair, 0, j] = w0
+    words[pair, 1, j] = w1
+    words[pair, 2, j] = w2
+    words[pair, 3, j] = w3
 
 
 @numba.njit(inline="always", cache=True)
-def new_words(width):
-    """The scratch of fill_words for one chunk of rows of `width` actions."""
-    return np.empty(((width + 1) >> 1, 4, chunk_rows(width)), dtype=np.uint32)
+def chunk_words(chunk, rows, width, key0, key1, o0, o1):
+    """(first row, end row, words) of chunk `chunk` of `rows` rows of `width` actions:
+    words[pair, k, j] = word k of the Philox block (column pair `pair`, row first + j), the
+    blocks those rows draw in _sample_row (read there as words[:, :, r - first])."""
+    per_chunk = chunk_rows(width)
+    first = chunk * per_chunk
+    end = min(first + per_chunk, rows)
+    pairs = (width + 1) >> 1
+    words = np.empty((pairs, 4, per_chunk), dtype=np.uint32)
+    if per_chunk >= 8:
+        for pair in range(pairs):
+            for j in range(end - first):
+                _put_block(words, pair, j, key0, key1, o0, o1, first + j)
+    else:
+        for j in range(end - first):
+            for pair in range(pairs):
+                _put_block(words, pair, j, key0, key1, o0, o1, first + j)
+    return first, end, words
+
+
+@numba.njit(inline="always", cache=True)
+def n_chunks(rows, width):
+    return (rows + chunk_rows(width) - 1) // chunk_rows(width)
 
 
 @numba.njit(inline="always", cache=True)
@@ -133,7 +137,7 @@ def _sample_row(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0
                 words):
     """Row r's draw: (action, log pi(action), logsumexp, allowed count, sum of exponentials
     relative to the max, their tilt sum). The random words are those of row r of a call keyed
-    (key0, key1, o0, o1), read from `words` ([pairs, 4], filled by fill_words) but for the
+    (key0, key1, o0, o1), read from `words` ([pairs, 4], filled by chunk_words) but for the
     epsilon coin: any kernel calling this for the same row draws the same action."""
     width = row.shape[0]
     m = row.dtype.type(-_INF)
@@ -208,12 +212,9 @@ def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
                  off_hi, actions, log_pi, log_mu, want_log_mu, entropy, want_entropy, lse_out):
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
     rows, width = logits.shape
-    per_chunk = chunk_rows(width)
-    for chunk in numba.prange((rows + per_chunk - 1) // per_chunk):
-        first = chunk * per_chunk
-        words = new_words(width)
-        fill_words(words, key0, key1, o0, o1, first, min(per_chunk, rows - first))
-        for r in range(first, min(first + per_chunk, rows)):
+    for chunk in numba.prange(n_chunks(rows, width)):
+        first, end, words = chunk_words(chunk, rows, width, key0, key1, o0, o1)
+        for r in range(first, end):
             eps = float(epsilon[r])
             mask_row = mask[np.int64(r) if has_mask else np.int64(0)]
             chosen, lp, lse, count, total, tilt = _sample_row(
