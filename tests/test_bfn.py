@@ -734,7 +734,7 @@ def test_steps_refuse_to_write_into_tensors_autograd_tracks(backend, step, arg, 
     values, so gradients through it came out silently wrong. Under no_grad both are allowed, as
     for torch's own in-place ops."""
     tensors = {"rho": None if step == "discrete_step" else torch.ones(2),
-               "draw": torch.empty(2, 3) if step == "discretised_step" else None,
+               "draw": torch.zeros(2, 3) if step == "discretised_step" else None,
                "state": (torch.randn(2, 3, 4).log_softmax(-1) if step == "discrete_step"
                          else torch.randn(2, 3))}
     key = arg if arg in tensors else "state"
