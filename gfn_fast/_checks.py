@@ -332,7 +332,7 @@ class SamplingInputs:
 
 
 def sampling_row_value(op: str, arg: str, value, rows: int, logits: torch.Tensor,
-                        dtype: torch.dtype):
+                       dtype: torch.dtype):
     """None, a Python number or a 0-dim / [1] / [N] floating tensor -> None or a tensor."""
     if value is None:
         return None
