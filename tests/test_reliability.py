@@ -637,12 +637,13 @@ def unflagged(x):  # the control: a callee that sets no flags of its own
 @numba.njit(fastmath={"reassoc", "contract", "nnan"})
 def caller(x, u, v):
     return (_vmath._exp32(x) + _vmath._exp64(np.float64(x)) + _vmath.log(np.float64(x))
-            + _vmath.box_muller(u, v)[0] + unflagged(x))
+            + _vmath.log32(u) + _vmath.box_muller(u, v)[0] + unflagged(x))
 
 
 caller(np.float32(0.5), np.float32(0.25), np.float32(1.0))
 flags = {}
-for fn in (_vmath._exp32, _vmath._exp64, _vmath.log, _vmath.box_muller, unflagged):
+for fn in (_vmath._exp32, _vmath._exp64, _vmath.log, _vmath.log32, _vmath.box_muller,
+           unflagged):
     ir = "".join(fn.inspect_llvm(sig) for sig in fn.signatures)
     flags[fn.py_func.__name__] = [flag for flag in ("reassoc", "nnan", "contract") if flag in ir]
 print("FLAGS " + json.dumps(flags))
@@ -658,7 +659,8 @@ def test_vmath_helpers_keep_their_own_fastmath_flags_whoever_compiles_them_first
     flags."""
     flags = _run_probe(_FLAGS_PROBE, "FLAGS", tmp_path)
     assert flags.pop("unflagged") == ["reassoc", "nnan", "contract"]
-    assert flags == {name: ["contract"] for name in ("_exp32", "_exp64", "log", "box_muller")}
+    assert flags == {name: ["contract"]
+                     for name in ("_exp32", "_exp64", "log", "log32", "box_muller")}
 
 
 _WIDE_PROBE = """
@@ -711,3 +713,40 @@ def test_kernels_are_compiled_for_wide_vectors(tmp_path):
                  "_fill_normals", "_exp_inplace", "_shift_rows"):
         assert found.get(name) is True, (name, found)
     assert found.get("box_muller") is False, found
+
+
+_PACKED_PROBE = r"""
+import json, re, numba, numpy as np
+from gfn_fast.cpu import _philox as px, _vmath as vm, sampling
+
+one = np.float32(1.0)
+
+
+@numba.njit
+def scalar_gumbels(words, out):  # the control: Numba's `/` keeps it scalar
+    for i in range(words.shape[0]):
+        v = min(px.open_unit(np.uint64(words[i])), px.ONE_MINUS_TWO_M24)
+        t = -v
+        w = one + t
+        out[i] = -vm.log32(v if w == one else -(vm.log32(w) * t / (w - one)))
+
+
+words = np.arange(3 * 4 * 16, dtype=np.uint32).reshape(3, 4, 16)
+sampling._fill_gumbels(words, np.empty((3, 2, 16), np.float32), 16)
+scalar_gumbels(words.reshape(-1), np.empty(words.size, np.float32))
+found = {fn.py_func.__name__: bool(re.search(r"\bv?divps\b", "".join(
+    fn.inspect_asm(sig) for sig in fn.signatures))) for fn in (sampling._fill_gumbels,
+                                                                scalar_gumbels)}
+print("PACKED " + json.dumps(found))
+"""
+
+
+def test_gumbel_prepass_is_vectorised(tmp_path):
+    """The Numba sampler draws the Gumbel noise of rows of up to 512 actions in one loop
+    (sampling._fill_gumbels) that must vectorise: scalar, the same loop cost ~15 ns a value
+    against ~1.3 (libm's logf, or a division with Numba's zero-divisor test, kept it scalar).
+    Its machine code from a fresh build must divide packed float32 vectors (the quotient and
+    log32's (m - 1) / (m + 1)); the same transform written with `/`, the control, divides one
+    value at a time."""
+    found = _run_probe(_PACKED_PROBE, "PACKED", tmp_path)
+    assert found == {"_fill_gumbels": True, "scalar_gumbels": False}, found

@@ -10,6 +10,7 @@ AVX-512 register against float64's 8, so float32 data gets float32 versions.
 
   * exp(x): float32 or float64 by the type of x, within 1-2 ulps of that type;
   * log(x): float64, within a few ulps (per-row log-sum-exps, not hot);
+  * log32(x): float32, within 3 ulps (the Gumbel and Box-Muller transforms of random words);
   * box_muller(u1, theta): sqrt(-2 ln u1) (cos theta, sin theta) in float32, within a few
     float32 ulps of the float32 libm chain of gfn_fast/reference/_philox.py.
 """
@@ -74,6 +75,21 @@ def _bits_of_f32(typingctx, value):
         return builder.bitcast(args[0], ir.IntType(32))
 
     return types.int32(types.float32), codegen
+
+
+@intrinsic
+def divide(typingctx, a, b):
+    """a / b for two floats of one type, rounded as IEEE-754 division (b = 0 gives inf or NaN):
+    the division without the zero-divisor test and exception branch that Numba's default
+    (Python) error model puts around `/`, which keep a loop from vectorising. Emitted in place,
+    whatever the caller's flags."""
+    if not (isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fdiv(args[0], args[1])
+
+    return a(a, b), codegen
 
 
 _WIDE = '"prefer-vector-width"="512"'
@@ -274,11 +290,13 @@ def log(x):
 
 
 @numba.njit(**_HELPER)
-def box_muller(u1, theta):
-    """(r cos theta, r sin theta), r = sqrt(-2 ln u1), for float32 u1 in (0, 1] (normal) and
-    theta in [0, 2 pi], all in float32. ln u1 by the atanh series to f^11; theta = q pi/2 + r
-    with a three-part pi/2, cos r to r^8 and sin r to r^9 (|r| <= pi/4, truncation < 3e-8)."""
-    bits = _bits_of_f32(u1)
+def log32(x):
+    """ln x in float32 for a positive, normal, finite float32 x (nothing else is checked: 0,
+    subnormals, inf, NaN and negatives give meaningless finite values): x = m 2^e with m in
+    [sqrt(1/2), sqrt(2)), ln m = 2 atanh(f), f = (m - 1) / (m + 1), by its odd series to f^11.
+    Within 2.85 float32 ulps of ln x over every float32 in [2^-34, 17] (the exhaustive check of
+    tests/test_philox.py)."""
+    bits = _bits_of_f32(x)
     exponent = (bits >> np.int32(23)) - np.int32(127)
     m = _f32_from_bits((bits & _MANTISSA32) | _ONE_BITS32)
     if m > _SQRT2_32:
@@ -289,8 +307,15 @@ def box_muller(u1, theta):
     c = _LOG_COEFFS32
     p = ((((c[5] * f2 + c[4]) * f2 + c[3]) * f2 + c[2]) * f2 + c[1]) * f2 + c[0]
     e = np.float32(exponent)
-    log_u1 = e * _LN2_HI32 + (_TWO32 * f * p + e * _LN2_LO32)
-    radius = np.sqrt(_MINUS_TWO32 * log_u1)
+    return e * _LN2_HI32 + (_TWO32 * f * p + e * _LN2_LO32)
+
+
+@numba.njit(**_HELPER)
+def box_muller(u1, theta):
+    """(r cos theta, r sin theta), r = sqrt(-2 ln u1), for float32 u1 in (0, 1] (normal) and
+    theta in [0, 2 pi], all in float32. ln u1 by log32; theta = q pi/2 + r with a three-part
+    pi/2, cos r to r^8 and sin r to r^9 (|r| <= pi/4, truncation < 3e-8)."""
+    radius = np.sqrt(_MINUS_TWO32 * log32(u1))
 
     q = np.floor(theta * _TWO_OVER_PI32 + _HALF32)
     r = ((theta - q * _PIO2_A32) - q * _PIO2_B32) - q * _PIO2_C32

@@ -52,7 +52,7 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
             target[i, d] = source[i, d]
     width = logits.shape[1]
     for chunk in numba.prange(n_chunks(rows, width)):
-        first, end, words = chunk_words(chunk, rows, width, key0, key1, o0, o1)
+        first, end, words, gumbels = chunk_words(chunk, rows, width, key0, key1, o0, o1)
         for r in range(first, end):
             mask_row = mask[r]
             for d in range(ndim):
@@ -60,7 +60,8 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
             mask_row[exit_action] = 1
             action, lp, _, _, _, _ = _sample_row(
                 logits[r], mask_row, True, False, r, scale[r], inv_t[r], lo, hi,
-                float(epsilon[r]), key0, key1, o0, o1, words[:, :, r - first])
+                float(epsilon[r]), key0, key1, o0, o1, words[:, :, r - first],
+                gumbels[:, :, r - first])
             row = live[r]
             actions[t, row] = action
             log_pf[t, row] = lp

@@ -7,16 +7,17 @@ uint32-key argmax of the uniform branch, then the per-row epsilon coin decides w
 returned. Randomness and the exact decision rules: gfn_fast/reference/sampling.py and
 gfn_fast/reference/_philox.py.
 
-The CPU cannot afford a logarithm per element, so on rows of 8 actions or more (narrower
-rows gain nothing from it; see _SKIP_FROM_WIDTH) the policy branch skips the Gumbel transform
-of an element that certainly cannot beat the current best key: with E = -log1p(-v) >= v, the
+The Gumbel noise (two logarithms a key) is drawn with the words, in a vectorised loop, for
+rows of up to 512 actions (see _GUMBELS_FROM_ROWS). Wider rows cannot afford a scalar one per
+element, so there the policy branch skips the Gumbel transform of an element that certainly
+cannot beat the current best key: with E = -log1p(-v) >= v, the
 key z + G = z - log E exceeds `best` only if E < exp(z - best), hence only if
 v < exp(z - best + slack). The slack (1e-3 plus a relative 1e-6 of the magnitudes) covers every
 float rounding, so a skipped element is one whose computed key would lose too: the result is
 exactly the argmax of the computed keys, as on the GPU backends, which compute every key.
 The test itself costs no exponential: exp(z - m), m the running max, is the term the sum of
 exponentials needs anyway, and exp(m - best + slack) changes only with m or best (a few times
-a row), so it is renewed then (see _sample_row; a third less time per element at A = 256).
+a row), so it is renewed then (see _sample_row).
 Sums of exponentials accumulate in float64.
 
 action_log_prob's kernels (no randomness) are different: two vectorised passes over a row (the
@@ -84,11 +85,12 @@ def log_mixture(log_pi, eps, count):
 # (narrow rows: a HyperGrid row has 3 blocks) and over a row's pairs otherwise.
 _CHUNK_ROWS = 16
 _CHUNK_BLOCKS = 2048
-# The Gumbel skip (module docstring) pays from 8 actions a row up: on the EPYC host, ns per
-# element with the skip against without it, logits N(0, 1), 80% allowed: 15.6 vs 12.9 at A=5,
-# 12.6 vs 12.3 at 8, 9.7 vs 11.9 at 16, 6.0 vs 13.3 at 256. Narrower rows compute every key
-# (the same argmax: the skip never changes it).
-_SKIP_FROM_WIDTH = 8
+# A chunk of at least this many rows (rows of up to 512 actions) also draws its rows' Gumbel
+# noise ahead, in a vectorised loop (_fill_gumbels, ~1.3 ns a value), and its rows compute every
+# key; fewer rows a chunk would leave that loop too short to vectorise, so wider rows draw the
+# noise of the keys they do not skip one by one (module docstring). The same argmax either way:
+# the skip never changes it.
+_GUMBELS_FROM_ROWS = 8
 
 
 @numba.njit(inline="always", cache=True)
@@ -107,10 +109,21 @@ def _put_block(words, pair, j, key0, key1, o0, o1, row):
 
 
 @numba.njit(inline="always", cache=True)
+def draws_gumbels(width):
+    """Whether rows of `width` actions get their Gumbel noise from chunk_words (and compute every
+    key) rather than skip keys."""
+    return chunk_rows(width) >= _GUMBELS_FROM_ROWS
+
+
+@numba.njit(inline="always", cache=True)
 def chunk_words(chunk, rows, width, key0, key1, o0, o1):
-    """(first row, end row, words) of chunk `chunk` of `rows` rows of `width` actions:
+    """(first row, end row, words, gumbels) of chunk `chunk` of `rows` rows of `width` actions:
     words[pair, k, j] = word k of the Philox block (column pair `pair`, row first + j), the
-    blocks those rows draw in _sample_row (read there as words[:, :, r - first])."""
+    blocks those rows draw in _sample_row (read there as words[:, :, r - first]). On rows that
+    compute every key (see draws_gumbels), gumbels[pair, i, j] is the Gumbel noise
+    of action 2 pair + i of row first + j, _philox.gumbel of its word (0 or 2), drawn here in a
+    loop LLVM vectorises; wider rows leave gumbels unset and draw the keys they do not skip one
+    by one."""
     per_chunk = chunk_rows(width)
     first = chunk * per_chunk
     end = min(first + per_chunk, rows)
@@ -124,7 +137,24 @@ def chunk_words(chunk, rows, width, key0, key1, o0, o1):
         for j in range(end - first):
             for pair in range(pairs):
                 _put_block(words, pair, j, key0, key1, o0, o1, first + j)
-    return first, end, words
+    every_key = draws_gumbels(width)
+    gumbels = np.empty((pairs if every_key else 0, 2, per_chunk), dtype=np.float32)
+    if every_key:
+        _fill_gumbels(words, gumbels, end - first)
+    return first, end, words, gumbels
+
+
+@numba.njit(cache=True)
+def _fill_gumbels(words, gumbels, count):
+    """gumbels[pair, i, j] = _philox.gumbel(words[pair, 2 i, j]) for j < count. A function of
+    its own, not inlined by Numba: its loop is vectorised when it is compiled alone; inlined by
+    Numba into a kernel, the same loop stayed scalar in one of the sampler's specialisations (the
+    serial twin with stride-0 scale, temperature and epsilon: 59 against 26 us for 400 rows of
+    5)."""
+    for pair in range(gumbels.shape[0]):
+        for i in range(2):
+            for j in range(count):
+                gumbels[pair, i, j] = _philox.gumbel(_U64(words[pair, 2 * i, j]))
 
 
 @numba.njit(inline="always", cache=True)
@@ -134,11 +164,12 @@ def n_chunks(rows, width):
 
 @numba.njit(inline="always", cache=True)
 def _sample_row(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0, key1, o0, o1,
-                words):
+                words, gumbels):
     """Row r's draw: (action, log pi(action), logsumexp, allowed count, sum of exponentials
     relative to the max, their tilt sum). The random words are those of row r of a call keyed
     (key0, key1, o0, o1), read from `words` ([pairs, 4], filled by chunk_words) but for the
-    epsilon coin: any kernel calling this for the same row draws the same action."""
+    epsilon coin, and its Gumbel noise is read from `gumbels` ([pairs, 2], chunk_words) on rows
+    that compute every key: any kernel calling this for the same row draws the same action."""
     width = row.shape[0]
     m = row.dtype.type(-_INF)
     total = 0.0
@@ -147,7 +178,7 @@ def _sample_row(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0
     g_idx, g_key, g_z = -1, row.dtype.type(-_INF), row.dtype.type(0.0)
     u_idx, u_key, u_z = -1, _U64(0), row.dtype.type(0.0)
     stale, reach = True, 0.0
-    skips = width >= _SKIP_FROM_WIDTH
+    skips = not draws_gumbels(width)
     explores = eps > 0.0
     for pair in range((width + 1) >> 1):
         w0, w1, w2, w3 = (_U64(words[pair, 0]), _U64(words[pair, 1]), _U64(words[pair, 2]),
@@ -187,7 +218,7 @@ def _sample_row(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0
                 v = min(_philox.open_unit(bits), _philox.ONE_MINUS_TWO_M24)
                 try_gumbel = not v >= e_z * reach * (1.0 + 2e-6 * abs(float(z)))
             if try_gumbel:
-                key = z + _philox.gumbel(bits)
+                key = z + (_philox.gumbel(bits) if skips else gumbels[pair, j])
                 if key != key:
                     key = -_INF
                 if g_idx < 0 or key > g_key:
@@ -213,13 +244,13 @@ def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
     rows, width = logits.shape
     for chunk in numba.prange(n_chunks(rows, width)):
-        first, end, words = chunk_words(chunk, rows, width, key0, key1, o0, o1)
+        first, end, words, gumbels = chunk_words(chunk, rows, width, key0, key1, o0, o1)
         for r in range(first, end):
             eps = float(epsilon[r])
             mask_row = mask[np.int64(r) if has_mask else np.int64(0)]
             chosen, lp, lse, count, total, tilt = _sample_row(
                 logits[r], mask_row, has_mask, packed, r, scale[r], inv_t[r], lo, hi, eps, key0,
-                key1, o0, o1, words[:, :, r - first])
+                key1, o0, o1, words[:, :, r - first], gumbels[:, :, r - first])
             lse_out[r] = lse
             actions[r] = chosen
             log_pi[r] = lp
