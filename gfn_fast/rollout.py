@@ -129,31 +129,42 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
     op = "sample_actions"
     n = states.shape[1]
     features = impl.trajectory_buffer((n, env.ndim * env.height), torch.float32)
-    work = impl.HyperGridWork(states[0], env.height, env.encode(states[0], out=features),
-                              states, actions, log_pf)
+    work = impl.HyperGridWork(states[0], env.height, features, states, actions, log_pf)
     rows, row_condition = n, conditioning
     # temperature, clip and epsilon are per-call constants (a per-row one is refused when
     # compacting): checked once, with the first step's logits, and again only if the policy's
     # dtype changes; the scale the policy returns is checked at every step
-    constants = None
+    constants = fixed = None
+    # an explicit seed gives step t the offset `offset + t`: its words are made once
+    explicit = rng(0)
+    if "seed" in explicit:
+        seed, first_offset = _rng.seed_offset(op, env.device, **explicit)
+        seed_words = _philox.split_seed(seed)
+    n_actions = env.n_actions
     for t in range(env.max_steps):
         logits, scale = _policy_outputs(policy, work.policy_input(rows), row_condition)
         work.after_policy()
-        if not isinstance(logits, torch.Tensor) or logits.shape != (rows, env.n_actions) or \
+        if not isinstance(logits, torch.Tensor) or logits.shape != (rows, n_actions) or \
                 logits.device != env.device:
             got = (f"{list(logits.shape)} on {logits.device}"
                    if isinstance(logits, torch.Tensor) else type(logits).__name__)
             raise ValueError(f"gfn_fast.rollout.sample_trajectories: the policy must return "
-                             f"logits [M, {env.n_actions}] on {env.device} for M = {rows} rows, "
+                             f"logits [M, {n_actions}] on {env.device} for M = {rows} rows, "
                              f"got {got}")
         if constants is None or logits.dtype != constants.logits.dtype:
             constants = _checks.sampling_inputs(op, logits, None, None, sampling["temperature"],
                                                 sampling["clip"], sampling["epsilon"])
-        scale = _checks.sampling_row_value(op, "scale", scale, rows, logits, constants.dtype)
-        seed, offset = _rng.seed_offset(op, env.device, **rng(t))
-        survivors = impl.hypergrid_step(
-            work, rows, t, logits, scale, constants.inv_temperature, constants.clip,
-            constants.epsilon, (*_philox.split_seed(seed), *_philox.split_offset(offset)))
+            fixed = impl.step_constants(work, logits.dtype, constants.inv_temperature,
+                                        constants.clip, constants.epsilon)
+        if scale is not None:
+            scale = _checks.sampling_row_value(op, "scale", scale, rows, logits,
+                                               constants.dtype)
+        if "seed" in explicit:
+            words = (*seed_words, *_philox.split_offset(first_offset + t))
+        else:
+            seed, offset = _rng.seed_offset(op, env.device, **rng(t))
+            words = (*_philox.split_seed(seed), *_philox.split_offset(offset))
+        survivors = impl.hypergrid_step(work, rows, t, logits, scale, fixed, words)
         if survivors == 0:
             states[t + 2:] = states[t + 1]
             break

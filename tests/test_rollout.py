@@ -177,6 +177,8 @@ CASES = {
                dict(seed=5, offset=7, epsilon=0.1, temperature=1.5, clip=(-2.0, 2.0))),
     "float64": (lambda net: lambda f, _: net(f).double(), dict(seed=1)),
     "half": (lambda net: lambda f, _: net(f).half(), dict(seed=2, epsilon=0.5)),
+    # step t uses offset + t reduced mod 2^64 (the fused loop splits the seed once)
+    "wrapping offset": (lambda net: lambda f, _: net(f), dict(seed=2**64 + 5, offset=2**64 - 2)),
 }
 
 

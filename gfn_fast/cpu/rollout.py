@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import OUTPUTS, as_numpy, serial_if
+from gfn_fast.cpu._common import OUTPUTS, as_numpy, constant_row, per_row, serial_if
 from gfn_fast.cpu.sampling import (
     _U64,
     _clip,
@@ -79,11 +79,25 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
                 next_current[count, d] = states[t + 1, live[r], d]
             count += 1
     for i in numba.prange(count):
-        for j in range(features.shape[1]):
-            features[i, j] = 0.0
-        for d in range(ndim):
-            features[i, d * height + next_current[i, d]] = 1.0
+        _one_hot(features[i], next_current[i], height)
     return count
+
+
+@numba.njit(inline="always", cache=True)
+def _one_hot(feature, point, height):
+    """feature = HyperGrid.encode of one point: the one-hot of each coordinate, concatenated."""
+    for j in range(feature.shape[0]):
+        feature[j] = 0.0
+    for d in range(point.shape[0]):
+        feature[d * height + point[d]] = 1.0
+
+
+@numba.njit(cache=True)
+def _encode(points, height, features):
+    """features[i] = HyperGrid.encode(points)[i] (torch's zero_ + scatter_ took ~85 us at
+    N=4096, this ~10)."""
+    for i in range(points.shape[0]):
+        _one_hot(features[i], points[i], height)
 
 
 # The trajectory buffers are outputs the caller receives; from this size up they come from the
@@ -102,9 +116,9 @@ class HyperGridWork:
     the survivors' positions and the policy's input features (all [N, ...]), and the NumPy
     views the kernel takes, made once per rollout: at a few hundred rows a step, remaking them
     (a dozen .numpy() calls, the constant per-row views, the clip bounds) cost as much as the
-    kernel."""
+    kernel. `features` receives the encoding of `first_states`, the first policy input."""
 
-    def __init__(self, first_states: torch.Tensor, height: int, first_features: torch.Tensor,
+    def __init__(self, first_states: torch.Tensor, height: int, features: torch.Tensor,
                  states: torch.Tensor, actions: torch.Tensor, log_pf: torch.Tensor):
         n, ndim = first_states.shape
         self.n = n
@@ -117,16 +131,16 @@ class HyperGridWork:
         # transitions up to and including the exit, written by the step where a row exits (the
         # generic loop's rollout._lengths, without a pass over the [T, N] actions after it)
         self.lengths = torch.full((n,), states.shape[0] - 1, dtype=torch.int64)
-        self.features = first_features
+        self.features = features
         self.side = 0
         self._held = None
         self._current_np = [tensor.numpy() for tensor in self.current]
         self._live_np = [tensor.numpy() for tensor in self.live]
         self._picked_np = self.picked.numpy()
-        self._features_np = first_features.numpy()
+        self._features_np = features.numpy()
         self._buffers_np = (states.numpy(), actions.numpy(), log_pf.numpy(),
                             self.lengths.numpy())
-        self._constants = {}
+        _encode(self._current_np[0], height, self._features_np)
 
     def policy_input(self, rows: int) -> torch.Tensor:
         """features[:rows], the next policy call's input (a view of a buffer the following step
@@ -143,40 +157,33 @@ class HyperGridWork:
             self.features = torch.empty_like(self.features)
             self._features_np = self.features.numpy()
 
-    def constant(self, value: torch.Tensor | None, dtype: torch.dtype, default: float):
-        """The [N] view of a per-call constant (None, or a 0-dim / [1] tensor that is the same
-        object at every step), made on its first step; any prefix of it serves fewer rows."""
-        key = (id(value), dtype, default)
-        hit = self._constants.get(key)
-        if hit is None or hit[0] is not value:
-            hit = self._constants[key] = (value, _row_view(value, self.n, dtype, default))
-        return hit[1]
 
-    def bounds(self, clip: tuple[float, float] | None, dtype: torch.dtype):
-        """The clip bounds as NumPy scalars of the compute dtype."""
-        key = (clip, dtype)
-        hit = self._constants.get(key)
-        if hit is None:
-            hit = self._constants[key] = _clip(clip, dtype)
-        return hit
+def step_constants(work: HyperGridWork, logits_dtype: torch.dtype, inv_temperature, clip,
+                   epsilon) -> tuple:
+    """What hypergrid_step takes for the call's constants, made once per logits dtype: the
+    compute dtype, the [N] views of a scale of 1 (a policy returning none), 1 / temperature and
+    epsilon (None, or 0-dim tensors), and the clip bounds as NumPy scalars. Any prefix of an
+    [N] view serves fewer rows."""
+    dtype = torch.float64 if logits_dtype == torch.float64 else torch.float32
+    lo, hi = _clip(clip, dtype)
+    return (dtype, constant_row(work.n, dtype, 1.0), _row_view(inv_temperature, work.n, dtype, 1.0),
+            lo, hi, _row_view(epsilon, work.n, dtype, 0.0))
 
 
-def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, inv_temperature, clip,
-                   epsilon, seed_words) -> int:
+def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, constants,
+                   seed_words) -> int:
     """One fused step over the first `rows` live rows into the trajectory buffers `work` was
-    made with; returns the survivors' count. `inv_temperature` and `epsilon` are the call's
-    constants (None, or 0-dim tensors that stay the same objects from step to step); `scale`
-    may change at every step. After it, work.features[:count] and work.picked[:count] describe
-    the next step's rows."""
-    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    lo, hi = work.bounds(clip, dtype)
+    made with; returns the survivors' count. `constants` is step_constants' tuple for these
+    logits; `scale` (None, or a 0-dim or [rows] tensor of the compute dtype) may change at every
+    step. After it, work.features[:count] and work.picked[:count] describe the next step's
+    rows."""
+    dtype, ones, inv_t, lo, hi, epsilon = constants
     side = work.side
     states, actions, log_pf, lengths = work._buffers_np
     count = serial_if(_hypergrid_step, serial_sampling(rows, logits.shape[1]))(
-        as_numpy(logits, dtype), _row_view(scale, rows, dtype, 1.0),
-        work.constant(inv_temperature, dtype, 1.0), lo, hi, work.constant(epsilon, dtype, 0.0),
-        *seed_words, work.height, t, work._current_np[side][:rows], work._live_np[side][:rows],
-        states, actions, log_pf, lengths, work.mask, work.keep, work._current_np[1 - side],
-        work._live_np[1 - side], work._picked_np, work._features_np)
+        as_numpy(logits, dtype), ones if scale is None else per_row(scale, rows, dtype), inv_t,
+        lo, hi, epsilon, *seed_words, work.height, t, work._current_np[side][:rows],
+        work._live_np[side][:rows], states, actions, log_pf, lengths, work.mask, work.keep,
+        work._current_np[1 - side], work._live_np[1 - side], work._picked_np, work._features_np)
     work.side = 1 - side
     return count
