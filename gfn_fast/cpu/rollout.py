@@ -115,8 +115,9 @@ class HyperGridWork:
     """Per-rollout scratch of the fused step: ping-pong live states and indices, the mask rows,
     the survivors' positions and the policy's input features (all [N, ...]), and the NumPy
     views the kernel takes, made once per rollout: at a few hundred rows a step, remaking them
-    (a dozen .numpy() calls, the constant per-row views, the clip bounds) cost as much as the
-    kernel. `features` receives the encoding of `first_states`, the first policy input."""
+    (a dozen .numpy() calls) cost as much as the kernel; the constant per-row views and the clip
+    bounds are step_constants', made once per logits dtype. `features` receives the encoding of
+    `first_states`, the first policy input."""
 
     def __init__(self, first_states: torch.Tensor, height: int, features: torch.Tensor,
                  states: torch.Tensor, actions: torch.Tensor, log_pf: torch.Tensor):

@@ -7,17 +7,16 @@ uint32-key argmax of the uniform branch, then the per-row epsilon coin decides w
 returned. Randomness and the exact decision rules: gfn_fast/reference/sampling.py and
 gfn_fast/reference/_philox.py.
 
-The Gumbel noise (two logarithms a key) is drawn with the words, in a vectorised loop, for
-rows of up to 512 actions (see _GUMBELS_FROM_ROWS). Wider rows cannot afford a scalar one per
+The Gumbel noise (two logarithms a key) is drawn with the words, in a vectorised loop, for rows
+of up to 512 actions (see _GUMBELS_FROM_ROWS). Wider rows cannot afford a scalar one per
 element, so there the policy branch skips the Gumbel transform of an element that certainly
-cannot beat the current best key: with E = -log1p(-v) >= v, the
-key z + G = z - log E exceeds `best` only if E < exp(z - best), hence only if
-v < exp(z - best + slack). The slack (1e-3 plus a relative 1e-6 of the magnitudes) covers every
-float rounding, so a skipped element is one whose computed key would lose too: the result is
-exactly the argmax of the computed keys, as on the GPU backends, which compute every key.
-The test itself costs no exponential: exp(z - m), m the running max, is the term the sum of
-exponentials needs anyway, and exp(m - best + slack) changes only with m or best (a few times
-a row), so it is renewed then (see _sample_row).
+cannot beat the current best key: with E = -log1p(-v) >= v, the key z + G = z - log E exceeds
+`best` only if E < exp(z - best), hence only if v < exp(z - best + slack). The slack (1e-3 plus
+a relative 1e-6 of the magnitudes) covers every float rounding, so a skipped element is one
+whose computed key would lose too: the result is exactly the argmax of the computed keys, as on
+the GPU backends, which compute every key. The test itself costs no exponential: exp(z - m), m
+the running max, is the term the sum of exponentials needs anyway, and exp(m - best + slack)
+changes only with m or best (a few times a row), so it is renewed then (see _sample_row).
 Sums of exponentials accumulate in float64.
 
 action_log_prob's kernels (no randomness) are different: two vectorised passes over a row (the
