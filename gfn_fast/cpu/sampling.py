@@ -8,7 +8,7 @@ returned. Randomness and the exact decision rules: gfn_fast/reference/sampling.p
 gfn_fast/reference/_philox.py.
 
 The Gumbel noise (two logarithms a key) is drawn with the words, in a vectorised loop, for rows
-of up to 512 actions (see _GUMBELS_FROM_ROWS). Wider rows cannot afford a scalar one per
+of up to 512 actions (see _ROW_LOOPS_FROM). Wider rows cannot afford a scalar one per
 element, so there the policy branch skips the Gumbel transform of an element that certainly
 cannot beat the current best key: with E = -log1p(-v) >= v, the key z + G = z - log E exceeds
 `best` only if E < exp(z - best), hence only if v < exp(z - best + slack). The slack (1e-3 plus
@@ -84,12 +84,13 @@ def log_mixture(log_pi, eps, count):
 # (narrow rows: a HyperGrid row has 3 blocks) and over a row's pairs otherwise.
 _CHUNK_ROWS = 16
 _CHUNK_BLOCKS = 2048
-# A chunk of at least this many rows (rows of up to 512 actions) also draws its rows' Gumbel
-# noise ahead, in a vectorised loop (_fill_gumbels, ~1.3 ns a value), and its rows compute every
-# key; fewer rows a chunk would leave that loop too short to vectorise, so wider rows draw the
+# From this many rows a chunk (rows of up to 512 actions), chunk_words' loops run over the rows
+# of the chunk, and the chunk also draws its rows' Gumbel noise ahead in such a loop
+# (_fill_gumbels, ~1.3 ns a value): its rows compute every key. Fewer rows would leave those
+# loops too short to vectorise, so wider rows loop over a row's pairs for the words and draw the
 # noise of the keys they do not skip one by one (module docstring). The same argmax either way:
 # the skip never changes it.
-_GUMBELS_FROM_ROWS = 8
+_ROW_LOOPS_FROM = 8
 
 
 @numba.njit(inline="always", cache=True)
@@ -111,7 +112,7 @@ def _put_block(words, pair, j, key0, key1, o0, o1, row):
 def draws_gumbels(width):
     """Whether rows of `width` actions get their Gumbel noise from chunk_words (and compute every
     key) rather than skip keys."""
-    return chunk_rows(width) >= _GUMBELS_FROM_ROWS
+    return chunk_rows(width) >= _ROW_LOOPS_FROM
 
 
 @numba.njit(inline="always", cache=True)
@@ -128,7 +129,8 @@ def chunk_words(chunk, rows, width, key0, key1, o0, o1):
     end = min(first + per_chunk, rows)
     pairs = (width + 1) >> 1
     words = np.empty((pairs, 4, per_chunk), dtype=np.uint32)
-    if per_chunk >= 8:
+    every_key = draws_gumbels(width)  # per_chunk >= _ROW_LOOPS_FROM
+    if every_key:
         for pair in range(pairs):
             for j in range(end - first):
                 _put_block(words, pair, j, key0, key1, o0, o1, first + j)
@@ -136,7 +138,6 @@ def chunk_words(chunk, rows, width, key0, key1, o0, o1):
         for j in range(end - first):
             for pair in range(pairs):
                 _put_block(words, pair, j, key0, key1, o0, o1, first + j)
-    every_key = draws_gumbels(width)
     gumbels = np.empty((pairs if every_key else 0, 2, per_chunk), dtype=np.float32)
     if every_key:
         _fill_gumbels(words, gumbels, end - first)
