@@ -63,18 +63,14 @@ def _policy_outputs(policy: Callable, features: torch.Tensor, conditioning):
     return out if isinstance(out, tuple) else (out, None)
 
 
-def _buffers(env, n: int, empty: Callable | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(states [T+1, N, D] with s_0 set, actions [T, N] all exit, log_pf [T, N] zeros), from
-    `empty(shape, dtype)` (default: torch.empty on the env's device)."""
-    if empty is None:
-        def empty(shape, dtype):
-            return torch.empty(shape, dtype=dtype, device=env.device)
+def _buffers(env, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(states [T+1, N, D] with s_0 set, actions [T, N] all exit, log_pf [T, N] zeros) on the
+    env's device."""
     steps = env.max_steps
-    states = empty((steps + 1, n, env.ndim), torch.int64)
+    states = torch.empty((steps + 1, n, env.ndim), dtype=torch.int64, device=env.device)
     states[0] = env.reset(n)
-    actions = empty((steps, n), torch.int64).fill_(env.exit_action)
-    log_pf = empty((steps, n), torch.float32).zero_()
+    actions = torch.full((steps, n), env.exit_action, dtype=torch.int64, device=env.device)
+    log_pf = torch.zeros((steps, n), dtype=torch.float32, device=env.device)
     return states, actions, log_pf
 
 
@@ -122,14 +118,11 @@ def _fused_steps(env, compact: bool, backend: str | None):
     return _backends.module(name, "rollout") if name == "numba" else None
 
 
-def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioning, sampling,
-                          rng):
-    """The compacting loop with one fused kernel call per step (same trajectories); returns the
-    lengths."""
+def _fused_hypergrid_loop(impl, policy, env, n, conditioning, sampling, rng):
+    """The compacting loop with one fused kernel call per step (same trajectories); returns
+    (states, actions, log_pf, lengths)."""
     op = "sample_actions"
-    n = states.shape[1]
-    features = impl.trajectory_buffer((n, env.ndim * env.height), torch.float32)
-    work = impl.HyperGridWork(states[0], env.height, features, states, actions, log_pf)
+    work = impl.HyperGridWork(n, env.ndim, env.height, env.max_steps)
     rows, row_condition = n, conditioning
     # temperature, clip and epsilon are per-call constants (a per-row one is refused when
     # compacting): checked once, with the first step's logits, and again only if the policy's
@@ -166,12 +159,12 @@ def _fused_hypergrid_loop(impl, policy, env, states, actions, log_pf, conditioni
             words = (*_philox.split_seed(seed), *_philox.split_offset(offset))
         survivors = impl.hypergrid_step(work, rows, t, logits, scale, fixed, words)
         if survivors == 0:
-            states[t + 2:] = states[t + 1]
             break
         if row_condition is not None and survivors < rows:
             row_condition = row_condition.index_select(0, work.picked[:survivors])
         rows = survivors
-    return work.lengths
+    work.finish(t)
+    return work.states, work.actions, work.log_pf, work.lengths
 
 
 def _fixed_shape_loop(policy, env, states, actions, log_pf, conditioning, sampling, rng):
@@ -352,11 +345,11 @@ def sample_trajectories(policy: Callable, env, n: int, *,
             states, actions, log_pf, lengths = outputs
             return Trajectories(states, actions, lengths, log_pf, states[-1], conditioning)
     fused = _fused_steps(env, compact, backend)
-    states, actions, log_pf = _buffers(env, n, fused.trajectory_buffer if fused else None)
     if fused is not None:
-        lengths = _fused_hypergrid_loop(fused, policy, env, states, actions, log_pf,
-                                        conditioning, sampling, rng)
+        states, actions, log_pf, lengths = _fused_hypergrid_loop(fused, policy, env, n,
+                                                                 conditioning, sampling, rng)
     else:
+        states, actions, log_pf = _buffers(env, n)
         loop = _compacting_loop if compact else _fixed_shape_loop
         loop(policy, env, states, actions, log_pf, conditioning, sampling, rng)
         lengths = _lengths(actions, env.exit_action)

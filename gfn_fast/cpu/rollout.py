@@ -33,23 +33,30 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
                     next_live, picked, features):
     """Samples every live row r (trajectory live[r], state current[r]) and writes its action and
     log-probability at step t and its next state at t + 1 (the exit leaves the point unchanged;
-    rows finished before t are copied from step t), and the length t + 1 of each row that exits
-    (lengths[row] keeps its initial T for a row that never does). Then packs the rows that did
-    not exit into next_current / next_live (picked[i] = their position among this step's rows),
-    writes their one-hot features, and returns how many there are."""
+    rows finished before t are copied from step t, and get the exit action and a log-probability
+    of 0 at step t), and the length t + 1 of each row that exits (lengths[row] keeps its initial
+    T for a row that never does). Then packs the rows that did not exit into next_current /
+    next_live (picked[i] = their position among this step's rows), writes their one-hot
+    features, and returns how many there are."""
     rows, ndim = current.shape
     exit_action = ndim
     top = height - 1
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
     # Rows that finished earlier keep their point: step t + 1 starts as a copy of step t (one
     # contiguous copy; filling each exiting row's later steps one by one instead touched a cache
-    # line per step, ~T scattered writes a row). A loop, not `states[t + 1] = states[t]`: Numba's
-    # array-to-array setitem brings its broadcasting checks and their string formatting, 2.6 s
-    # of this kernel's 6 s first-run compile.
+    # line per step, ~T scattered writes a row), and step t's action and log-probability start
+    # as the exit and 0 (here rather than a fill of the whole [T, N] buffers before the loop:
+    # these rows are then written once, just before the live rows' writes land in them). Loops,
+    # not `states[t + 1] = states[t]`: Numba's array-to-array setitem brings its broadcasting
+    # checks and their string formatting, 2.6 s of this kernel's 6 s first-run compile.
     source, target = states[t], states[t + 1]
     for i in range(source.shape[0]):
         for d in range(ndim):
             target[i, d] = source[i, d]
+    actions_t, log_pf_t = actions[t], log_pf[t]
+    for i in range(actions_t.shape[0]):
+        actions_t[i] = exit_action
+        log_pf_t[i] = 0.0
     width = logits.shape[1]
     for chunk in numba.prange(n_chunks(rows, width)):
         first, end, words, gumbels = chunk_words(chunk, rows, width, key0, key1, o0, o1)
@@ -93,11 +100,32 @@ def _one_hot(feature, point, height):
 
 
 @numba.njit(cache=True)
-def _encode(points, height, features):
-    """features[i] = HyperGrid.encode(points)[i] (torch's zero_ + scatter_ took ~85 us at
-    N=4096, this ~10)."""
-    for i in range(points.shape[0]):
-        _one_hot(features[i], points[i], height)
+def _start(first_states, current, live, lengths, features, height, steps):
+    """The state before the first step: every trajectory at the origin (HyperGrid.reset), live
+    in order, of length `steps` until it exits, and the origin's one-hot as the first policy
+    input. One pass instead of seven torch calls (~60 us at N=4096, more with cold caches)."""
+    for i in range(current.shape[0]):
+        for d in range(current.shape[1]):
+            first_states[i, d] = 0
+            current[i, d] = 0
+        live[i] = i
+        lengths[i] = steps
+        _one_hot(features[i], current[i], height)
+
+
+@numba.njit(cache=True)
+def _finish(states, actions, log_pf, t):
+    """After the last step t (no row left): the later steps repeat the final points and take
+    the exit action with a log-probability of 0."""
+    exit_action = states.shape[2]
+    for s in range(t + 2, states.shape[0]):
+        for i in range(states.shape[1]):
+            for d in range(states.shape[2]):
+                states[s, i, d] = states[t + 1, i, d]
+    for s in range(t + 1, actions.shape[0]):
+        for i in range(actions.shape[1]):
+            actions[s, i] = exit_action
+            log_pf[s, i] = 0.0
 
 
 # The trajectory buffers are outputs the caller receives; from this size up they come from the
@@ -112,36 +140,45 @@ def trajectory_buffer(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 
 
 class HyperGridWork:
-    """Per-rollout scratch of the fused step: ping-pong live states and indices, the mask rows,
-    the survivors' positions and the policy's input features (all [N, ...]), and the NumPy
-    views the kernel takes, made once per rollout: at a few hundred rows a step, remaking them
-    (a dozen .numpy() calls) cost as much as the kernel; the constant per-row views and the clip
-    bounds are step_constants', made once per logits dtype. `features` receives the encoding of
-    `first_states`, the first policy input."""
+    """One rollout of n trajectories of a HyperGrid(ndim, height) of `steps` = max_steps: its
+    time-major outputs (states [T + 1, N, D], actions and log_pf [T, N], lengths [N], as
+    rollout.Trajectories holds them), and the fused step's scratch: ping-pong live states and
+    indices, the mask rows, the survivors' positions and the policy's input features (all
+    [N, ...]), and the NumPy views the kernel takes, made once per rollout: at a few hundred rows
+    a step, remaking them (a dozen .numpy() calls) cost as much as the kernel; the constant
+    per-row views and the clip bounds are step_constants', made once per logits dtype. Made with
+    every trajectory at the origin and its encoding as the first policy input; each step fills
+    its own [t] slices, and finish() the steps after the last."""
 
-    def __init__(self, first_states: torch.Tensor, height: int, features: torch.Tensor,
-                 states: torch.Tensor, actions: torch.Tensor, log_pf: torch.Tensor):
-        n, ndim = first_states.shape
+    def __init__(self, n: int, ndim: int, height: int, steps: int):
         self.n = n
         self.height = height
-        self.current = [first_states.clone(), torch.empty(n, ndim, dtype=torch.int64)]
-        self.live = [torch.arange(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)]
+        self.states = trajectory_buffer((steps + 1, n, ndim), torch.int64)
+        self.actions = trajectory_buffer((steps, n), torch.int64)
+        self.log_pf = trajectory_buffer((steps, n), torch.float32)
+        self.current = [torch.empty(n, ndim, dtype=torch.int64) for _ in range(2)]
+        self.live = [torch.empty(n, dtype=torch.int64) for _ in range(2)]
         self.mask = np.empty((n, ndim + 1), dtype=np.uint8)
         self.keep = np.empty(n, dtype=np.bool_)
         self.picked = torch.empty(n, dtype=torch.int64)
         # transitions up to and including the exit, written by the step where a row exits (the
         # generic loop's rollout._lengths, without a pass over the [T, N] actions after it)
-        self.lengths = torch.full((n,), states.shape[0] - 1, dtype=torch.int64)
-        self.features = features
+        self.lengths = torch.empty(n, dtype=torch.int64)
+        self.features = trajectory_buffer((n, ndim * height), torch.float32)
         self.side = 0
         self._held = None
         self._current_np = [tensor.numpy() for tensor in self.current]
         self._live_np = [tensor.numpy() for tensor in self.live]
         self._picked_np = self.picked.numpy()
-        self._features_np = features.numpy()
-        self._buffers_np = (states.numpy(), actions.numpy(), log_pf.numpy(),
+        self._features_np = self.features.numpy()
+        self._buffers_np = (self.states.numpy(), self.actions.numpy(), self.log_pf.numpy(),
                             self.lengths.numpy())
-        _encode(self._current_np[0], height, self._features_np)
+        _start(self._buffers_np[0][0], self._current_np[0], self._live_np[0],
+               self._buffers_np[3], self._features_np, height, steps)
+
+    def finish(self, t: int) -> None:
+        """Fills the steps after t, the last (where no row was left)."""
+        _finish(*self._buffers_np[:3], t)
 
     def policy_input(self, rows: int) -> torch.Tensor:
         """features[:rows], the next policy call's input (a view of a buffer the following step
