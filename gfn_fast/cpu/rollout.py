@@ -117,8 +117,8 @@ def _start(first_states, current, live, lengths, features, height, steps):
 
 @numba.njit(cache=True)
 def _finish(states, actions, log_pf, t):
-    """After the last step t (no row left): the later steps repeat the final points and take
-    the exit action with a log-probability of 0."""
+    """After step t, the last the loop ran: the later steps (none when t = T - 1) repeat the
+    final points and take the exit action with a log-probability of 0."""
     exit_action = states.shape[2]
     for s in range(t + 2, states.shape[0]):
         for i in range(states.shape[1]):
@@ -183,7 +183,7 @@ class HyperGridWork:
             self._features_np, height, steps)
 
     def finish(self, t: int) -> None:
-        """Fills the steps after t, the last (where no row was left)."""
+        """Fills the steps after t, the last one run."""
         _finish(*self._buffers_np[:3], t)
 
     def policy_input(self, rows: int) -> torch.Tensor:
