@@ -742,7 +742,7 @@ print("PACKED " + json.dumps(found))
 
 
 def test_gumbel_prepass_is_vectorised(tmp_path):
-    """The Numba sampler draws the Gumbel noise of rows of up to 512 actions in one loop
+    """The Numba sampler draws the Gumbel noise of rows of up to 256 actions in one loop
     (sampling._fill_gumbels) that must vectorise: scalar, the same loop cost ~15 ns a value
     against ~1.3 (libm's logf, or a division with Numba's zero-divisor test, kept it scalar).
     Its machine code from a fresh build must divide packed float32 vectors (the quotient and

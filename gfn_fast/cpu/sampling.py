@@ -8,7 +8,7 @@ returned. Randomness and the exact decision rules: gfn_fast/reference/sampling.p
 gfn_fast/reference/_philox.py.
 
 The Gumbel noise (two logarithms a key) is drawn with the words, in a vectorised loop, for rows
-of up to 512 actions (see _ROW_LOOPS_FROM). Wider rows cannot afford a scalar one per
+of up to 256 actions (see _ROW_LOOPS_FROM). Wider rows cannot afford a scalar one per
 element, so there the policy branch skips the Gumbel transform of an element that certainly
 cannot beat the current best key: with E = -log1p(-v) >= v, the key z + G = z - log E exceeds
 `best` only if E < exp(z - best), hence only if v < exp(z - best + slack). The slack (1e-3 plus
@@ -84,13 +84,17 @@ def log_mixture(log_pi, eps, count):
 # (narrow rows: a HyperGrid row has 3 blocks) and over a row's pairs otherwise.
 _CHUNK_ROWS = 16
 _CHUNK_BLOCKS = 2048
-# From this many rows a chunk (rows of up to 512 actions), chunk_words' loops run over the rows
-# of the chunk, and the chunk also draws its rows' Gumbel noise ahead in such a loop
-# (_fill_gumbels, ~1.3 ns a value): its rows compute every key. Fewer rows would leave those
-# loops too short to vectorise, so wider rows loop over a row's pairs for the words and draw the
-# noise of the keys they do not skip one by one (module docstring). The same argmax either way:
-# the skip never changes it.
-_ROW_LOOPS_FROM = 8
+# From this many rows a chunk (a full chunk: rows of up to 256 actions), chunk_words' loops run
+# over the rows of the chunk, and the chunk also draws its rows' Gumbel noise ahead in such a
+# loop (_fill_gumbels, ~1.3 ns a value): its rows compute every key. Wider rows loop over a
+# row's pairs for the words and draw the noise of the keys they do not skip one by one (module
+# docstring). The same argmax either way: the skip never changes it. Below a full chunk, the
+# row loops end in a remainder that the 16-lane float32 vectors do not cover: one thread,
+# N(0, 1) logits, 80% allowed, epsilon 0.1, 2M elements, in ns an element, rows drawing every
+# key against rows skipping keys: 10.95 vs 14.94 at 256 actions (16 rows a chunk), 17.27 vs
+# 14.67 at 300 (13 rows), 18.57 vs 14.37 at 384, 16.17 vs 13.98 at 512 (8 rows); from 8 rows,
+# the threshold until session 19, widths 257-512 drew every key.
+_ROW_LOOPS_FROM = 16
 
 
 @numba.njit(inline="always", cache=True)
