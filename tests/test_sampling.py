@@ -130,13 +130,13 @@ def _argmax_of_every_key(logits, mask, seed):
 @pytest.mark.parametrize("values", ["1", "30", "1e4", "3e5", "inf and nan"])
 def test_numba_gumbel_skip_keeps_the_exact_argmax(values, order, width):
     """Rows of up to 256 actions take their Gumbel noise from a vectorised pre-pass over a chunk
-    of rows (16) and compute every key; wider rows skip the Gumbel key of elements that
+    of rows (16 or more) and compute every key; wider rows skip the Gumbel key of elements that
     provably cannot win (module docstring of gfn_fast/cpu/sampling.py), by a bound renewed when
     the running max or the best key changes. Ascending rows renew the max at every element;
     spreads beyond 1e5 take the never-skip branch. Either way the draws must be exactly those of
     computing every key one by one. The Philox words come from a pre-pass too, whose loop runs
-    over rows (chunks of 16 rows) or over a row's pairs (257: 15 rows a chunk; 2100: one row a
-    chunk)."""
+    over rows (chunks of 16 rows or more) or over a row's pairs (257: 15 rows a chunk; 2100: one
+    row a chunk)."""
     generator = torch.Generator().manual_seed(len(values) * 7 + len(order) + width)
     spread = 1.0 if values == "inf and nan" else float(values)
     rows = 6000 if width <= 40 else 150
