@@ -29,15 +29,15 @@ from gfn_fast.cpu.sampling import (
 
 @numba.njit(parallel=True, cache=True)
 def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_hi, height, t,
-                    current, live, states, actions, log_pf, lengths, mask, keep, next_current,
+                    current, live, states, actions, log_pf, lengths, mask, taken, next_current,
                     next_live, picked, features):
     """Samples every live row r (trajectory live[r], state current[r]) and writes its action and
     log-probability at step t and its next state at t + 1 (the exit leaves the point unchanged;
     rows finished before t are copied from step t, and get the exit action and a log-probability
-    of 0 at step t), and the length t + 1 of each row that exits (lengths[row] keeps its initial
-    T for a row that never does). Then packs the rows that did not exit into next_current /
-    next_live (picked[i] = their position among this step's rows), writes their one-hot
-    features, and returns how many there are."""
+    of 0 at step t), the length t + 1 of each row that exits (lengths[row] keeps its initial T
+    for a row that never does), and row r's action in taken[r]. Then packs the rows that did not
+    exit into next_current / next_live (picked[i] = their position among this step's rows),
+    writes their one-hot features, and returns how many there are."""
     rows, ndim = current.shape
     exit_action = ndim
     top = height - 1
@@ -76,14 +76,17 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
                 lengths[row] = t + 1
             for d in range(ndim):
                 states[t + 1, row, d] = current[r, d] + (1 if d == action else 0)
-            keep[r] = action != exit_action
+            taken[r] = action
+    # the survivors' next points from their current ones and actions, read in order (not back
+    # from states[t + 1], scattered by trajectory: ~2.5% of the step on one thread)
     count = 0
     for r in range(rows):
-        if keep[r]:
+        moved = taken[r]
+        if moved != exit_action:
             next_live[count] = live[r]
             picked[count] = r
             for d in range(ndim):
-                next_current[count, d] = states[t + 1, live[r], d]
+                next_current[count, d] = current[r, d] + (1 if d == moved else 0)
             count += 1
     for i in numba.prange(count):
         _one_hot(features[i], next_current[i], height)
@@ -148,12 +151,12 @@ class HyperGridWork:
     """One rollout of n trajectories of a HyperGrid(ndim, height) of `steps` = max_steps: its
     time-major outputs (states [T + 1, N, D], actions and log_pf [T, N], lengths [N], as
     rollout.Trajectories holds them), and the fused step's scratch: ping-pong live states and
-    indices, the mask rows, the survivors' positions and the policy's input features (all
-    [N, ...]), and the NumPy views the kernel takes, made once per rollout: at a few hundred rows
-    a step, remaking them (a dozen .numpy() calls) cost as much as the kernel; the constant
-    per-row views and the clip bounds are step_constants', made once per logits dtype. Made with
-    every trajectory at the origin and its encoding as the first policy input; each step fills
-    its own [t] slices, and finish() the steps after the last."""
+    indices, the mask rows, the actions taken, the survivors' positions and the policy's input
+    features (all [N, ...]), and the NumPy views the kernel takes, made once per rollout: at a
+    few hundred rows a step, remaking them (a dozen .numpy() calls) cost as much as the kernel;
+    the constant per-row views and the clip bounds are step_constants', made once per logits
+    dtype. Made with every trajectory at the origin and its encoding as the first policy input;
+    each step fills its own [t] slices, and finish() the steps after the last."""
 
     def __init__(self, n: int, ndim: int, height: int, steps: int):
         self.n = n
@@ -164,7 +167,7 @@ class HyperGridWork:
         self.current = [torch.empty(n, ndim, dtype=torch.int64) for _ in range(2)]
         self.live = [torch.empty(n, dtype=torch.int64) for _ in range(2)]
         self.mask = np.empty((n, ndim + 1), dtype=np.uint8)
-        self.keep = np.empty(n, dtype=np.bool_)
+        self.taken = np.empty(n, dtype=np.int64)
         self.picked = torch.empty(n, dtype=torch.int64)
         # transitions up to and including the exit, written by the step where a row exits (the
         # generic loop's rollout._lengths, without a pass over the [T, N] actions after it)
@@ -227,7 +230,7 @@ def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, consta
     count = serial_if(_hypergrid_step, serial_sampling(rows, logits.shape[1]))(
         as_numpy(logits, dtype), ones if scale is None else per_row(scale, rows, dtype), inv_t,
         lo, hi, epsilon, *seed_words, work.height, t, work._current_np[side][:rows],
-        work._live_np[side][:rows], states, actions, log_pf, lengths, work.mask, work.keep,
+        work._live_np[side][:rows], states, actions, log_pf, lengths, work.mask, work.taken,
         work._current_np[1 - side], work._live_np[1 - side], work._picked_np, work._features_np)
     work.side = 1 - side
     return count
