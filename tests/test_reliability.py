@@ -737,6 +737,13 @@ scalar_gumbels(words.reshape(-1), np.empty(words.size, np.float32))
 found = {fn.py_func.__name__: bool(re.search(r"\bv?divps\b", "".join(
     fn.inspect_asm(sig) for sig in fn.signatures))) for fn in (sampling._fill_gumbels,
                                                                 scalar_gumbels)}
+# the chunk's exponentials (float32 rows) and log-sum-exps: packed multiply-adds
+sampling._chunk_exps(np.zeros(160, np.float32), np.empty(160, np.float32), 160)
+sampling._chunk_lse(np.zeros(32), np.ones(32), np.empty(32), 32)
+for fn, pattern in ((sampling._chunk_exps, r"\bvfmadd\w*ps\b"),
+                    (sampling._chunk_lse, r"\bvfmadd\w*pd\b")):
+    found[fn.py_func.__name__] = bool(re.search(pattern, "".join(
+        fn.inspect_asm(sig) for sig in fn.signatures)))
 print("PACKED " + json.dumps(found))
 """
 
@@ -747,6 +754,8 @@ def test_gumbel_prepass_is_vectorised(tmp_path):
     against ~1.3 (libm's logf, or a division with Numba's zero-divisor test, kept it scalar).
     Its machine code from a fresh build must divide packed float32 vectors (the quotient and
     log32's (m - 1) / (m + 1)); the same transform written with `/`, the control, divides one
-    value at a time."""
+    value at a time. The same rows' exponentials and log-sum-exps (sampling._chunk_exps,
+    _chunk_lse; libm calls a row and an element before) must use packed multiply-adds."""
     found = _run_probe(_PACKED_PROBE, "PACKED", tmp_path)
-    assert found == {"_fill_gumbels": True, "scalar_gumbels": False}, found
+    assert found == {"_fill_gumbels": True, "scalar_gumbels": False, "_chunk_exps": True,
+                     "_chunk_lse": True}, found

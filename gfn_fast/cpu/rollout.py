@@ -6,7 +6,7 @@ into the trajectory buffers, the live-row compaction); on a CPU those cost more 
 sampling itself. For gfn_fast.envs.HyperGrid this kernel does all of it in one call per step.
 
 Bit-for-bit equal to the generic loop on the Numba sampler: row r of the live rows (compacted,
-in ascending trajectory order) draws through cpu.sampling._sample_row with the same key and row
+in ascending trajectory order) draws through cpu.sampling.sample_chunk with the same key and row
 index as sample_actions would give it, the mask is HyperGrid.forward_mask's (increments below
 the top, exit always), the next state is HyperGrid.step's, and the survivors keep their order.
 """
@@ -20,9 +20,10 @@ from gfn_fast.cpu.sampling import (
     _U64,
     _clip,
     _row_view,
-    _sample_row,
     chunk_words,
     n_chunks,
+    sample_chunk,
+    sample_scratch,
     serial_sampling,
 )
 
@@ -58,6 +59,7 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
         actions_t[i] = exit_action
         log_pf_t[i] = 0.0
     width = logits.shape[1]
+    picks, values, deltas, exps = sample_scratch(logits)
     for chunk in numba.prange(n_chunks(rows, width)):
         first, end, words, gumbels = chunk_words(chunk, rows, width, key0, key1, o0, o1)
         for r in range(first, end):
@@ -65,10 +67,11 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
             for d in range(ndim):
                 mask_row[d] = 1 if current[r, d] < top else 0
             mask_row[exit_action] = 1
-            action, lp, _, _, _, _ = _sample_row(
-                logits[r], mask_row, True, False, r, scale[r], inv_t[r], lo, hi,
-                float(epsilon[r]), key0, key1, o0, o1, words[:, :, r - first],
-                gumbels[:, :, r - first])
+        sample_chunk(logits, mask, True, False, scale, inv_t, lo, hi, epsilon, first, end, key0,
+                     key1, o0, o1, words, gumbels, picks, values, deltas, exps)
+        for r in range(first, end):
+            action = picks[0, r]
+            lp = values[0, r]
             row = live[r]
             actions[t, row] = action
             log_pf[t, row] = lp
