@@ -23,7 +23,6 @@ from gfn_fast.cpu.sampling import (
     chunk_words,
     n_chunks,
     sample_chunk,
-    sample_scratch,
     serial_sampling,
 )
 
@@ -59,7 +58,6 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
         actions_t[i] = exit_action
         log_pf_t[i] = 0.0
     width = logits.shape[1]
-    picks, values, deltas, exps = sample_scratch(logits)
     for chunk in numba.prange(n_chunks(rows, width)):
         first, end, words, gumbels = chunk_words(chunk, rows, width, key0, key1, o0, o1)
         for r in range(first, end):
@@ -67,11 +65,11 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
             for d in range(ndim):
                 mask_row[d] = 1 if current[r, d] < top else 0
             mask_row[exit_action] = 1
-        sample_chunk(logits, mask, True, False, scale, inv_t, lo, hi, epsilon, first, end, key0,
-                     key1, o0, o1, words, gumbels, picks, values, deltas, exps)
+        picks, values = sample_chunk(logits, mask, True, False, scale, inv_t, lo, hi, epsilon,
+                                     first, end, key0, key1, o0, o1, words, gumbels)
         for r in range(first, end):
-            action = picks[0, r]
-            lp = values[0, r]
+            action = picks[0, r - first]
+            lp = values[0, r - first]
             row = live[r]
             actions[t, row] = action
             log_pf[t, row] = lp

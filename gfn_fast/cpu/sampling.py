@@ -236,23 +236,15 @@ def _chunk_lse(m, total, lse, n):
 
 
 @numba.njit(inline="always", cache=True)
-def sample_scratch(logits):
-    """(picks, values, d, e) for sample_chunk, for every row of `logits`: made once a call, not
-    once a chunk (~40 ns an allocation; sampling a HyperGrid row takes ~60 ns)."""
-    rows, width = logits.shape
-    every = rows * width if draws_gumbels(width) else 0
-    return (np.empty((2, rows), dtype=np.int64), np.empty((4, rows), dtype=np.float64),
-            np.empty(every, dtype=logits.dtype), np.empty(every, dtype=logits.dtype))
-
-
-@numba.njit(inline="always", cache=True)
 def sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, first, end, key0,
-                 key1, o0, o1, words, gumbels, picks, values, d, e):
+                 key1, o0, o1, words, gumbels):
     """Draws rows first..end (a chunk: chunk_words' words and gumbels) of a call keyed (key0,
-    key1, o0, o1): picks[0, r] = the action of row r, picks[1, r] = its allowed count;
-    values[0..3, r] = log pi(action), the logsumexp, the sum of exponentials relative to the max
-    and their tilt sum; picks, values, d and e are sample_scratch's. Any kernel calling this for
-    the same row draws the same action and log-probability.
+    key1, o0, o1); returns (picks, values): picks[0, j] = the action of row first + j,
+    picks[1, j] = its allowed count; values[0..3, j] = log pi(action), the logsumexp, the sum of
+    exponentials relative to the max and their tilt sum. Any kernel calling this for the same
+    row draws the same action and log-probability. Its scratch is the chunk's own: made once a
+    call for every row, it was 134 MB at N=65536, A=256, and its page faults made that call
+    1.2x slower than with the streaming pass.
 
     Rows that compute every key (up to 256 actions, see draws_gumbels) take three passes: per
     row, the keys' argmax, the max and the differences to it (_row_keys); one vectorised loop of
@@ -263,44 +255,49 @@ def sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
     10.0 vs 14.2 at 40, 8.5 vs 11.8 at 128, 8.3 vs 11.1 at 256; 14.0 vs 21.1 at 5 actions,
     all allowed and no epsilon. Wider rows keep that pass (_sample_row), which skips keys."""
     width = logits.shape[1]
+    n = end - first
+    picks = np.empty((2, n), dtype=np.int64)
+    values = np.empty((4, n), dtype=np.float64)
     if not draws_gumbels(width):
-        for r in range(first, end):
+        for j in range(n):
+            r = first + j
             chosen, lp, lse, count, total, tilt = _sample_row(
                 logits[r], mask[np.int64(r) if has_mask else np.int64(0)], has_mask, packed, r,
                 scale[r], inv_t[r], lo, hi, float(epsilon[r]), key0, key1, o0, o1,
-                words[:, :, r - first])
-            picks[0, r] = chosen
-            picks[1, r] = count
-            values[0, r] = lp
-            values[1, r] = lse
-            values[2, r] = total
-            values[3, r] = tilt
-        return
-    d = d[first * width:end * width]
-    e = e[first * width:end * width]
-    for r in range(first, end):
-        j = r - first
+                words[:, :, j])
+            picks[0, j] = chosen
+            picks[1, j] = count
+            values[0, j] = lp
+            values[1, j] = lse
+            values[2, j] = total
+            values[3, j] = tilt
+        return picks, values
+    d = np.empty(n * width, dtype=logits.dtype)
+    e = np.empty(n * width, dtype=logits.dtype)
+    for j in range(n):
+        r = first + j
         chosen, z_a, m, count = _row_keys(
             logits[r], mask[np.int64(r) if has_mask else np.int64(0)], has_mask, packed, r,
             scale[r], inv_t[r], lo, hi, float(epsilon[r]), key0, key1, o0, o1, words[:, :, j],
             gumbels[:, :, j], d[j * width:(j + 1) * width])
-        picks[0, r] = chosen
-        picks[1, r] = count
-        values[0, r] = z_a
-        values[1, r] = m
-    _chunk_exps(d, e, (end - first) * width)
-    for r in range(first, end):
+        picks[0, j] = chosen
+        picks[1, j] = count
+        values[0, j] = z_a
+        values[1, j] = m
+    _chunk_exps(d, e, n * width)
+    for j in range(n):
         total = 0.0
         tilt = 0.0
-        for a in range((r - first) * width, (r - first + 1) * width):
+        for a in range(j * width, (j + 1) * width):
             total += float(e[a])
             tilt += float(d[a])
-        values[2, r] = total
-        values[3, r] = tilt
-    lse = values[1][first:end]
-    _chunk_lse(lse, values[2][first:end], lse, end - first)
-    for r in range(first, end):
-        values[0, r] = values[0, r] - values[1, r]
+        values[2, j] = total
+        values[3, j] = tilt
+    lse = values[1]
+    _chunk_lse(lse, values[2], lse, n)
+    for j in range(n):
+        values[0, j] = values[0, j] - lse[j]
+    return picks, values
 
 
 @numba.njit(inline="always", cache=True)
@@ -383,21 +380,21 @@ def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
                  off_hi, actions, log_pi, log_mu, want_log_mu, entropy, want_entropy, lse_out):
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
     rows, width = logits.shape
-    picks, values, d, e = sample_scratch(logits)
     for chunk in numba.prange(n_chunks(rows, width)):
         first, end, words, gumbels = chunk_words(chunk, rows, width, key0, key1, o0, o1)
-        sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, first, end,
-                     key0, key1, o0, o1, words, gumbels, picks, values, d, e)
+        picks, values = sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi,
+                                     epsilon, first, end, key0, key1, o0, o1, words, gumbels)
         for r in range(first, end):
-            lp = values[0, r]
-            lse_out[r] = values[1, r]
-            actions[r] = picks[0, r]
+            j = r - first
+            lp = values[0, j]
+            lse_out[r] = values[1, j]
+            actions[r] = picks[0, j]
             log_pi[r] = lp
             if want_log_mu:
-                log_mu[r] = log_mixture(lp, float(epsilon[r]), float(picks[1, r]))
+                log_mu[r] = log_mixture(lp, float(epsilon[r]), float(picks[1, j]))
             if want_entropy:
-                total = values[2, r]
-                entropy[r] = math.log(total) - values[3, r] / total
+                total = values[2, j]
+                entropy[r] = math.log(total) - values[3, j] / total
 
 
 # The log-prob kernels run branch-free loops over a row that LLVM vectorises, with
