@@ -249,11 +249,11 @@ def sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
     Rows that compute every key (up to 256 actions, see draws_gumbels) take three passes: per
     row, the keys' argmax, the max and the differences to it (_row_keys); one vectorised loop of
     exponentials over the chunk's elements (_chunk_exps), summed per row; one vectorised loop of
-    logarithms over its rows (_chunk_lse). One thread, N(0, 1) logits, 80% allowed, epsilon 0.1,
-    in ns an element against the one streaming pass per row that all rows took until session 19
-    (two libm calls a row and one an element): 24.0 vs 27.8 at 5 actions, 15.2 vs 20.3 at 12,
-    10.0 vs 14.2 at 40, 8.5 vs 11.8 at 128, 8.3 vs 11.1 at 256; 14.0 vs 21.1 at 5 actions,
-    all allowed and no epsilon. Wider rows keep that pass (_sample_row), which skips keys."""
+    logarithms over its rows (_chunk_lse). One thread, 2M elements, N(0, 1) logits, 80%
+    allowed, epsilon 0.1, in ns an element against the one streaming pass per row that all rows
+    took until session 19 (a libm call an element and one a row): 23.7 vs 27.7 at 5 actions,
+    9.7 vs 14.2 at 40, 8.0 vs 11.0 at 256. Wider rows keep that pass (_sample_row), which skips
+    keys."""
     width = logits.shape[1]
     n = end - first
     picks = np.empty((2, n), dtype=np.int64)
