@@ -171,6 +171,16 @@ def n_chunks(rows, width):
 
 
 @numba.njit(inline="always", cache=True)
+def _explores(eps, r, key0, key1, o0, o1):
+    """Row r's epsilon coin: word 0 of its coin block, as a 24-bit uniform in [0, 1), below
+    eps. A coin never falls below eps <= 0, so its Philox block is then skipped."""
+    if not eps > 0.0:
+        return False
+    coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
+    return float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
+
+
+@numba.njit(inline="always", cache=True)
 def _row_keys(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0, key1, o0, o1,
               words, gumbels, d):
     """sample_chunk's first pass over row r of a row that computes every key: (action, its
@@ -206,11 +216,7 @@ def _row_keys(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0, 
     for a in range(width):
         z = d[a]
         d[a] = z if z == -_INF else (zero if z == m else z - m)
-    explore = False
-    if explores:  # the coin (in [0, 1)) never falls below eps <= 0: skip its Philox block
-        coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
-        explore = float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
-    chosen, z_a = (u_idx, u_z) if explore else (g_idx, g_z)
+    chosen, z_a = (u_idx, u_z) if _explores(eps, r, key0, key1, o0, o1) else (g_idx, g_z)
     return (chosen if chosen >= 0 else 0), z_a, m, count
 
 
@@ -367,11 +373,7 @@ def _sample_row(row, mask_row, has_mask, packed, r, s_r, it_r, lo, hi, eps, key0
             if explores and (u_idx < 0 or ubits > u_key):
                 u_idx, u_key, u_z = a, ubits, z
     lse = float(m) + math.log(total)
-    explore = False
-    if explores:  # the coin (in [0, 1)) never falls below eps <= 0: skip its Philox block
-        coin = _philox.philox4x32(key0, key1, _philox.COIN_COL, _U64(r), o0, o1)[0]
-        explore = float(coin >> _U64(8)) * 5.9604644775390625e-08 < eps
-    chosen, z_a = (u_idx, u_z) if explore else (g_idx, g_z)
+    chosen, z_a = (u_idx, u_z) if _explores(eps, r, key0, key1, o0, o1) else (g_idx, g_z)
     return (chosen if chosen >= 0 else 0), float(z_a) - lse, lse, count, total, tilt
 
 
