@@ -166,6 +166,29 @@ def test_continuous_update(backend, device, per_element):
     close(new_rho, expected_rho if per_element else expected_rho.reshape(4), 1e-15, "rho'")
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_updates_at_parallel_sizes(backend, device):
+    """The updates over enough rows that the CPU kernels run threaded: discrete rows in blocks
+    (2100 rows of [..., K], a partial last block, a row of -inf beliefs giving NaN as in the
+    reference), continuous with one precision per sample (its coefficient per row) and per
+    element, against the float64 reference."""
+    log_theta = torch.log_softmax(torch.randn(3, 700, 7, device=device), -1)
+    y = torch.randn(3, 700, 7, device=device).mul(3)
+    log_theta[1, 5] = -math.inf
+    updated = bfn.discrete_update(log_theta, y, backend=backend)
+    expected = ref.discrete_update(log_theta.double(), y.double())
+    assert torch.equal(updated.isnan(), expected.isnan()) and updated[1, 5].isnan().all()
+    finite = ~expected.isnan()
+    close(updated[finite], expected[finite], 1e-5, "log theta'")
+    mu, y = torch.randn(64, 2000, device=device), torch.randn(64, 2000, device=device)
+    alpha = torch.rand(64, device=device) + 0.1
+    for rho in (torch.rand(64, device=device) + 1, torch.rand(64, 2000, device=device) + 1):
+        new_mu, _ = bfn.continuous_update(mu, rho, y, alpha, backend=backend)
+        rho_b = (rho if rho.dim() == 2 else rho[:, None]).double()
+        a = alpha.double()[:, None]
+        close(new_mu, (rho_b * mu.double() + a * y.double()) / (rho_b + a), 1e-6, "mu'")
+
+
 # ----------------------------------------------------------------- random ops vs reference
 
 def _same_draw_fraction(a, b):
