@@ -1,4 +1,5 @@
-"""Trajectory balance forward+backward: every implementation of gfn_fast.benchmark's cases."""
+"""Trajectory balance and VarGrad forward+backward: every implementation of
+gfn_fast.benchmark's balance cases."""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ PARAMS = [pytest.param(case, impl, id=f"{case.label}-{impl}")
 
 
 @pytest.mark.parametrize("case,impl", PARAMS)
-def test_trajectory_balance(benchmark, case, impl):
+def test_balance(benchmark, case, impl):
     state = case.setup(DEVICE)
     fn = case.impls[impl]
 

@@ -560,15 +560,14 @@ def _fwd_bwd(forward: Callable, names: tuple) -> Callable:
 
 
 def balance_cases(device: torch.device, quick: bool) -> list[Case]:
-    """TB forward+backward, float32, padded, random lengths (issue: foundation)."""
+    """TB and VarGrad (log-partition variance) forward+backward, float32, padded, random lengths
+    (issue: foundation), from small to large batches."""
     from gfn_fast.reference import balance as reference
 
     if device.type == "cuda":
-        sizes = [(65536, 128)] if not quick else [(16384, 128)]
-        if not quick:
-            sizes = [(4096, 32), (65536, 128), (262144, 64)]
+        sizes = [(16384, 128)] if quick else [(4096, 32), (65536, 128), (262144, 64)]
     else:
-        sizes = [(16384, 64)] if not quick else [(4096, 64)]
+        sizes = [(4096, 64)] if quick else [(1024, 16), (16384, 64), (65536, 128)]
     cases = []
     for batch, steps in sizes:
         def setup(dev, batch=batch, steps=steps):
@@ -582,27 +581,37 @@ def balance_cases(device: torch.device, quick: bool) -> list[Case]:
                 "lengths": lengths,
             }
 
-        def through(backend):
-            return lambda s: gfn_fast.trajectory_balance(
-                s["log_pf"], s["log_pb"], s["log_reward"], s["log_z"], lengths=s["lengths"],
-                backend=backend)
+        for op, has_log_z in (("trajectory_balance", True), ("log_partition_variance", False)):
+            names = ("log_pf", "log_pb", "log_z") if has_log_z else ("log_pf", "log_pb")
 
-        def plain(s):
-            return reference.trajectory_balance(s["log_pf"], s["log_pb"], s["lengths"], False,
-                                                s["log_reward"], s["log_z"], None, -float("inf"),
-                                                0, 0.0, reference.MEAN)
+            def through(backend, op=op, has_log_z=has_log_z):
+                fused = getattr(gfn_fast, op)
+                if has_log_z:
+                    return lambda s: fused(s["log_pf"], s["log_pb"], s["log_reward"], s["log_z"],
+                                           lengths=s["lengths"], backend=backend)
+                return lambda s: fused(s["log_pf"], s["log_pb"], s["log_reward"],
+                                       lengths=s["lengths"], backend=backend)
 
-        compiled = torch.compile(plain, dynamic=False)
-        names = ("log_pf", "log_pb", "log_z")
-        impls = {"eager": _fwd_bwd(plain, names), "torch.compile": _fwd_bwd(compiled, names)}
-        for backend in ("cuda", "triton", "numba"):
-            if device.type in gfn_fast.backends()[backend]["devices"] and not (
-                    backend == "triton" and device.type == "cpu"):
-                impls[f"gfn_fast[{backend}]"] = _fwd_bwd(through(backend), names)
-        # bytes: read log_pf and log_pb once, write their gradients once (per-row terms ignored)
-        cases.append(Case("trajectory_balance", f"B={batch} T={steps} fp32 fwd+bwd",
-                          {"B": batch, "T": steps, "dtype": "float32", "layout": "padded"},
-                          4 * batch * steps * 4, setup, impls))
+            def plain(s, op=op, has_log_z=has_log_z):
+                # the reference takes (..., log_z, beta, ...) for TB, (..., beta, ...) for
+                # VarGrad
+                head = (s["log_pf"], s["log_pb"], s["lengths"], False, s["log_reward"])
+                tail = (None, -float("inf"), 0, 0.0, reference.MEAN)
+                return getattr(reference, op)(*head, *((s["log_z"],) if has_log_z else ()),
+                                              *tail)
+
+            compiled = torch.compile(plain, dynamic=False)
+            impls = {"eager": _fwd_bwd(plain, names), "torch.compile": _fwd_bwd(compiled, names)}
+            for backend in ("cuda", "triton", "numba"):
+                if device.type in gfn_fast.backends()[backend]["devices"] and not (
+                        backend == "triton" and device.type == "cpu"):
+                    impls[f"gfn_fast[{backend}]"] = _fwd_bwd(through(backend), names)
+            # bytes: read log_pf and log_pb once, write their gradients once (per-row terms
+            # ignored)
+            label = "TB" if has_log_z else "VarGrad"
+            cases.append(Case(op, f"{label} B={batch} T={steps} fp32 fwd+bwd",
+                              {"B": batch, "T": steps, "dtype": "float32", "layout": "padded"},
+                              4 * batch * steps * 4, setup, impls))
     return cases
 
 
@@ -713,10 +722,11 @@ def bfn_cases(device: torch.device, quick: bool) -> list[Case]:
 
 CASE_FAMILIES = {"balance": balance_cases, "subtb": subtb_cases, "rollout": rollout_cases,
                  "sampling": sampling_cases, "bfn": bfn_cases}
-FAMILY_HELP = {"balance": "trajectory balance", "subtb": "detailed and sub-trajectory balance "
+FAMILY_HELP = {"balance": "trajectory balance and VarGrad",
+               "subtb": "detailed and sub-trajectory balance "
                "(and torchgfn's SubTB loss when installed)", "rollout": "HyperGrid rollouts "
                "(and torchgfn's Sampler)", "sampling": "sample_actions, action_log_prob",
-               "bfn": "Bayesian Flow Network flows and losses"}
+               "bfn": "Bayesian Flow Network flows, losses, generation steps and updates"}
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

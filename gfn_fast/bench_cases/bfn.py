@@ -25,8 +25,28 @@ def _grads(loss, inputs):
     return torch.autograd.grad(loss.sum(), inputs)
 
 
+def _references(plain, finish, quick: bool, eager_name: str = "eager",
+                compiled_name: str = "torch.compile") -> dict:
+    """The reference path in eager mode and, except in `--quick` runs, under torch.compile:
+    `plain(state)` is the reference math (its own noise drawn inside), `finish(fn, state)` calls
+    `fn` and takes what the case measures after it (gradients, an in-place state update),
+    outside the compiled graph in both rows. --quick leaves the compiled rows out: their first
+    calls (~2 s each on the 2-core development machine, ~20 s for this family) would take a
+    one-minute run past its minute."""
+    impls = {eager_name: lambda s: finish(plain, s)}
+    if not quick:
+        compiled = torch.compile(plain, dynamic=False)
+        impls[compiled_name] = lambda s: finish(compiled, s)
+    return impls
+
+
 def text8_cases(device, quick):
-    p = dict(TEXT8, B=64) if quick else TEXT8
+    batches = [64] if quick else [32, TEXT8["B"]]
+    return [case for batch in batches
+            for case in _text8_case(device, dict(TEXT8, B=batch), quick)]
+
+
+def _text8_case(device, p, quick):
     batch, dims, n_classes, beta_1 = p["B"], p["D"], p["K"], p["beta_1"]
 
     def setup(dev):
@@ -36,10 +56,13 @@ def text8_cases(device, quick):
                 "logits": torch.randn(batch, dims, n_classes, generator=gen).to(dev)
                 .requires_grad_(True)}
 
-    def eager(s):
+    def plain(s):
         eps = torch.randn(batch, dims, n_classes, device=s["x"].device)
         theta = ref.discrete_flow(s["x"], s["t"], beta_1, n_classes, eps, False)
-        loss = ref.discrete_loss(s["x"], s["logits"], s["t"], beta_1)
+        return theta, ref.discrete_loss(s["x"], s["logits"], s["t"], beta_1)
+
+    def finish(fn, s):
+        theta, loss = fn(s)
         return theta, _grads(loss, [s["logits"]])
 
     def fused(backend):
@@ -49,7 +72,7 @@ def text8_cases(device, quick):
             return theta, _grads(loss, [s["logits"]])
         return call
 
-    impls = {"eager": eager}
+    impls = _references(plain, finish, quick)
     impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
     # theta written, logits read twice (fwd, bwd), gradient written; indices read
     moved = batch * dims * (4 * n_classes * 4 + 2 * 8)
@@ -58,7 +81,12 @@ def text8_cases(device, quick):
 
 
 def cifar_cases(device, quick):
-    p = dict(CIFAR, B=8) if quick else CIFAR
+    batches = [8] if quick else [CIFAR["B"], 256]
+    return [case for batch in batches
+            for case in _cifar_case(device, dict(CIFAR, B=batch), quick)]
+
+
+def _cifar_case(device, p, quick):
     batch, dims, sigma_1 = p["B"], p["D"], p["sigma_1"]
 
     def setup(dev):
@@ -67,10 +95,12 @@ def cifar_cases(device, quick):
                 "t": torch.rand(batch, generator=gen).to(dev),
                 "eps_hat": torch.randn(batch, dims, generator=gen).to(dev).requires_grad_(True)}
 
-    def eager(s):
+    def plain(s):
         mu = ref.continuous_flow(s["x"], s["t"], sigma_1, torch.randn_like(s["x"]))
-        loss = ref.continuous_loss(s["x"], mu, s["eps_hat"], s["t"], sigma_1, 0, 1e-6, None)
-        return _grads(loss, [s["eps_hat"]])
+        return ref.continuous_loss(s["x"], mu, s["eps_hat"], s["t"], sigma_1, 0, 1e-6, None)
+
+    def finish(fn, s):
+        return _grads(fn(s), [s["eps_hat"]])
 
     def fused(backend):
         def call(s):
@@ -80,7 +110,7 @@ def cifar_cases(device, quick):
             return _grads(loss, [s["eps_hat"]])
         return call
 
-    impls = {"eager": eager}
+    impls = _references(plain, finish, quick)
     impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
     # flow: read x, write mu; loss fwd: read x, mu, eps_hat, write d loss / d eps_hat;
     # bwd: read that, write the gradient
@@ -103,9 +133,11 @@ def discretised_cases(device, quick):
                 "log_sigma": (torch.randn(batch, dims, generator=gen) - 2).to(dev)
                 .requires_grad_(True)}
 
-    def eager(s):
-        loss = ref.discretised_loss(s["x"], s["mu_x"], s["log_sigma"], s["t"], sigma_1, n_bins, 0)
-        return _grads(loss, [s["mu_x"], s["log_sigma"]])
+    def plain(s):
+        return ref.discretised_loss(s["x"], s["mu_x"], s["log_sigma"], s["t"], sigma_1, n_bins, 0)
+
+    def finish(fn, s):
+        return _grads(fn(s), [s["mu_x"], s["log_sigma"]])
 
     def fused(backend):
         def call(s):
@@ -114,7 +146,7 @@ def discretised_cases(device, quick):
             return _grads(loss, [s["mu_x"], s["log_sigma"]])
         return call
 
-    impls = {"eager (materialises [B, D, K])": eager}
+    impls = _references(plain, finish, quick, "eager (materialises [B, D, K])")
     impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
     moved = batch * dims * 4 * 8
     return [harness.Case("bfn_discretised_loss", f"256 bins B={batch} D={dims} fwd+bwd", p,
@@ -149,8 +181,10 @@ def nstep_cases(device, quick):
 
     def reference_o_k(s):
         eps = torch.randn(batch, dims, n_classes, device=s["x"].device)
-        loss = ref.discrete_nstep_loss(s["x"], s["logits"], s["t"], beta_1, n_steps, eps)
-        return _grads(loss, [s["logits"]])
+        return ref.discrete_nstep_loss(s["x"], s["logits"], s["t"], beta_1, n_steps, eps)
+
+    def finish(fn, s):
+        return _grads(fn(s), [s["logits"]])
 
     def fused(backend):
         def call(s):
@@ -159,7 +193,9 @@ def nstep_cases(device, quick):
             return _grads(loss, [s["logits"]])
         return call
 
-    impls = {"eager": materialised, "eager O(K) reference": reference_o_k}
+    impls = {"eager": materialised}
+    impls.update(_references(reference_o_k, finish, quick, "eager O(K) reference",
+                             "torch.compile (O(K) reference)"))
     impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
     moved = batch * dims * (3 * n_classes * 4 + 2 * 8)
     return [harness.Case("bfn_discrete_nstep_loss", f"n=100 text8 B={batch} D={dims} "
@@ -177,13 +213,15 @@ def step_cases(device, quick):
                 "rho": torch.ones(c["B"], device=dev),
                 "eps_hat": torch.randn(c["B"], c["D"], generator=gen).to(dev)}
 
-    def eager_continuous(s):
+    def plain_continuous(s):
         t = torch.full((c["B"],), 0.5, device=s["mu"].device)
         eps = torch.randn_like(s["mu"])
+        return ref.continuous_step(s["mu"], s["rho"], s["eps_hat"], t, 2.0, c["sigma_1"], 1e-6,
+                                   None, eps)[0]
+
+    def update(fn, s, name="mu"):
         # in place, as the fused step updates: the state tensors stay the ones a CUDA graph read
-        mu, _ = ref.continuous_step(s["mu"], s["rho"], s["eps_hat"], t, 2.0, c["sigma_1"], 1e-6,
-                                    None, eps)
-        s["mu"].copy_(mu)
+        s[name].copy_(fn(s))
 
     def fused_continuous(backend):
         def call(s):
@@ -192,7 +230,7 @@ def step_cases(device, quick):
             s["rho"].fill_(1.0)
         return call
 
-    impls = {"eager": eager_continuous}
+    impls = _references(plain_continuous, update, quick)
     impls.update({f"gfn_fast[{b}]": fused_continuous(b) for b in _backends(device)})
     cases.append(harness.Case("bfn_continuous_step", f"CIFAR-10 B={c['B']} D={c['D']}",
                               dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
@@ -205,11 +243,10 @@ def step_cases(device, quick):
                 "logits": torch.randn(shape, generator=gen).to(dev),
                 "draw": torch.empty(shape[:2], dtype=torch.int64, device=dev)}
 
-    def eager_discrete(s):
+    def plain_discrete(s):
         uniform = torch.rand(s["logits"].shape[:2], device=s["logits"].device)
         eps = torch.randn_like(s["logits"])
-        log_theta, _ = ref.discrete_step(s["log_theta"], s["logits"], 0.01, uniform, eps)
-        s["log_theta"].copy_(log_theta)
+        return ref.discrete_step(s["log_theta"], s["logits"], 0.01, uniform, eps)[0]
 
     def fused_discrete(backend):
         def call(s):
@@ -217,7 +254,7 @@ def step_cases(device, quick):
                               backend=backend)
         return call
 
-    impls = {"eager": eager_discrete}
+    impls = _references(plain_discrete, lambda fn, s: update(fn, s, "log_theta"), quick)
     impls.update({f"gfn_fast[{b}]": fused_discrete(b) for b in _backends(device)})
     cases.append(harness.Case("bfn_discrete_step", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
                               dict(t8, elements=t8["B"] * t8["D"] * t8["K"]),
@@ -225,9 +262,79 @@ def step_cases(device, quick):
     return cases
 
 
+def update_cases(device, quick):
+    """The Bayesian updates alone (the generation steps above fuse them with their draws) and the
+    discretised bin probabilities (the sampling op), no gradient."""
+    c = dict(CIFAR, B=8) if quick else CIFAR
+    t8 = dict(TEXT8, B=64) if quick else TEXT8
+    bins = dict(CIFAR, B=2 if quick else 8, n_bins=256)
+    cases = []
+
+    def setup_continuous(dev):
+        gen = torch.Generator().manual_seed(0)
+        return {"mu": torch.randn(c["B"], c["D"], generator=gen).to(dev),
+                "y": torch.randn(c["B"], c["D"], generator=gen).to(dev),
+                "rho": (torch.rand(c["B"], generator=gen) + 1).to(dev),
+                "alpha": (torch.rand(c["B"], generator=gen) + 0.5).to(dev)}
+
+    def plain_continuous(s):
+        return ref.continuous_update(s["mu"], s["rho"][:, None], s["y"], s["alpha"][:, None])
+
+    def fused_continuous(backend):
+        return lambda s: bfn.continuous_update(s["mu"], s["rho"], s["y"], s["alpha"],
+                                               backend=backend)
+
+    impls = _references(plain_continuous, lambda fn, s: fn(s), quick)
+    impls.update({f"gfn_fast[{b}]": fused_continuous(b) for b in _backends(device)})
+    # read mu and y, write mu' (the [B] precisions are negligible)
+    cases.append(harness.Case("bfn_continuous_update", f"CIFAR-10 B={c['B']} D={c['D']}",
+                              dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
+                              setup_continuous, impls))
+
+    def setup_discrete(dev):
+        gen = torch.Generator().manual_seed(0)
+        shape = (t8["B"], t8["D"], t8["K"])
+        return {"log_theta": torch.log_softmax(torch.randn(shape, generator=gen), -1).to(dev),
+                "y": torch.randn(shape, generator=gen).to(dev)}
+
+    def plain_discrete(s):
+        return ref.discrete_update(s["log_theta"], s["y"])
+
+    def fused_discrete(backend):
+        return lambda s: bfn.discrete_update(s["log_theta"], s["y"], backend=backend)
+
+    impls = _references(plain_discrete, lambda fn, s: fn(s), quick)
+    impls.update({f"gfn_fast[{b}]": fused_discrete(b) for b in _backends(device)})
+    elements = t8["B"] * t8["D"] * t8["K"]
+    cases.append(harness.Case("bfn_discrete_update", f"text8 B={t8['B']} D={t8['D']} "
+                              f"K={t8['K']}", dict(t8, elements=elements), elements * 4 * 3,
+                              setup_discrete, impls))
+
+    def setup_bins(dev):
+        gen = torch.Generator().manual_seed(0)
+        return {"mu_x": (torch.randn(bins["B"], bins["D"], generator=gen) * 0.5).to(dev),
+                "log_sigma": (torch.randn(bins["B"], bins["D"], generator=gen) - 2).to(dev)}
+
+    def plain_bins(s):
+        return ref.discretised_probs(s["mu_x"], s["log_sigma"], bins["n_bins"])
+
+    def fused_bins(backend):
+        return lambda s: bfn.discretised_probs(s["mu_x"], s["log_sigma"], bins["n_bins"],
+                                               backend=backend)
+
+    impls = _references(plain_bins, lambda fn, s: fn(s), quick)
+    impls.update({f"gfn_fast[{b}]": fused_bins(b) for b in _backends(device)})
+    # read mu_x and log sigma, write K probabilities per element
+    cases.append(harness.Case("bfn_discretised_probs", f"256 bins B={bins['B']} D={bins['D']}",
+                              bins, bins["B"] * bins["D"] * 4 * (2 + bins["n_bins"]), setup_bins,
+                              impls))
+    return cases
+
+
 FAMILIES = {"text8": text8_cases, "cifar": cifar_cases, "discretised": discretised_cases,
-            "nstep": nstep_cases, "steps": step_cases}
+            "nstep": nstep_cases, "steps": step_cases, "updates": update_cases}
 FAMILY_HELP = {"text8": "discrete flow + loss at text8's shape",
                "cifar": "continuous flow + loss at CIFAR-10's shape",
                "discretised": "discretised loss, 256 bins", "nstep": "n-step discrete loss",
-               "steps": "generation steps"}
+               "steps": "generation steps",
+               "updates": "Bayesian updates alone and the discretised bin probabilities"}

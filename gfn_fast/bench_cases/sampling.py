@@ -64,7 +64,9 @@ def sampling_cases(device, quick):
         sizes = [(65536, 256)] if quick else [(65536, 256), (4096, 4096), (256, 262144),
                                              (8, 262144)]
     else:
-        sizes = [(4096, 256)] if quick else [(65536, 256)]
+        # small (a HyperGrid-like policy), the size, and wide rows (few rows, many
+        # actions: one row spans several of the Numba sampler's chunks)
+        sizes = [(4096, 256)] if quick else [(1024, 16), (65536, 256), (64, 65536)]
     cases = []
     for rows, width in sizes:
         setup = _setup(rows, width)
