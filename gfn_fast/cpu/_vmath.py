@@ -11,6 +11,8 @@ AVX-512 register against float64's 8, so float32 data gets float32 versions.
   * exp(x): float32 or float64 by the type of x, within 1-2 ulps of that type;
   * log(x): float64, within a few ulps (per-row log-sum-exps, not hot);
   * log32(x): float32, within 3 ulps (the Gumbel and Box-Muller transforms of random words);
+  * erfc_pos_inplace(values): float64 erfc of values >= 0, within 7e-16 relative (the normal
+    tails of the discretised BFN distribution);
   * box_muller(u1, theta): sqrt(-2 ln u1) (cos theta, sin theta) in float32, within a few
     float32 ulps of the float32 libm chain of gfn_fast/reference/_philox.py.
 """
@@ -149,6 +151,24 @@ _SQRT2 = math.sqrt(2.0)
 _MANTISSA = np.int64((1 << 52) - 1)
 _ONE_BITS = np.int64(1023 << 52)
 _INF = math.inf
+# erfc: Chebyshev coefficients of g(u) = ln erfc(a) + a^2 - ln t, where t = 2 / (2 + a) and
+# u = 2 t - 1 in (-1, 1] for a >= 0 (g is smooth there: 0 at a = 0, ln(1 / (2 sqrt(pi))) as
+# a -> inf). Fitted for this module (session 20): g interpolated at 80 Chebyshev nodes with
+# mpmath at 50 digits, the series cut after 31 terms (those after are below 1e-18).
+_ERFC_COEFFS = (
+    -0.6513268598908547, 0.6419697923564902, 0.019476473204185836, -0.009561514786808632,
+    -0.0009465953444820369, 0.00036683949785276145, 4.252332480690777e-05,
+    -2.0278578112534242e-05, -1.6242900046470256e-06, 1.3036558355805232e-06,
+    1.5626441722066142e-08, -8.523809591492654e-08, 6.5290544390988515e-09,
+    5.059343495551469e-09, -9.91364156493033e-10, -2.273651222931836e-10, 9.646791102015527e-11,
+    2.3940380830391146e-12, -6.886027526497553e-12, 8.944879273090725e-13, 3.130921399342958e-13,
+    -1.1270822361367252e-13, 3.810905255189232e-16, 7.106097613609237e-15,
+    -1.5230282014571043e-15, -9.457494571291233e-17, 1.210237189224279e-16,
+    -2.816663087747177e-17, 5.003005559445902e-20, 2.3281042579529253e-18,
+    -8.446077682509006e-19)
+# from here on erfc(a) < e^-707, which exp flushes to 0 (erfc(26.6) ~ 1e-309)
+_ERFC_ZERO_FROM = 26.6
+_HIGH_26_BITS = np.int64(-(1 << 27))  # clears the low 27 of the 52 stored significand bits
 
 # float32
 _F32 = np.float32
@@ -308,6 +328,73 @@ def log32(x):
     p = ((((c[5] * f2 + c[4]) * f2 + c[3]) * f2 + c[2]) * f2 + c[1]) * f2 + c[0]
     e = np.float32(exponent)
     return e * _LN2_HI32 + (_TWO32 * f * p + e * _LN2_LO32)
+
+
+@numba.njit(inline="always", cache=True)
+def _erfc_pos(a):
+    """erfc(a) for float64 a >= 0 (callers pass |x|): t exp(-a^2 + g(u)), g's Chebyshev series
+    (_ERFC_COEFFS) summed by Clenshaw's recurrence, and a^2 split exactly into hi + lo (a's top
+    26 significand bits squared, plus the rest) so that e^-hi e^(g - lo) keeps the tail's relative
+    precision where a^2 is large. Within 7e-16 relative of the exact erfc over [0, 26.5] (a
+    million points against mpmath; libm: 4e-16); 0 from 26.6 on, where erfc < 1e-308; NaN ->
+    NaN."""
+    t = 2.0 / (2.0 + a)
+    u = 2.0 * t - 1.0
+    u2 = u + u
+    c = _ERFC_COEFFS
+    b1 = c[30]
+    b2 = 0.0
+    b1, b2 = u2 * b1 - b2 + c[29], b1
+    b1, b2 = u2 * b1 - b2 + c[28], b1
+    b1, b2 = u2 * b1 - b2 + c[27], b1
+    b1, b2 = u2 * b1 - b2 + c[26], b1
+    b1, b2 = u2 * b1 - b2 + c[25], b1
+    b1, b2 = u2 * b1 - b2 + c[24], b1
+    b1, b2 = u2 * b1 - b2 + c[23], b1
+    b1, b2 = u2 * b1 - b2 + c[22], b1
+    b1, b2 = u2 * b1 - b2 + c[21], b1
+    b1, b2 = u2 * b1 - b2 + c[20], b1
+    b1, b2 = u2 * b1 - b2 + c[19], b1
+    b1, b2 = u2 * b1 - b2 + c[18], b1
+    b1, b2 = u2 * b1 - b2 + c[17], b1
+    b1, b2 = u2 * b1 - b2 + c[16], b1
+    b1, b2 = u2 * b1 - b2 + c[15], b1
+    b1, b2 = u2 * b1 - b2 + c[14], b1
+    b1, b2 = u2 * b1 - b2 + c[13], b1
+    b1, b2 = u2 * b1 - b2 + c[12], b1
+    b1, b2 = u2 * b1 - b2 + c[11], b1
+    b1, b2 = u2 * b1 - b2 + c[10], b1
+    b1, b2 = u2 * b1 - b2 + c[9], b1
+    b1, b2 = u2 * b1 - b2 + c[8], b1
+    b1, b2 = u2 * b1 - b2 + c[7], b1
+    b1, b2 = u2 * b1 - b2 + c[6], b1
+    b1, b2 = u2 * b1 - b2 + c[5], b1
+    b1, b2 = u2 * b1 - b2 + c[4], b1
+    b1, b2 = u2 * b1 - b2 + c[3], b1
+    b1, b2 = u2 * b1 - b2 + c[2], b1
+    b1, b2 = u2 * b1 - b2 + c[1], b1
+    g = u * b1 - b2 + c[0]
+    head = _f64_from_bits(_bits_of_f64(a) & _HIGH_26_BITS)
+    rest = a - head
+    hi = head * head
+    lo = (head + head) * rest + rest * rest
+    result = t * _exp64(-hi) * _exp64(g - lo)
+    if a >= _ERFC_ZERO_FROM:  # also a = inf, where rest is NaN
+        result = 0.0
+    return result
+
+
+@numba.njit(**_HELPER)
+def erfc_pos_inplace(values):
+    """values[:] = erfc(values) for a float64 [N] array of values >= 0 (see _erfc_pos), in one
+    vectorised loop: ~6.6 ns an element on the 2-core EPYC host, one thread, against ~15 for
+    libm's erfc (throughput-bound: the series and two exps are ~150 vector instructions per 8
+    elements; two independent halves a step were no faster). An array, not an element, at a
+    time: the series makes the element function too large for LLVM to inline into a caller's
+    loop, and a call inside a loop keeps the loop scalar (53 ns an element that way)."""
+    wide_vectors()
+    for i in range(values.shape[0]):
+        values[i] = _erfc_pos(values[i])
 
 
 @numba.njit(**_HELPER)
