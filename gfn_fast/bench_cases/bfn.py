@@ -40,6 +40,14 @@ def _references(plain, finish, quick: bool, eager_name: str = "eager",
     return impls
 
 
+def _case(op, label, params, moved, setup, references, fused, device):
+    """A harness case: the reference rows (see _references), then `fused(backend)` on each
+    gfn_fast backend of the device."""
+    impls = dict(references)
+    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
+    return harness.Case(op, label, params, moved, setup, impls)
+
+
 def text8_cases(device, quick):
     batches = [64] if quick else [32, TEXT8["B"]]
     return [case for batch in batches
@@ -230,11 +238,10 @@ def step_cases(device, quick):
             s["rho"].fill_(1.0)
         return call
 
-    impls = _references(plain_continuous, update, quick)
-    impls.update({f"gfn_fast[{b}]": fused_continuous(b) for b in _backends(device)})
-    cases.append(harness.Case("bfn_continuous_step", f"CIFAR-10 B={c['B']} D={c['D']}",
-                              dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
-                              setup_continuous, impls))
+    cases.append(_case("bfn_continuous_step", f"CIFAR-10 B={c['B']} D={c['D']}",
+                       dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
+                       setup_continuous, _references(plain_continuous, update, quick),
+                       fused_continuous, device))
 
     def setup_discrete(dev):
         gen = torch.Generator().manual_seed(0)
@@ -254,11 +261,11 @@ def step_cases(device, quick):
                               backend=backend)
         return call
 
-    impls = _references(plain_discrete, lambda fn, s: update(fn, s, "log_theta"), quick)
-    impls.update({f"gfn_fast[{b}]": fused_discrete(b) for b in _backends(device)})
-    cases.append(harness.Case("bfn_discrete_step", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
-                              dict(t8, elements=t8["B"] * t8["D"] * t8["K"]),
-                              t8["B"] * t8["D"] * t8["K"] * 4 * 3, setup_discrete, impls))
+    references = _references(plain_discrete, lambda fn, s: update(fn, s, "log_theta"), quick)
+    cases.append(_case("bfn_discrete_step", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
+                       dict(t8, elements=t8["B"] * t8["D"] * t8["K"]),
+                       t8["B"] * t8["D"] * t8["K"] * 4 * 3, setup_discrete, references,
+                       fused_discrete, device))
     return cases
 
 
@@ -269,6 +276,9 @@ def update_cases(device, quick):
     t8 = dict(TEXT8, B=64) if quick else TEXT8
     bins = dict(CIFAR, B=2 if quick else 8, n_bins=256)
     cases = []
+
+    def returned(fn, s):
+        return fn(s)
 
     def setup_continuous(dev):
         gen = torch.Generator().manual_seed(0)
@@ -284,12 +294,11 @@ def update_cases(device, quick):
         return lambda s: bfn.continuous_update(s["mu"], s["rho"], s["y"], s["alpha"],
                                                backend=backend)
 
-    impls = _references(plain_continuous, lambda fn, s: fn(s), quick)
-    impls.update({f"gfn_fast[{b}]": fused_continuous(b) for b in _backends(device)})
     # read mu and y, write mu' (the [B] precisions are negligible)
-    cases.append(harness.Case("bfn_continuous_update", f"CIFAR-10 B={c['B']} D={c['D']}",
-                              dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
-                              setup_continuous, impls))
+    cases.append(_case("bfn_continuous_update", f"CIFAR-10 B={c['B']} D={c['D']}",
+                       dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
+                       setup_continuous, _references(plain_continuous, returned, quick),
+                       fused_continuous, device))
 
     def setup_discrete(dev):
         gen = torch.Generator().manual_seed(0)
@@ -303,12 +312,10 @@ def update_cases(device, quick):
     def fused_discrete(backend):
         return lambda s: bfn.discrete_update(s["log_theta"], s["y"], backend=backend)
 
-    impls = _references(plain_discrete, lambda fn, s: fn(s), quick)
-    impls.update({f"gfn_fast[{b}]": fused_discrete(b) for b in _backends(device)})
     elements = t8["B"] * t8["D"] * t8["K"]
-    cases.append(harness.Case("bfn_discrete_update", f"text8 B={t8['B']} D={t8['D']} "
-                              f"K={t8['K']}", dict(t8, elements=elements), elements * 4 * 3,
-                              setup_discrete, impls))
+    cases.append(_case("bfn_discrete_update", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
+                       dict(t8, elements=elements), elements * 4 * 3, setup_discrete,
+                       _references(plain_discrete, returned, quick), fused_discrete, device))
 
     def setup_bins(dev):
         gen = torch.Generator().manual_seed(0)
@@ -322,12 +329,10 @@ def update_cases(device, quick):
         return lambda s: bfn.discretised_probs(s["mu_x"], s["log_sigma"], bins["n_bins"],
                                                backend=backend)
 
-    impls = _references(plain_bins, lambda fn, s: fn(s), quick)
-    impls.update({f"gfn_fast[{b}]": fused_bins(b) for b in _backends(device)})
     # read mu_x and log sigma, write K probabilities per element
-    cases.append(harness.Case("bfn_discretised_probs", f"256 bins B={bins['B']} D={bins['D']}",
-                              bins, bins["B"] * bins["D"] * 4 * (2 + bins["n_bins"]), setup_bins,
-                              impls))
+    cases.append(_case("bfn_discretised_probs", f"256 bins B={bins['B']} D={bins['D']}", bins,
+                       bins["B"] * bins["D"] * 4 * (2 + bins["n_bins"]), setup_bins,
+                       _references(plain_bins, returned, quick), fused_bins, device))
     return cases
 
 
