@@ -80,12 +80,10 @@ def _text8_case(device, p, quick):
             return theta, _grads(loss, [s["logits"]])
         return call
 
-    impls = _references(plain, finish, quick)
-    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
     # theta written, logits read twice (fwd, bwd), gradient written; indices read
     moved = batch * dims * (4 * n_classes * 4 + 2 * 8)
-    return [harness.Case("bfn_discrete_flow+loss", f"text8 B={batch} D={dims} K={n_classes} "
-                         "fwd+bwd", p, moved, setup, impls)]
+    return [_case("bfn_discrete_flow+loss", f"text8 B={batch} D={dims} K={n_classes} fwd+bwd",
+                  p, moved, setup, _references(plain, finish, quick), fused, device)]
 
 
 def cifar_cases(device, quick):
@@ -118,13 +116,11 @@ def _cifar_case(device, p, quick):
             return _grads(loss, [s["eps_hat"]])
         return call
 
-    impls = _references(plain, finish, quick)
-    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
     # flow: read x, write mu; loss fwd: read x, mu, eps_hat, write d loss / d eps_hat;
     # bwd: read that, write the gradient
     moved = batch * dims * 4 * 8
-    return [harness.Case("bfn_continuous_flow+loss", f"CIFAR-10 B={batch} D={dims} fwd+bwd", p,
-                         moved, setup, impls)]
+    return [_case("bfn_continuous_flow+loss", f"CIFAR-10 B={batch} D={dims} fwd+bwd", p, moved,
+                  setup, _references(plain, finish, quick), fused, device)]
 
 
 def discretised_cases(device, quick):
@@ -154,11 +150,10 @@ def discretised_cases(device, quick):
             return _grads(loss, [s["mu_x"], s["log_sigma"]])
         return call
 
-    impls = _references(plain, finish, quick, "eager (materialises [B, D, K])")
-    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
     moved = batch * dims * 4 * 8
-    return [harness.Case("bfn_discretised_loss", f"256 bins B={batch} D={dims} fwd+bwd", p,
-                         moved, setup, impls)]
+    references = _references(plain, finish, quick, "eager (materialises [B, D, K])")
+    return [_case("bfn_discretised_loss", f"256 bins B={batch} D={dims} fwd+bwd", p, moved,
+                  setup, references, fused, device)]
 
 
 def nstep_cases(device, quick):
@@ -201,13 +196,12 @@ def nstep_cases(device, quick):
             return _grads(loss, [s["logits"]])
         return call
 
-    impls = {"eager": materialised}
-    impls.update(_references(reference_o_k, finish, quick, "eager O(K) reference",
-                             "torch.compile (O(K) reference)"))
-    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
+    references = {"eager": materialised}
+    references.update(_references(reference_o_k, finish, quick, "eager O(K) reference",
+                                  "torch.compile (O(K) reference)"))
     moved = batch * dims * (3 * n_classes * 4 + 2 * 8)
-    return [harness.Case("bfn_discrete_nstep_loss", f"n=100 text8 B={batch} D={dims} "
-                         f"K={n_classes} fwd+bwd", p, moved, setup, impls)]
+    return [_case("bfn_discrete_nstep_loss", f"n=100 text8 B={batch} D={dims} K={n_classes} "
+                  "fwd+bwd", p, moved, setup, references, fused, device)]
 
 
 def step_cases(device, quick):
