@@ -344,6 +344,8 @@ def _erfc_pos(a):
     c = _ERFC_COEFFS
     b1 = c[30]
     b2 = 0.0
+    # written out: as `for k in range(29, 0, -1)` over the tuple the callers' loops stayed
+    # scalar (49 against 6.5 ns an element; the packed-FMA probe test fails)
     b1, b2 = u2 * b1 - b2 + c[29], b1
     b1, b2 = u2 * b1 - b2 + c[28], b1
     b1, b2 = u2 * b1 - b2 + c[27], b1
