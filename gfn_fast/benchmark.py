@@ -732,29 +732,74 @@ FAMILY_HELP = {"balance": "trajectory balance and VarGrad",
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def results_summary(directory: str | Path) -> str:
-    """One markdown table over every recorded run under `directory` (*/results.jsonl): for each
-    op, case and device, each implementation's median time and its speed-up against eager, and on
-    a GPU the same for the CUDA-graph replay (device time)."""
-    lines = ["| run | device | op | case | impl | median ms | vs eager | graph ms | graph vs eager "
-             "| peak MB |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+SUPERSEDED = "SUPERSEDED"
 
+
+def _run_heading(name: str, rows: list) -> str:
+    first = rows[0]
+    parts = [first.get("device_name", "?")]
+    if first.get("date"):
+        parts.append(str(first["date"])[:10])
+    if first.get("copy_gbps"):
+        parts.append(f"copy bandwidth {first['copy_gbps']:.1f} GB/s")
+    torch_version = first.get("versions", {}).get("torch")
+    if torch_version:
+        parts.append(f"torch {torch_version}")
+    return f"**{name}**: " + ", ".join(parts)
+
+
+def results_summary(directory: str | Path) -> str:
+    """Markdown over the recorded runs under `directory` (*/results.jsonl): one table per
+    current run (each implementation's median time and speed-up against eager; % of the run's
+    measured copy bandwidth where the case has a bytes model; items per second where it counts
+    items; on a GPU the same for the CUDA-graph replay, the device time). A run whose directory
+    holds a file named SUPERSEDED is not tabled: it is listed after the tables with that file's
+    first line (what replaced it), so a reader sees only the figures of the current code."""
     def ratio(value):
         return "" if value is None else f"{value:.2f}x"
 
+    def number(value, fmt):
+        return "" if value is None else format(value, fmt)
+
+    blocks, old = [], []
     for path in sorted(Path(directory).glob("*/results.jsonl")):
-        for text in path.read_text().splitlines():
-            row = json.loads(text)
-            if "median_ms" not in row:
-                continue
-            graph = f"{row['graph_ms']:.4f}" if "graph_ms" in row else ""
-            lines.append(
-                f"| {path.parent.name} | {row['device_name']} | {row['op']} | {row['case']} | "
-                f"{row['impl']} | {row['median_ms']:.3f} | {ratio(row.get('speedup_vs_eager'))} | "
-                f"{graph} | {ratio(row.get('graph_speedup_vs_eager'))} | "
-                f"{row['peak_mem_mb']:.1f} |")
-    return "\n".join(lines)
+        name = path.parent.name
+        marker = path.parent / SUPERSEDED
+        if marker.is_file():
+            lines = marker.read_text().strip().splitlines()
+            old.append(f"`{name}` ({lines[0] if lines else 'superseded'})")
+            continue
+        rows = [row for row in map(json.loads, path.read_text().splitlines())
+                if "median_ms" in row]
+        if not rows:
+            continue
+        graph = any("graph_ms" in row for row in rows)
+        items = any("items_per_s" in row for row in rows)
+        head = ["op", "case", "impl", "median ms", "vs eager", "% copy BW"]
+        head += ["items/s"] if items else []
+        head += ["graph ms", "graph vs eager", "graph % copy BW"] if graph else []
+        head += ["peak MB"]
+        table = [_run_heading(name, rows), "",
+                 "| " + " | ".join(head) + " |",
+                 "|---|---|---|" + "---:|" * (len(head) - 3)]
+        for row in rows:
+            cells = [row["op"], row["case"], row["impl"], f"{row['median_ms']:.3f}",
+                     ratio(row.get("speedup_vs_eager")),
+                     f"{row['pct_copy_bw']:.0f}%" if row.get("bytes_moved") else ""]
+            if items:
+                cells.append(number(row.get("items_per_s"), ".3g"))
+            if graph:
+                cells += [number(row.get("graph_ms"), ".4f"),
+                          ratio(row.get("graph_speedup_vs_eager")),
+                          f"{row['graph_pct_copy_bw']:.0f}%"
+                          if row.get("bytes_moved") and "graph_pct_copy_bw" in row else ""]
+            cells.append(f"{row['peak_mem_mb']:.1f}")
+            table.append("| " + " | ".join(cells) + " |")
+        blocks.append("\n".join(table))
+    if old:
+        blocks.append("Superseded runs, kept in `bench/results/` for the record and not tabled: "
+                      + "; ".join(old) + ".")
+    return "\n\n".join(blocks)
 
 
 def update_readme(readme: str | Path, directory: str | Path) -> None:

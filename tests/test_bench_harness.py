@@ -94,11 +94,35 @@ def test_results_summary_shows_graph_time_where_recorded(tmp_path):
     run.joinpath("results.jsonl").write_text(
         "\n".join(json.dumps(r) for r in _graph_rows()) + "\n")
     lines = benchmark.results_summary(tmp_path).splitlines()
-    assert "graph ms" in lines[0] and "graph vs eager" in lines[0]
+    assert lines[0].startswith("**h100**: NVIDIA H100 80GB HBM3")
+    header = next(line for line in lines if line.startswith("| op |"))
+    assert "graph ms" in header and "graph vs eager" in header and "items/s" not in header
     triton = next(line for line in lines if "gfn_fast[triton]" in line)
-    assert "| 0.700 | 1.14x | 0.0770 | 3.64x | 64.0 |" in triton
+    assert "| 0.700 | 1.14x | 5% | 0.0770 | 3.64x | 58% | 64.0 |" in triton
     peer = next(line for line in lines if "torchgfn" in line)
-    assert peer.endswith("| 5.000 | 0.16x |  |  | 64.0 |")
+    assert peer.endswith("| 5.000 | 0.16x | 5% |  |  |  | 64.0 |")
+
+
+def test_results_summary_tables_current_runs_and_lists_superseded_ones(tmp_path):
+    cpu_rows = [dict(r) for r in _graph_rows()[:2]]
+    for r in cpu_rows:
+        for key in [k for k in r if k.startswith("graph")]:
+            del r[key]
+        r.update(device_name="AMD EPYC (2 threads)", date="2026-12-07T13:00:00+00:00",
+                 copy_gbps=29.8, items=4096, items_per_s=4096 / r["median_ms"] * 1e3)
+    for name, rows in (("cpu-new", cpu_rows), ("cpu-old", cpu_rows)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text(
+            "\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "cpu-old" / benchmark.SUPERSEDED).write_text("by cpu-new, later kernels\nmore")
+    text = benchmark.results_summary(tmp_path)
+    assert "**cpu-new**: AMD EPYC (2 threads), 2026-12-07, copy bandwidth 29.8 GB/s" in text
+    assert "**cpu-old**" not in text and text.count("| gfn_fast[triton] |") == 1
+    assert text.endswith("not tabled: `cpu-old` (by cpu-new, later kernels).")
+    header = next(line for line in text.splitlines() if line.startswith("| op |"))
+    assert "items/s" in header and "graph" not in header
+    eager = next(line for line in text.splitlines() if "| eager |" in line)
+    assert eager.endswith("| 0.800 | 1.00x | 5% | 5.12e+06 | 64.0 |")
 
 
 ROOT = Path(__file__).resolve().parents[1]
