@@ -10,7 +10,9 @@ Cases (float32):
     which materialises the [B, D, 256] bin probabilities;
   * n-step discrete loss (n=100), text8 shape, fwd+bwd: against the direct computation of the
     mixture receiver ([B, D, K, K] Gaussian log densities) and against the O(K) reference;
-  * generation steps (continuous at CIFAR shape, discrete at text8 shape): elements per second.
+  * generation steps (continuous and discretised with 256 bins at CIFAR shape, discrete at text8
+    shape): elements (B x D) per second;
+  * the Bayesian updates and the discretised bin probabilities alone.
 Baselines draw their noise with torch.randn, as plain PyTorch code would.
 """
 

@@ -169,8 +169,9 @@ def test_gpu_session_script_rehearses_on_a_cpu(tmp_path):
     assert "profile: exit 0" in log and "== build" not in log and "== test" not in log
     table = (tmp_path / "profile.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| bfn_")]
-    # the CIFAR-shaped cases: flow + loss, generation step, update alone
-    assert [row.split(" | ")[1] for row in rows] == ["eager", "gfn_fast[numba]"] * 3
+    # the CIFAR-shaped cases: flow + loss, the continuous and discretised generation steps,
+    # the update alone
+    assert [row.split(" | ")[1] for row in rows] == ["eager", "gfn_fast[numba]"] * 4
     assert all("B=8 D=3072" in row for row in rows)  # --quick sizes, CIFAR cases only
     assert not list((ROOT / "bench" / "results").glob("rehearsal-*"))
 

@@ -40,12 +40,14 @@ def _references(plain, finish, quick: bool, eager_name: str = "eager",
     return impls
 
 
-def _case(op, label, params, moved, setup, references, fused, device):
+def _case(op, label, params, moved, setup, references, fused, device, elements=0):
     """A harness case: the reference rows (see _references), then `fused(backend)` on each
-    gfn_fast backend of the device."""
+    gfn_fast backend of the device. `elements`: data elements a call produces (a generation
+    step's B x D), reported as elements per second."""
     impls = dict(references)
     impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
-    return harness.Case(op, label, params, moved, setup, impls)
+    return harness.Case(op, label, params, moved, setup, impls, items=elements,
+                        item_name="elements/s" if elements else "")
 
 
 def text8_cases(device, quick):
@@ -235,7 +237,33 @@ def step_cases(device, quick):
     cases.append(_case("bfn_continuous_step", f"CIFAR-10 B={c['B']} D={c['D']}",
                        dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
                        setup_continuous, _references(plain_continuous, update, quick),
-                       fused_continuous, device))
+                       fused_continuous, device, elements=c["B"] * c["D"]))
+
+    def setup_discretised(dev):
+        state = setup_continuous(dev)
+        gen = torch.Generator().manual_seed(1)
+        state["mu_x"] = (torch.rand(c["B"], c["D"], generator=gen) * 2 - 1).to(dev)
+        state["log_sigma_x"] = (torch.rand(c["B"], c["D"], generator=gen) * 2 - 5).to(dev)
+        state["draw"] = torch.empty(c["B"], c["D"], device=dev)
+        return state
+
+    def plain_discretised(s):
+        eps_draw, eps = torch.randn_like(s["mu"]), torch.randn_like(s["mu"])
+        return ref.discretised_step(s["mu"], s["rho"], s["mu_x"], s["log_sigma_x"], 2.0,
+                                    256, eps_draw, eps)[0]
+
+    def fused_discretised(backend):
+        def call(s):
+            bfn.discretised_step(s["mu"], s["rho"], s["mu_x"], s["log_sigma_x"], 2.0, 256,
+                                 draw=s["draw"], seed=1, backend=backend)
+            s["rho"].fill_(1.0)
+        return call
+
+    # read mu, mu_x, log_sigma_x; write mu and the drawn centres
+    cases.append(_case("bfn_discretised_step", f"CIFAR-10 256 bins B={c['B']} D={c['D']}",
+                       dict(c, n_bins=256, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 5,
+                       setup_discretised, _references(plain_discretised, update, quick),
+                       fused_discretised, device, elements=c["B"] * c["D"]))
 
     def setup_discrete(dev):
         gen = torch.Generator().manual_seed(0)
@@ -259,7 +287,7 @@ def step_cases(device, quick):
     cases.append(_case("bfn_discrete_step", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
                        dict(t8, elements=t8["B"] * t8["D"] * t8["K"]),
                        t8["B"] * t8["D"] * t8["K"] * 4 * 3, setup_discrete, references,
-                       fused_discrete, device))
+                       fused_discrete, device, elements=t8["B"] * t8["D"]))
     return cases
 
 
