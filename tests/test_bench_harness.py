@@ -286,9 +286,10 @@ print("COMPILED " + json.dumps(sorted({m for m in compiled if m.startswith("gfn_
 @pytest.mark.parametrize("workers", [1, 0])
 def test_compile_workers_leave_nothing_to_compile_beside_the_timing(tmp_path, workers):
     """With a compile worker, the Numba kernels of a CPU bench are compiled ahead of the timing
-    (in the worker, into an empty Numba cache, or in this process once its torch.compile first
-    calls are done: the balance family's second op) and the timing only loads them; with none
-    (the control, which shows the probe sees compiles), the timing compiles them itself."""
+    (in the worker, into an empty Numba cache, or in this process, which takes cases from the
+    same queue once it has made its torch.compile first calls; --quick has none) and the timing
+    only loads them; with none (the control, which shows the probe sees compiles), the timing
+    compiles them itself."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     result = subprocess.run([sys.executable, "-c", _COMPILE_PROBE, str(workers),
                              str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
