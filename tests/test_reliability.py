@@ -719,7 +719,7 @@ def test_kernels_are_compiled_for_wide_vectors(tmp_path):
 
 _PACKED_PROBE = r"""
 import json, re, numba, numpy as np
-from gfn_fast.cpu import _philox as px, _vmath as vm, sampling
+from gfn_fast.cpu import _philox as px, _vmath as vm, bfn, sampling
 
 one = np.float32(1.0)
 
@@ -750,6 +750,13 @@ for fn, pattern in ((sampling._chunk_exps, r"\bvfmadd\w*ps\b"),
 vm.erfc_pos_inplace(np.linspace(0.0, 5.0, 64))
 found["erfc_pos_inplace"] = bool(re.search(r"\bvfmadd\w*pd\b", "".join(
     vm.erfc_pos_inplace.inspect_asm(sig) for sig in vm.erfc_pos_inplace.signatures)))
+# the discretised generation step on float32: its element loop stays float32 (float64
+# constants in it once widened every vector to float64, converting the inputs: vcvtps2pd)
+f32 = np.zeros((4, 64), np.float32)
+bfn._discretised_step(f32.copy(), np.ones(4, np.float32), f32, f32, 256, 0.7, 2.0, 1, 2, 3, 4,
+                      True, np.empty_like(f32))
+found["_discretised_step widens"] = bool(re.search(r"\bvcvtps2pd\b", "".join(
+    bfn._discretised_step.inspect_asm(sig) for sig in bfn._discretised_step.signatures)))
 print("PACKED " + json.dumps(found))
 """
 
@@ -763,7 +770,10 @@ def test_gumbel_prepass_is_vectorised(tmp_path):
     value at a time. The same rows' exponentials and log-sum-exps (sampling._chunk_exps,
     _chunk_lse; libm calls a row and an element before) must use packed multiply-adds, and so
     must _vmath.erfc_pos_inplace, the discretised BFN kernels' erfc (a call to it per element
-    was scalar: 53 ns an element, against ~6.5 vectorised)."""
+    was scalar: 53 ns an element, against ~6.5 vectorised). The float32 discretised generation
+    step must not widen its vectors to float64 (it did, with float64 constants in its element
+    loop: 217 against 191 us at CIFAR-10's shape on two threads)."""
     found = _run_probe(_PACKED_PROBE, "PACKED", tmp_path)
     assert found == {"_fill_gumbels": True, "scalar_gumbels": False, "_chunk_exps": True,
-                     "_chunk_lse": True, "erfc_pos_inplace": True}, found
+                     "_chunk_lse": True, "erfc_pos_inplace": True,
+                     "_discretised_step widens": False}, found
