@@ -820,7 +820,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ops", default=",".join(CASE_FAMILIES),
                         help="comma-separated op families (default: all): " + "; ".join(
                             f"{name} = {FAMILY_HELP[name]}" for name in CASE_FAMILIES))
-    parser.add_argument("--quick", action="store_true", help="small sizes, short timings")
+    parser.add_argument("--quick", action="store_true",
+                        help="one small size per case, short timings, no torch.compile rows")
     parser.add_argument("--out", default=None,
                         help="directory for results.jsonl, results.md and one PNG plot per op")
     parser.add_argument("--compile-workers", type=at_least(0), default=None, metavar="N",
