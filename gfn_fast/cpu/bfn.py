@@ -352,7 +352,9 @@ def _discrete_update(log_theta, y, out):
     """out = log_theta + y - logsumexp_k(log_theta + y) over the rows of [B, D, K] (any B, D):
     z = log_theta + y is staged in out, its row maxima subtracted into a scratch that is
     exponentiated in one flat loop (see _exp_inplace), then each row's log-sum-exp is taken
-    off."""
+    off, the block's row sums going through one vectorised log (_log_inplace; a scalar log per
+    row took ~1/4 of the kernel: text8's B=416, paired in one process, two threads 2.8-3.8 ->
+    2.1-3.1 ms, bit for bit the same)."""
     batch, dims, n_classes = log_theta.shape
     rows = batch * dims
     theta = log_theta.reshape(rows, n_classes)
@@ -375,12 +377,16 @@ def _discrete_update(log_theta, y, out):
             for k in range(n_classes):
                 e[i, k] = z[r, k] - m
         _exp_inplace(e)
+        sums = np.empty(count)
         for i in range(count):
-            r = first + i
             s = 0.0
             for k in range(n_classes):
                 s += e[i, k]
-            lse = maxima[i] + vm.log(s)
+            sums[i] = s
+        _log_inplace(sums)
+        for i in range(count):
+            r = first + i
+            lse = maxima[i] + sums[i]
             for k in range(n_classes):
                 z[r, k] -= lse
 
