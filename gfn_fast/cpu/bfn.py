@@ -630,16 +630,21 @@ def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
             for k in range(n_classes):
                 e[d, k] = y[d, k] - shift
         _exp_inplace(e)
+        sums = np.empty(dims)
         for d in range(dims):
             s = 0.0
             for k in range(n_classes):
                 s += e[d, k]
-            if log:
-                lse = shifts[d] + vm.log(s)
+            sums[d] = s
+        if log:
+            _log_inplace(sums)  # one vectorised log, not a scalar one per row
+            for d in range(dims):
+                lse = shifts[d] + sums[d]
                 for k in range(n_classes):
                     y[d, k] -= lse
-            else:
-                inv = 1.0 / s
+        else:
+            for d in range(dims):
+                inv = 1.0 / sums[d]
                 for k in range(n_classes):
                     y[d, k] = e[d, k] * inv
 
