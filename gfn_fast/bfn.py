@@ -770,13 +770,19 @@ def _state(op: str, arg: str, tensor: torch.Tensor, shape=None) -> torch.Tensor:
     return tensor
 
 
-def _step_rho(op: str, rho: torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+def _step_rho(op: str, rho: torch.Tensor, batch: int, like: torch.Tensor,
+              check_values: bool) -> torch.Tensor:
+    """The precisions of a generation step: a contiguous [B] tensor, > 0 when value checks are
+    on and `check_values` (a host sync on a GPU; generate, which makes rho itself, skips it)."""
     _checks.require_tensor(op, "rho", rho, floating=True)
     _checks.same_device(op, "mu", like, rho=rho)
     if rho.shape != (batch,) or not rho.is_contiguous():
         _checks.fail(op, "rho", f"must be a contiguous [B] = [{batch}] tensor, got "
                      f"{list(rho.shape)}")
     _checks.not_tracked_in_place(op, "rho", rho)
+    if check_values and batch > 0 and _checks.value_checks_enabled() and \
+            not _checks.value_range(rho)[0] > 0:
+        _checks.fail(op, "rho", "must be > 0 (precisions; a NaN fails too)")
     return rho
 
 
@@ -787,12 +793,18 @@ def continuous_step(mu: torch.Tensor, rho: torch.Tensor, eps_hat: torch.Tensor, 
                     offset: int | None = None, backend: str | None = None) -> None:
     """One generation step after the network, in place: x_hat from eps_hat (as
     `continuous_output` at time t), sender sample y = x_hat + eps / sqrt(alpha), Bayesian update
-    of mu [B, ...] (in place) and rho [B] (in place, rho += alpha). No gradient: with grad mode
-    on, mu and rho must not require grad."""
+    of mu [B, ...] (in place) and rho [B] (in place, rho += alpha; rho must be > 0, checked
+    with the value checks). No gradient: with grad mode on, mu and rho must not require grad."""
+    _continuous_step(mu, rho, eps_hat, t, alpha, sigma_1, t_min, x_range, generator, seed,
+                     offset, backend, True)
+
+
+def _continuous_step(mu, rho, eps_hat, t, alpha, sigma_1, t_min, x_range, generator, seed,
+                     offset, backend, check_rho: bool) -> None:
     op = "continuous_step"
     mu = _state(op, "mu", mu)
     _continuous_inputs(op, "mu", {"mu": mu, "eps_hat": eps_hat})
-    rho = _step_rho(op, rho, mu.shape[0], mu)
+    rho = _step_rho(op, rho, mu.shape[0], mu, check_rho)
     t = _checks.parse_float(op, "t", t)
     if not 0.0 <= t <= 1.0:
         _checks.fail(op, "t", f"must lie in [0, 1], got {t}")
@@ -829,7 +841,14 @@ def discretised_step(mu: torch.Tensor | None, rho: torch.Tensor | None, mu_x: to
     network's mu_x, log_sigma_x; returned as its centre k_c), sender sample
     y = k_c + eps / sqrt(alpha), Bayesian update of mu [B, ...] and rho [B] in place. With
     mu = rho = None it only draws (the final sample). Returns the drawn centres (into `draw`
-    when given). No gradient: with grad mode on, mu, rho and draw must not require grad."""
+    when given). rho must be > 0 (checked with the value checks). No gradient: with grad mode
+    on, mu, rho and draw must not require grad."""
+    return _discretised_step(mu, rho, mu_x, log_sigma_x, alpha, n_bins, draw, generator, seed,
+                             offset, backend, True)
+
+
+def _discretised_step(mu, rho, mu_x, log_sigma_x, alpha, n_bins, draw, generator, seed, offset,
+                      backend, check_rho: bool) -> torch.Tensor:
     op = "discretised_step"
     _continuous_inputs(op, "mu_x", {"mu_x": mu_x, "log_sigma_x": log_sigma_x})
     n_bins = _checks.positive_int(op, "n_bins", n_bins, minimum=2)
@@ -839,7 +858,7 @@ def discretised_step(mu: torch.Tensor | None, rho: torch.Tensor | None, mu_x: to
     if update:
         mu = _state(op, "mu", mu, mu_x.shape)
         _checks.same_device(op, "mu_x", mu_x, mu=mu)
-        rho = _step_rho(op, rho, batch, mu)
+        rho = _step_rho(op, rho, batch, mu, check_rho)
     if draw is None:
         draw = torch.empty(mu_x.shape, dtype=mu_x.dtype, device=mu_x.device)
     draw = _state(op, "draw", draw, mu_x.shape)
@@ -982,13 +1001,13 @@ def generate(model, shape, n_steps: int, *, kind: str = "continuous", sigma_1: f
         t_vec.fill_(t)
         alpha = math.exp(-2.0 * i * log_s / n_steps) * -math.expm1(2.0 * log_s / n_steps)
         if kind == "continuous":
-            continuous_step(mu, rho, model(mu, t_vec), t, alpha, sigma_1, t_min=t_min,
-                            x_range=x_range, seed=seed, offset=offset + 4 * (i - 1),
-                            backend=backend)
+            # rho is made here, so > 0: no value check (a host sync per step on a GPU)
+            _continuous_step(mu, rho, model(mu, t_vec), t, alpha, sigma_1, t_min, x_range,
+                             None, seed, offset + 4 * (i - 1), backend, False)
         else:
             mu_x, log_sigma_x = model(mu, t_vec)
-            discretised_step(mu, rho, mu_x, log_sigma_x, alpha, n_bins, draw=draw, seed=seed,
-                             offset=offset + 4 * (i - 1), backend=backend)
+            _discretised_step(mu, rho, mu_x, log_sigma_x, alpha, n_bins, draw, None, seed,
+                              offset + 4 * (i - 1), backend, False)
     t_vec.fill_(1.0)
     if kind == "continuous":
         return continuous_output(mu, model(mu, t_vec), 1.0, sigma_1, t_min=t_min,

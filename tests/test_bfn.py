@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import gfn_fast
 from gfn_fast import bfn
 from gfn_fast.reference import bfn as ref
 from tests.conftest import backend_params
@@ -744,6 +745,29 @@ def _step_call(step, backend, state, rho, draw):
         return bfn.discretised_step(state, rho, torch.randn(2, 3), torch.randn(2, 3), 2.0, 16,
                                     draw=draw, seed=1, backend=backend)
     return bfn.discrete_step(state, torch.randn(2, 3, 4), 2.0, seed=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("step", ["continuous_step", "discretised_step"])
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan])
+def test_steps_refuse_precisions_that_are_not_positive(backend, step, bad):
+    """rho is a precision: mu' = mu + alpha / (rho + alpha) (y - mu) is silently wrong for
+    rho <= 0 (infinite at rho = -alpha) and NaN for a NaN. The steps refuse it before writing
+    anything, unless the value checks are off; generate, which makes rho itself, skips the
+    check (it would be a host sync per step on a GPU) and samples as before."""
+    state, rho = torch.randn(2, 3), torch.tensor([1.0, bad])
+    before = state.clone()
+    with pytest.raises(ValueError, match="`rho` must be > 0"):
+        _step_call(step, backend, state, rho, torch.zeros(2, 3))
+    assert torch.equal(state, before) and rho[0].item() == 1.0
+    with gfn_fast.validation(False):
+        _step_call(step, backend, state, rho, torch.zeros(2, 3))
+    assert not torch.equal(state, before)
+    kind = step.split("_")[0]
+    model = ((lambda mu, t: torch.zeros_like(mu)) if kind == "continuous" else
+             (lambda mu, t: (mu, torch.full_like(mu, -2.0))))
+    sample = bfn.generate(model, (2, 3), 5, kind=kind, seed=3, backend=backend)
+    assert sample.shape == (2, 3) and torch.isfinite(sample).all()
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
