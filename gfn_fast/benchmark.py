@@ -824,6 +824,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one small size per case, short timings, no torch.compile rows")
     parser.add_argument("--out", default=None,
                         help="directory for results.jsonl, results.md and one PNG plot per op")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave the torch.compile rows out (their first calls dominate a "
+                        "short GPU run)")
     parser.add_argument("--compile-workers", type=at_least(0), default=None, metavar="N",
                         help="on a CPU, processes that compile the Numba kernels before the "
                         "timing while this one compiles the torch.compile baselines (default: "
@@ -875,6 +878,11 @@ def main(args: argparse.Namespace) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "backends": {k: v["devices"] for k, v in _backends.backends().items()}}
     cases = [case for family in families for case in CASE_FAMILIES[family](device, args.quick)]
+    if getattr(args, "no_compile", False):
+        # before any call: torch.compile only compiles on its first call, so nothing is built
+        for case in cases:
+            case.impls = {name: fn for name, fn in case.impls.items()
+                          if not name.startswith("torch.compile")}
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

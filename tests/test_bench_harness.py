@@ -58,6 +58,28 @@ def test_a_new_run_replaces_the_old_results(tmp_path, monkeypatch):
     assert len(rows) == 1 and "stale" not in rows[0]
 
 
+def test_no_compile_leaves_the_compiled_rows_out_uncompiled(tmp_path, monkeypatch):
+    compiled = []
+
+    def family(device, quick):
+        def compiled_impl(state):
+            compiled.append(1)  # stands for torch.compile's first call
+            return state["x"] + 1
+        return [benchmark.Case("toy", "only", {}, 64, lambda dev: {"x": torch.ones(8)},
+                               {"eager": lambda s: s["x"] + 1, "torch.compile": compiled_impl})]
+
+    monkeypatch.setattr(benchmark, "CASE_FAMILIES", {"a": family})
+    monkeypatch.setattr(benchmark, "copy_bandwidth", lambda device: 1e10)
+    for no_compile, impls in ((True, ["eager"]), (False, ["eager", "torch.compile"])):
+        args = _args(tmp_path, "a")
+        args.no_compile = no_compile
+        benchmark.main(args)
+        rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text()
+                .splitlines()]
+        assert [r["impl"] for r in rows] == impls
+        assert bool(compiled) == (not no_compile)
+
+
 def _graph_rows():
     base = {"op": "trajectory_balance", "case": "B=65536 T=128", "p20_ms": 0.9, "p80_ms": 1.1,
             "bytes_moved": 134217728, "gbps": 150.0, "pct_copy_bw": 5.0, "peak_mem_mb": 64.0,
