@@ -258,6 +258,18 @@ def _exp_inplace(scratch):
         flat[j] = vm.exp(flat[j])
 
 
+@numba.njit(inline="always", cache=True)
+def _row_sums(values, sums):
+    """sums[i] = sum_k values[i, k] over a [R, K] array, each in float64: the row totals of the
+    exponentials that the softmaxes and log-sum-exps divide by or take the log of (those logs go
+    through _log_inplace, one vectorised call for all R rows)."""
+    for i in range(values.shape[0]):
+        s = 0.0
+        for k in range(values.shape[1]):
+            s += values[i, k]
+        sums[i] = s
+
+
 @numba.njit(**_ROW_HELPER)
 def _shift_rows(values, b, scratch, maxima):
     """scratch[d, k] = values[b, d, k] - max_k values[b, d, k], maxima[d] = that maximum."""
@@ -378,11 +390,7 @@ def _discrete_update(log_theta, y, out):
                 e[i, k] = z[r, k] - m
         _exp_inplace(e)
         sums = np.empty(count)
-        for i in range(count):
-            s = 0.0
-            for k in range(n_classes):
-                s += e[i, k]
-            sums[i] = s
+        _row_sums(e, sums)
         _log_inplace(sums)
         for i in range(count):
             r = first + i
@@ -631,11 +639,7 @@ def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
                 e[d, k] = y[d, k] - shift
         _exp_inplace(e)
         sums = np.empty(dims)
-        for d in range(dims):
-            s = 0.0
-            for k in range(n_classes):
-                s += e[d, k]
-            sums[d] = s
+        _row_sums(e, sums)
         if log:
             _log_inplace(sums)  # one vectorised log, not a scalar one per row
             for d in range(dims):
@@ -669,11 +673,7 @@ def _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats):
     _shift_rows(logits, b, p, maxima)
     _exp_inplace(p)
     sums = stats[1]
-    for d in range(dims):
-        s_l = 0.0
-        for k in range(n_classes):
-            s_l += p[d, k]
-        sums[d] = s_l
+    _row_sums(p, sums)
     logs = np.empty(dims)
     for d in range(dims):
         logs[d] = sums[d]
@@ -695,11 +695,7 @@ def _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats):
             w[d, k] -= m
         stats[0, d] = y_target - m
     _exp_inplace(w)
-    for d in range(dims):
-        s = 0.0
-        for k in range(n_classes):
-            s += w[d, k]
-        sums[d] = s
+    _row_sums(w, sums)
     for d in range(dims):
         logs[d] = sums[d]
     _log_inplace(logs)
@@ -840,11 +836,7 @@ def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
             _shift_rows(log_theta, b, noise, theta_max)
             _exp_inplace(noise)
             logs = np.empty(dims)
-            for d in range(dims):
-                s = 0.0
-                for k in range(n_classes):
-                    s += noise[d, k]
-                logs[d] = s
+            _row_sums(noise, logs)
             _log_inplace(logs)
             for d in range(dims):
                 lse = theta_max[d] + logs[d]
