@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="", help="only cases whose op or label contains one "
                         "of these comma-separated words")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--quick", action="store_true", help="the bench's --quick sizes")
+    parser.add_argument("--quick", action="store_true",
+                        help="the bench's --quick sizes (no torch.compile rows)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave the torch.compile rows out, as the bench's --no-compile")
     parser.add_argument("--reps", type=int, default=20, help="profiled calls per implementation")
     parser.add_argument("--top", type=int, default=8, help="kernels listed per implementation")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---:|---:|---|---:|---:|---:|"]
     found = False
     for family in families:
-        for case in harness.CASE_FAMILIES[family](device, args.quick):
+        for case in harness.build_cases([family], device, args.quick,
+                                        compile_rows=not args.no_compile):
             text = f"{case.op} {case.label}".lower()
             if words and not any(word in text for word in words):
                 continue

@@ -13,8 +13,8 @@ On a CPU everything that compiles (Numba kernels, torch.compile baselines) is co
 the timing starts, in parallel where there are cores for it (compile_ahead).
 
 `--quick` (one small size per case, short timings) leaves the torch.compile rows out of every
-case: on a 2-core CPU with empty caches their first calls took ~27 s of an 87 s run, which the
-issue wants in about a minute. The full run has them.
+case (build_cases): on a 2-core CPU with empty caches their first calls took ~27 s of an 87 s
+run, which the issue wants in about a minute. The full run has them, unless `--no-compile`.
 """
 
 import argparse
@@ -604,9 +604,8 @@ def balance_cases(device: torch.device, quick: bool) -> list[Case]:
                 return getattr(reference, op)(*head, *((s["log_z"],) if has_log_z else ()),
                                               *tail)
 
-            impls = {"eager": _fwd_bwd(plain, names)}
-            if not quick:  # --quick leaves compile out (module docstring)
-                impls["torch.compile"] = _fwd_bwd(torch.compile(plain, dynamic=False), names)
+            compiled = torch.compile(plain, dynamic=False)
+            impls = {"eager": _fwd_bwd(plain, names), "torch.compile": _fwd_bwd(compiled, names)}
             for backend in ("cuda", "triton", "numba"):
                 if device.type in gfn_fast.backends()[backend]["devices"] and not (
                         backend == "triton" and device.type == "cpu"):
@@ -839,6 +838,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only redraw the PNG plots of DIR/results.jsonl (a recorded run)")
 
 
+def build_cases(families: list[str], device: torch.device, quick: bool,
+                compile_rows: bool = True) -> list[Case]:
+    """The cases of `families` (CASE_FAMILIES names). --quick runs, and runs without
+    `compile_rows`, lose the torch.compile rows (module docstring); dropped before any call,
+    they cost nothing, as torch.compile only compiles on a first call."""
+    cases = [case for family in families for case in CASE_FAMILIES[family](device, quick)]
+    if quick or not compile_rows:
+        for case in cases:
+            case.impls = {name: fn for name, fn in case.impls.items()
+                          if not name.startswith("torch.compile")}
+    return cases
+
+
 def parse_families(ops: str) -> list[str]:
     """'balance, bfn' -> ['balance', 'bfn']; ValueError naming the unknown ones (or an empty
     list) and the choices."""
@@ -877,12 +889,8 @@ def main(args: argparse.Namespace) -> int:
               "copy_gbps": bandwidth / 1e9, "versions": _versions(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "backends": {k: v["devices"] for k, v in _backends.backends().items()}}
-    cases = [case for family in families for case in CASE_FAMILIES[family](device, args.quick)]
-    if getattr(args, "no_compile", False):
-        # before any call: torch.compile only compiles on its first call, so nothing is built
-        for case in cases:
-            case.impls = {name: fn for name, fn in case.impls.items()
-                          if not name.startswith("torch.compile")}
+    cases = build_cases(families, device, args.quick,
+                        compile_rows=not getattr(args, "no_compile", False))
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -70,14 +70,16 @@ def test_no_compile_leaves_the_compiled_rows_out_uncompiled(tmp_path, monkeypatc
 
     monkeypatch.setattr(benchmark, "CASE_FAMILIES", {"a": family})
     monkeypatch.setattr(benchmark, "copy_bandwidth", lambda device: 1e10)
-    for no_compile, impls in ((True, ["eager"]), (False, ["eager", "torch.compile"])):
+    # --quick drops them as --no-compile does (benchmark.build_cases)
+    for quick, no_compile, impls in ((False, True, ["eager"]), (True, False, ["eager"]),
+                                     (False, False, ["eager", "torch.compile"])):
         args = _args(tmp_path, "a")
-        args.no_compile = no_compile
+        args.quick, args.no_compile = quick, no_compile
         benchmark.main(args)
         rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text()
                 .splitlines()]
         assert [r["impl"] for r in rows] == impls
-        assert bool(compiled) == (not no_compile)
+        assert bool(compiled) == (impls[-1] == "torch.compile")
 
 
 def _graph_rows():

@@ -86,15 +86,15 @@ stage build "${LIMIT_BUILD:-90}" env GFN_FAST_CUDA=1 GFN_FAST_CUDA_ARCHS=90 MAX_
 # -v: each result is logged as it comes, so a run cut off at its limit still names its failures
 stage test "${LIMIT_TEST:-190}" python3 -m pytest -m cuda -v -n 12 -p no:cacheprovider \
   --durations=15 tests
-# --no-compile: the BFN family has 13 cases, and a torch.compile row's first call (inductor,
-# then Triton, on an empty cache) takes seconds each; issue #5's GPU bars are against eager and
-# copy bandwidth, so those rows would only eat this stage's limit
+# --no-compile (here and in the profile): the BFN family has 13 cases, and a torch.compile
+# row's first call (inductor, then Triton, on an empty cache) takes seconds each; issue #5's
+# GPU bars are against eager and copy bandwidth, so those rows would only eat the stage's limit
 stage bfn "${LIMIT_BFN:-70}" "${bench[@]}" --ops bfn --no-compile \
   --out "bench/results/$PREFIX-bfn"
 stage rollout "${LIMIT_ROLLOUT:-120}" "${bench[@]}" --ops rollout \
   --out "bench/results/$PREFIX-rollout"
 stage profile "${LIMIT_PROFILE:-45}" python3 bench/profile_kernels.py --ops bfn --device "$DEVICE" \
-  --cases "${PROFILE_CASES:-}" "${quick[@]}" --out "$OUT/profile.md"
+  --no-compile --cases "${PROFILE_CASES:-}" "${quick[@]}" --out "$OUT/profile.md"
 stage sampling "${LIMIT_SAMPLING:-60}" "${bench[@]}" --ops sampling \
   --out "bench/results/$PREFIX-sampling"
 

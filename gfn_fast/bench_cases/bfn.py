@@ -25,19 +25,14 @@ def _grads(loss, inputs):
     return torch.autograd.grad(loss.sum(), inputs)
 
 
-def _references(plain, finish, quick: bool, eager_name: str = "eager",
+def _references(plain, finish, eager_name: str = "eager",
                 compiled_name: str = "torch.compile") -> dict:
-    """The reference path in eager mode and, except in `--quick` runs, under torch.compile:
-    `plain(state)` is the reference math (its own noise drawn inside), `finish(fn, state)` calls
-    `fn` and takes what the case measures after it (gradients, an in-place state update),
-    outside the compiled graph in both rows. --quick leaves the compiled rows out: their first
-    calls (~2 s each on the 2-core development machine, ~20 s for this family) would take a
-    one-minute run past its minute."""
-    impls = {eager_name: lambda s: finish(plain, s)}
-    if not quick:
-        compiled = torch.compile(plain, dynamic=False)
-        impls[compiled_name] = lambda s: finish(compiled, s)
-    return impls
+    """The reference path in eager mode and under torch.compile: `plain(state)` is the
+    reference math (its own noise drawn inside), `finish(fn, state)` calls `fn` and takes what
+    the case measures after it (gradients, an in-place state update), outside the compiled graph
+    in both rows. (--quick and --no-compile runs drop the compiled row: benchmark.build_cases.)"""
+    compiled = torch.compile(plain, dynamic=False)
+    return {eager_name: lambda s: finish(plain, s), compiled_name: lambda s: finish(compiled, s)}
 
 
 def _case(op, label, params, moved, setup, references, fused, device, elements=0):
@@ -53,10 +48,10 @@ def _case(op, label, params, moved, setup, references, fused, device, elements=0
 def text8_cases(device, quick):
     batches = [64] if quick else [32, TEXT8["B"]]
     return [case for batch in batches
-            for case in _text8_case(device, dict(TEXT8, B=batch), quick)]
+            for case in _text8_case(device, dict(TEXT8, B=batch))]
 
 
-def _text8_case(device, p, quick):
+def _text8_case(device, p):
     batch, dims, n_classes, beta_1 = p["B"], p["D"], p["K"], p["beta_1"]
 
     def setup(dev):
@@ -85,16 +80,16 @@ def _text8_case(device, p, quick):
     # theta written, logits read twice (fwd, bwd), gradient written; indices read
     moved = batch * dims * (4 * n_classes * 4 + 2 * 8)
     return [_case("bfn_discrete_flow+loss", f"text8 B={batch} D={dims} K={n_classes} fwd+bwd",
-                  p, moved, setup, _references(plain, finish, quick), fused, device)]
+                  p, moved, setup, _references(plain, finish), fused, device)]
 
 
 def cifar_cases(device, quick):
     batches = [8] if quick else [CIFAR["B"], 256]
     return [case for batch in batches
-            for case in _cifar_case(device, dict(CIFAR, B=batch), quick)]
+            for case in _cifar_case(device, dict(CIFAR, B=batch))]
 
 
-def _cifar_case(device, p, quick):
+def _cifar_case(device, p):
     batch, dims, sigma_1 = p["B"], p["D"], p["sigma_1"]
 
     def setup(dev):
@@ -122,7 +117,7 @@ def _cifar_case(device, p, quick):
     # bwd: read that, write the gradient
     moved = batch * dims * 4 * 8
     return [_case("bfn_continuous_flow+loss", f"CIFAR-10 B={batch} D={dims} fwd+bwd", p, moved,
-                  setup, _references(plain, finish, quick), fused, device)]
+                  setup, _references(plain, finish), fused, device)]
 
 
 def discretised_cases(device, quick):
@@ -153,7 +148,7 @@ def discretised_cases(device, quick):
         return call
 
     moved = batch * dims * 4 * 8
-    references = _references(plain, finish, quick, "eager (materialises [B, D, K])")
+    references = _references(plain, finish, "eager (materialises [B, D, K])")
     return [_case("bfn_discretised_loss", f"256 bins B={batch} D={dims} fwd+bwd", p, moved,
                   setup, references, fused, device)]
 
@@ -199,7 +194,7 @@ def nstep_cases(device, quick):
         return call
 
     references = {"eager": materialised}
-    references.update(_references(reference_o_k, finish, quick, "eager O(K) reference",
+    references.update(_references(reference_o_k, finish, "eager O(K) reference",
                                   "torch.compile (O(K) reference)"))
     moved = batch * dims * (3 * n_classes * 4 + 2 * 8)
     return [_case("bfn_discrete_nstep_loss", f"n=100 text8 B={batch} D={dims} K={n_classes} "
@@ -236,7 +231,7 @@ def step_cases(device, quick):
 
     cases.append(_case("bfn_continuous_step", f"CIFAR-10 B={c['B']} D={c['D']}",
                        dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
-                       setup_continuous, _references(plain_continuous, update, quick),
+                       setup_continuous, _references(plain_continuous, update),
                        fused_continuous, device, elements=c["B"] * c["D"]))
 
     def setup_discretised(dev):
@@ -262,7 +257,7 @@ def step_cases(device, quick):
     # read mu, mu_x, log_sigma_x; write mu and the drawn centres
     cases.append(_case("bfn_discretised_step", f"CIFAR-10 256 bins B={c['B']} D={c['D']}",
                        dict(c, n_bins=256, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 5,
-                       setup_discretised, _references(plain_discretised, update, quick),
+                       setup_discretised, _references(plain_discretised, update),
                        fused_discretised, device, elements=c["B"] * c["D"]))
 
     def setup_discrete(dev):
@@ -283,7 +278,7 @@ def step_cases(device, quick):
                               backend=backend)
         return call
 
-    references = _references(plain_discrete, lambda fn, s: update(fn, s, "log_theta"), quick)
+    references = _references(plain_discrete, lambda fn, s: update(fn, s, "log_theta"))
     cases.append(_case("bfn_discrete_step", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
                        dict(t8, elements=t8["B"] * t8["D"] * t8["K"]),
                        t8["B"] * t8["D"] * t8["K"] * 4 * 3, setup_discrete, references,
@@ -319,7 +314,7 @@ def update_cases(device, quick):
     # read mu and y, write mu' (the [B] precisions are negligible)
     cases.append(_case("bfn_continuous_update", f"CIFAR-10 B={c['B']} D={c['D']}",
                        dict(c, elements=c["B"] * c["D"]), c["B"] * c["D"] * 4 * 3,
-                       setup_continuous, _references(plain_continuous, returned, quick),
+                       setup_continuous, _references(plain_continuous, returned),
                        fused_continuous, device))
 
     def setup_discrete(dev):
@@ -337,7 +332,7 @@ def update_cases(device, quick):
     elements = t8["B"] * t8["D"] * t8["K"]
     cases.append(_case("bfn_discrete_update", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
                        dict(t8, elements=elements), elements * 4 * 3, setup_discrete,
-                       _references(plain_discrete, returned, quick), fused_discrete, device))
+                       _references(plain_discrete, returned), fused_discrete, device))
 
     def setup_bins(dev):
         gen = torch.Generator().manual_seed(0)
@@ -354,7 +349,7 @@ def update_cases(device, quick):
     # read mu_x and log sigma, write K probabilities per element
     cases.append(_case("bfn_discretised_probs", f"256 bins B={bins['B']} D={bins['D']}", bins,
                        bins["B"] * bins["D"] * 4 * (2 + bins["n_bins"]), setup_bins,
-                       _references(plain_bins, returned, quick), fused_bins, device))
+                       _references(plain_bins, returned), fused_bins, device))
     return cases
 
 

@@ -85,15 +85,13 @@ def sampling_cases(device, quick):
             with torch.no_grad():
                 return torch_sampler(s["logits"], s["mask"], s["scale"], 0.1)
 
-        impls = {"eager": eager}
-        if not quick:  # --quick leaves compile out (gfn_fast.benchmark's docstring)
-            compiled_sampler = torch.compile(torch_sampler, dynamic=False)
+        compiled_sampler = torch.compile(torch_sampler, dynamic=False)
 
-            def compiled(s, compiled_sampler=compiled_sampler):
-                with torch.no_grad():
-                    return compiled_sampler(s["logits"], s["mask"], s["scale"], 0.1)
+        def compiled(s, compiled_sampler=compiled_sampler):
+            with torch.no_grad():
+                return compiled_sampler(s["logits"], s["mask"], s["scale"], 0.1)
 
-            impls["torch.compile"] = compiled
+        impls = {"eager": eager, "torch.compile": compiled}
         impls.update({f"gfn_fast[{b}]": ours(b) for b in _backends_for(device)})
         draw = flashinfer_draw() if device.type == "cuda" else None
         if draw is not None:
@@ -117,10 +115,9 @@ def sampling_cases(device, quick):
             out = fn(s["logits"], s["mask"], s["scale"], s["actions"])
             return torch.autograd.grad(out.sum(), (s["logits"], s["scale"]))
 
-        impls = {"eager": lp_eager}
-        if not quick:
-            compiled_lp = torch.compile(torch_log_prob, dynamic=False)
-            impls["torch.compile"] = lambda s, fn=compiled_lp: lp_eager(s, fn)
+        compiled_lp = torch.compile(torch_log_prob, dynamic=False)
+        impls = {"eager": lp_eager,
+                 "torch.compile": lambda s, fn=compiled_lp: lp_eager(s, fn)}
         impls.update({f"gfn_fast[{b}]": lp_ours(b) for b in _backends_for(device)})
         # bytes: fwd reads logits + mask, bwd reads them again and writes grad_logits
         cases.append(Case("action_log_prob", f"N={rows} A={width} fp32 fwd+bwd",

@@ -167,13 +167,10 @@ def _fwd_bwd(forward):
     return call
 
 
-def _impls(device, loss: str, quick: bool) -> dict:
-    """The reference in eager mode and (except in --quick runs: gfn_fast.benchmark's docstring)
-    under torch.compile, then each gfn_fast backend of the device."""
+def _impls(device, loss: str) -> dict:
     plain = _db_reference if loss == "db" else _subtb_reference
-    impls = {"eager": _fwd_bwd(plain)}
-    if not quick:
-        impls["torch.compile"] = _fwd_bwd(torch.compile(plain, dynamic=False))
+    compiled = torch.compile(plain, dynamic=False)
+    impls = {"eager": _fwd_bwd(plain), "torch.compile": _fwd_bwd(compiled)}
     impls.update({f"gfn_fast[{b}]": _fwd_bwd(_fused(loss, b)) for b in _backends_for(device)})
     return impls
 
@@ -213,8 +210,7 @@ def synthetic_cases(device, quick) -> list[Case]:
             cases.append(Case(op, f"{title} B={batch} T={steps} random lengths fp32 fwd+bwd",
                               {"B": batch, "T": steps, "dtype": "float32", "lamda": LAMDA,
                                "lengths": "uniform[1, T]"},
-                              _bytes_moved(loss, batch, steps), setup,
-                              _impls(device, loss, quick)))
+                              _bytes_moved(loss, batch, steps), setup, _impls(device, loss)))
     return cases
 
 
@@ -253,7 +249,7 @@ def torchgfn_cases(device, quick) -> list[Case]:
                                        allow_unused=True)
 
         op, title = _TITLES[loss]
-        impls = {"torchgfn": torchgfn, **_impls(device, loss, quick)}
+        impls = {"torchgfn": torchgfn, **_impls(device, loss)}
         steps = max_length + 1
         cases.append(Case(op, f"{title} torchgfn HyperGrid B={batch} T={steps} fp32 fwd+bwd",
                           {"B": batch, "T": steps, "dtype": "float32", "lamda": LAMDA,
