@@ -555,6 +555,15 @@ def markdown(rows: list[dict], header: dict) -> str:
     return "\n".join(lines)
 
 
+def timed_backends(device: torch.device) -> list[str]:
+    """The gfn_fast backends a case times on `device`: those that run there, except Triton on a
+    CPU (its interpreter is for tests, not timing)."""
+    report = gfn_fast.backends()
+    return [name for name in ("cuda", "triton", "numba")
+            if device.type in report[name]["devices"]
+            and not (name == "triton" and device.type == "cpu")]
+
+
 def _fwd_bwd(forward: Callable, names: tuple) -> Callable:
     def call(state):
         inputs = [state[n] for n in names]
@@ -606,10 +615,8 @@ def balance_cases(device: torch.device, quick: bool) -> list[Case]:
 
             compiled = torch.compile(plain, dynamic=False)
             impls = {"eager": _fwd_bwd(plain, names), "torch.compile": _fwd_bwd(compiled, names)}
-            for backend in ("cuda", "triton", "numba"):
-                if device.type in gfn_fast.backends()[backend]["devices"] and not (
-                        backend == "triton" and device.type == "cpu"):
-                    impls[f"gfn_fast[{backend}]"] = _fwd_bwd(through(backend), names)
+            for backend in timed_backends(device):
+                impls[f"gfn_fast[{backend}]"] = _fwd_bwd(through(backend), names)
             # bytes: read log_pf and log_pb once, write their gradients once (per-row terms
             # ignored)
             label = "TB" if has_log_z else "VarGrad"
@@ -673,12 +680,10 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
             return call
 
         impls = {"eager": ours("reference"), "policy network alone (floor)": policy_alone}
-        for backend in ("cuda", "triton", "numba"):
-            if device.type in gfn_fast.backends()[backend]["devices"] and not (
-                    backend == "triton" and device.type == "cpu"):
-                impls[f"gfn_fast[{backend}]"] = ours(backend)
-                if device.type == "cuda":
-                    impls[f"gfn_fast[{backend}] + CUDA graph"] = ours(backend, graph=True)
+        for backend in timed_backends(device):
+            impls[f"gfn_fast[{backend}]"] = ours(backend)
+            if device.type == "cuda":
+                impls[f"gfn_fast[{backend}] + CUDA graph"] = ours(backend, graph=True)
         try:
             from gfn.gym import HyperGrid as TorchgfnHyperGrid
             from gfn.modules import DiscretePolicyEstimator

@@ -5,20 +5,12 @@ import math
 
 import torch
 
-import gfn_fast
 from gfn_fast import benchmark as harness
 from gfn_fast import bfn
 from gfn_fast.reference import bfn as ref
 
 TEXT8 = dict(B=416, D=256, K=27, beta_1=0.5625)
 CIFAR = dict(B=32, D=3072, sigma_1=1e-3)
-
-
-def _backends(device: torch.device) -> list[str]:
-    report = gfn_fast.backends()
-    return [name for name in ("cuda", "triton", "numba")
-            if device.type in report[name]["devices"]
-            and not (name == "triton" and device.type == "cpu")]
 
 
 def _grads(loss, inputs):
@@ -40,7 +32,7 @@ def _case(op, label, params, moved, setup, references, fused, device, elements=0
     gfn_fast backend of the device. `elements`: data elements a call produces (a generation
     step's B x D), reported as elements per second."""
     impls = dict(references)
-    impls.update({f"gfn_fast[{b}]": fused(b) for b in _backends(device)})
+    impls.update({f"gfn_fast[{b}]": fused(b) for b in harness.timed_backends(device)})
     return harness.Case(op, label, params, moved, setup, impls, items=elements,
                         item_name="elements/s" if elements else "")
 

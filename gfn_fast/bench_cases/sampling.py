@@ -4,7 +4,7 @@
 import torch
 
 import gfn_fast
-from gfn_fast.benchmark import Case
+from gfn_fast.benchmark import Case, timed_backends
 
 
 def _multinomial(mu, generator=None):
@@ -36,15 +36,6 @@ def flashinfer_draw():
 def torch_log_prob(logits, mask, scale, actions):
     z = (logits * scale[:, None]).masked_fill(~mask, float("-inf"))
     return torch.log_softmax(z, dim=1).gather(1, actions[:, None])[:, 0]
-
-
-def _backends_for(device):
-    names = []
-    for name in ("cuda", "triton", "numba"):
-        if device.type in gfn_fast.backends()[name]["devices"] and not (
-                name == "triton" and device.type == "cpu"):
-            names.append(name)
-    return names
 
 
 def _setup(rows, width):
@@ -92,7 +83,7 @@ def sampling_cases(device, quick):
                 return compiled_sampler(s["logits"], s["mask"], s["scale"], 0.1)
 
         impls = {"eager": eager, "torch.compile": compiled}
-        impls.update({f"gfn_fast[{b}]": ours(b) for b in _backends_for(device)})
+        impls.update({f"gfn_fast[{b}]": ours(b) for b in timed_backends(device)})
         draw = flashinfer_draw() if device.type == "cuda" else None
         if draw is not None:
             def flashinfer(s, draw=draw):
@@ -118,7 +109,7 @@ def sampling_cases(device, quick):
         compiled_lp = torch.compile(torch_log_prob, dynamic=False)
         impls = {"eager": lp_eager,
                  "torch.compile": lambda s, fn=compiled_lp: lp_eager(s, fn)}
-        impls.update({f"gfn_fast[{b}]": lp_ours(b) for b in _backends_for(device)})
+        impls.update({f"gfn_fast[{b}]": lp_ours(b) for b in timed_backends(device)})
         # bytes: fwd reads logits + mask, bwd reads them again and writes grad_logits
         cases.append(Case("action_log_prob", f"N={rows} A={width} fp32 fwd+bwd",
                           {"N": rows, "A": width, "dtype": "float32"},

@@ -18,17 +18,11 @@ Two kinds of case, each forward+backward in float32:
 import torch
 
 import gfn_fast
-from gfn_fast.benchmark import Case
+from gfn_fast.benchmark import Case, timed_backends
 from gfn_fast.reference import subtb as reference
 from gfn_fast.reference.losses import SQUARED
 
 LAMDA = 0.9
-
-
-def _backends_for(device):
-    return [name for name in ("cuda", "triton", "numba")
-            if device.type in gfn_fast.backends()[name]["devices"]
-            and not (name == "triton" and device.type == "cpu")]
 
 
 def synthetic(batch: int, steps: int, seed: int = 0, device="cpu"):
@@ -171,7 +165,7 @@ def _impls(device, loss: str) -> dict:
     plain = _db_reference if loss == "db" else _subtb_reference
     compiled = torch.compile(plain, dynamic=False)
     impls = {"eager": _fwd_bwd(plain), "torch.compile": _fwd_bwd(compiled)}
-    impls.update({f"gfn_fast[{b}]": _fwd_bwd(_fused(loss, b)) for b in _backends_for(device)})
+    impls.update({f"gfn_fast[{b}]": _fwd_bwd(_fused(loss, b)) for b in timed_backends(device)})
     return impls
 
 
