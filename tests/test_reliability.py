@@ -777,3 +777,54 @@ def test_gumbel_prepass_is_vectorised(tmp_path):
     assert found == {"_fill_gumbels": True, "scalar_gumbels": False, "_chunk_exps": True,
                      "_chunk_lse": True, "erfc_pos_inplace": True,
                      "_discretised_step widens": False}, found
+
+
+_BUILDS_PROBE = """
+import json, torch
+import gfn_fast
+from gfn_fast import bfn
+from gfn_fast.cpu import balance, bfn as cpu_bfn, rollout, sampling
+from gfn_fast.envs import HyperGrid
+from gfn_fast.rollout import sample_trajectories
+
+for batch in (2, 64):  # the serial twins, then the parallel kernels
+    x = torch.randint(0, 27, (batch, 64))
+    t = torch.rand(batch)
+    logits = torch.randn(batch, 64, 27, requires_grad=True)
+    bfn.continuous_flow(torch.zeros(batch, 3072), t, 0.01, seed=1, backend="numba")
+    bfn.discrete_flow(x, t, 1.0, 27, seed=1, backend="numba")
+    loss = bfn.discrete_loss(x, logits, t, 1.0, n_steps=10, seed=1, backend="numba")
+    loss.sum().backward()
+    bfn.discrete_step(torch.log_softmax(torch.randn(batch, 64, 27), -1), logits.detach(), 0.1,
+                      seed=1, backend="numba")
+    log_pf = torch.randn(batch * 64, 64, requires_grad=True)
+    log_reward = torch.randn(batch * 64)
+    gfn_fast.trajectory_balance(log_pf, None, log_reward, torch.tensor(0.0),
+                                backend="numba").backward()
+    gfn_fast.log_partition_variance(log_pf, None, log_reward, backend="numba").backward()
+env = HyperGrid(ndim=4, height=8)
+net = torch.nn.Linear(32, 5)
+with torch.no_grad():  # its later steps run fewer live rows: both twins of the step kernel
+    sample_trajectories(lambda f, _: net(f), env, 4096, seed=0, backend="numba")
+builds = {fn.py_func.__name__: len(fn.signatures) for fn in (
+    cpu_bfn._fill_normals, cpu_bfn._nstep_rows, cpu_bfn._discrete_step_row,
+    rollout._step_chunk, sampling.sample_chunk, balance._rows_forward)}
+builds["_hypergrid_step twins"] = len(rollout._hypergrid_step.signatures) + len(
+    sampling.serial_if(rollout._hypergrid_step, True).signatures)
+print("BUILDS " + json.dumps(builds))
+"""
+
+
+def test_shared_helpers_are_built_once(tmp_path):
+    """A cold first run is mostly Numba compiling (`bench --quick`: ~60 of its ~70 s before these
+    changes), and each build of a helper that loops over rows costs ~1-3 s. The row and chunk
+    helpers are functions of their own, built once and shared by a kernel's parallel version
+    and serial twin and by every kernel that calls them (inlined by Numba, each caller built
+    and put through the parallel-loop passes its own copy), and their callers pass one array
+    type (a 2-D and a 1-D array, or an unsigned prange index, made a second build). TB with one
+    log Z and VarGrad share a build of the forward kernel. In a fresh interpreter, float32
+    calls of every caller, serial and parallel, leave one build of each."""
+    builds = _run_probe(_BUILDS_PROBE, "BUILDS", tmp_path)
+    assert builds == {"_fill_normals": 1, "_nstep_rows": 1, "_discrete_step_row": 1,
+                      "_step_chunk": 1, "sample_chunk": 1, "_rows_forward": 1,
+                      "_hypergrid_step twins": 2}, builds

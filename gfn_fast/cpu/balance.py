@@ -166,6 +166,13 @@ def _beta(beta, batch, dtype) -> np.ndarray:
     return per_row(beta, batch, dtype) if beta is not None else constant_row(batch, dtype, 1.0)
 
 
+def _log_z(log_z, batch, dtype) -> np.ndarray:
+    """log Z per row; VarGrad's (none) is a stride-0 row of zeros, the array type of a scalar
+    log Z, so that TB with one log Z and VarGrad share a build of each kernel (~2 s of a
+    first run's compile) instead of VarGrad's dummy making one of its own."""
+    return per_row(log_z, batch, dtype) if log_z is not None else constant_row(batch, dtype, 0.0)
+
+
 def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_min, loss_id,
                  loss_param, apply_loss):
     """Per trajectory: d = log_z + sum log_pf - sum log_pb - beta * max(log_reward, clip), and
@@ -178,7 +185,7 @@ def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_
     pb = as_numpy(_as_2d(log_pb, packed), dtype) if log_pb is not None else pf
     kernel = serial_if(_rows_forward, _small(log_pf))
     kernel(pf, pb, log_pb is not None, lengths.numpy(), packed, log_reward.numpy(),
-           per_row(log_z, batch, dtype), log_z is not None, _beta(beta, batch, dtype),
+           _log_z(log_z, batch, dtype), log_z is not None, _beta(beta, batch, dtype),
            float(clip_min), loss_id, float(loss_param), apply_loss, d.numpy(), loss.numpy(),
            _SINK)
     return d, (loss if apply_loss else None)

@@ -562,14 +562,16 @@ _CHUNK_BLOCKS = 256
 
 @numba.njit(**_ROW_HELPER)
 def _fill_normals(values, base, scale, shift, k0, k1, o0, o1):
-    """values[j] = scale * normal(base + j) + shift over a contiguous array (any shape): whole
-    blocks (four normals each) in vectorised loops, the ragged ends one by one. scale and
-    shift are rounded to values' dtype first: float64 factors on float32 normals would widen
-    the whole vector loop to float64 (a fifth of the CIFAR-shape flow's time: 80 -> 64 us).
-    The blocks go in chunks of two loops: the Philox words of a chunk into an L1-resident
-    buffer, then Box-Muller over them. Fused in one loop, the 64-bit integer words set the
-    vector width (8 lanes) for the float32 transform too; split, each loop gets its own
-    (98K normals, one thread: 117 -> 100 us; the CIFAR-shape flow 74 -> 69 us)."""
+    """values[j] = scale * normal(base + j) + shift over a contiguous array (any shape; the
+    kernels pass 1-D views, so that one build serves them all: each array type is a build of its
+    own, ~1.5 s of a first run's compile). Whole blocks (four normals each) in vectorised loops,
+    the ragged ends one by one. scale and shift are rounded to values' dtype first: float64
+    factors on float32 normals would widen the whole vector loop to float64 (a fifth of the
+    CIFAR-shape flow's time: 80 -> 64 us). The blocks go in chunks of two loops: the Philox words
+    of a chunk into an L1-resident buffer, then Box-Muller over them. Fused in one loop, the
+    64-bit integer words set the vector width (8 lanes) for the float32 transform too; split,
+    each loop gets its own (98K normals, one thread: 117 -> 100 us; the CIFAR-shape flow
+    74 -> 69 us)."""
     vm.wide_vectors()
     flat = values.reshape(values.size)
     scale = flat.dtype.type(scale)
@@ -626,8 +628,8 @@ def _discrete_flow(x_index, t, beta_1, k0, k1, o0, o1, log, out):
         vm.wide_vectors()
         beta_t = beta_1 * t[b] * t[b]
         y = out[b]
-        _fill_normals(y, b * dims * n_classes, math.sqrt(beta_t * n_classes), -beta_t, k0, k1,
-                      o0, o1)
+        _fill_normals(y.reshape(y.size), b * dims * n_classes, math.sqrt(beta_t * n_classes),
+                      -beta_t, k0, k1, o0, o1)
         e = np.empty((dims, n_classes), out.dtype)
         shifts = np.empty(dims, out.dtype)
         for d in range(dims):
@@ -662,14 +664,18 @@ def _log_inplace(values):
         values[j] = vm.log(values[j])
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(**_ROW_HELPER)
 def _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats):
     """One sample's n-step terms. Leaves p[d, k] = softmax(logits[b, d])_k and
     w[d, k] = exp(z_k - max_k z) with z = ln p_O + y (y the sender sample), and
-    stats[0, d] = y_x - logsumexp_k z_k, stats[1, d] = sum_k w[d, k]."""
+    stats[0, d] = y_x - logsumexp_k z_k, stats[1, d] = sum_k w[d, k]. A row helper shared by
+    the forward and backward kernels and their serial twins (inlined into each, it was
+    compiled four times)."""
+    vm.wide_vectors()
     dims, n_classes = p.shape
     boost = alpha * n_classes
-    _fill_normals(w, b * dims * n_classes, math.sqrt(boost), -alpha, k0, k1, o0, o1)
+    _fill_normals(w.reshape(w.size), b * dims * n_classes, math.sqrt(boost), -alpha, k0, k1, o0,
+                  o1)
     _shift_rows(logits, b, p, maxima)
     _exp_inplace(p)
     sums = stats[1]
@@ -713,7 +719,7 @@ def _discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, k0, k1, o0
         w = np.empty((dims, n_classes), logits.dtype)
         maxima = np.empty(dims, logits.dtype)
         stats = np.empty((2, dims))
-        _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats)
+        _nstep_rows(logits, np.int64(b), x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats)
         total = 0.0
         for d in range(dims):
             total += stats[0, d]
@@ -733,7 +739,7 @@ def _discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, k0,
         w = np.empty((dims, n_classes), logits.dtype)
         maxima = np.empty(dims, logits.dtype)
         stats = np.empty((2, dims))
-        _nstep_rows(logits, b, x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats)
+        _nstep_rows(logits, np.int64(b), x_index, alpha, k0, k1, o0, o1, p, w, maxima, stats)
         for d in range(dims):
             inv = 1.0 / stats[1, d]
             for k in range(n_classes):
@@ -793,55 +799,63 @@ def _discretised_step(mu, rho, mu_x, log_sigma_x, n_bins, inv_sqrt_alpha, alpha,
 
 @numba.njit(**_KERNEL)
 def _discrete_step(log_theta, logits, alpha, k0, k1, o0, o1, update, draw):
-    batch, dims, n_classes = logits.shape
+    for b in numba.prange(logits.shape[0]):
+        _discrete_step_row(log_theta, logits, np.int64(b), alpha, k0, k1, o0, o1, update, draw)
+
+
+@numba.njit(**_ROW_HELPER)
+def _discrete_step_row(log_theta, logits, b, alpha, k0, k1, o0, o1, update, draw):
+    """Sample b of _discrete_step. A row helper, so that the parallel kernel and its serial twin
+    share one build of it (Numba's parallel-loop passes over this body inlined took ~1.5 s of
+    the kernel's first-run compile)."""
+    vm.wide_vectors()
+    _, dims, n_classes = logits.shape
     boost = alpha * n_classes
-    for b in numba.prange(batch):
-        vm.wide_vectors()
-        base = b * dims * n_classes
-        # The draw's uniforms (the uniform stream, row r = b D + d) in one vectorised loop.
-        uniforms = np.empty(dims)
+    base = b * dims * n_classes
+    # The draw's uniforms (the uniform stream, row r = b D + d) in one vectorised loop.
+    uniforms = np.empty(dims)
+    for d in range(dims):
+        r = np.uint64(b * dims + d)
+        w0, _, _, _ = _words(k0, k1, o0, o1, _UNIFORM_ROW | (r >> px.SHIFT32), r)
+        uniforms[d] = px.uniform(w0)
+    e = np.empty((dims, n_classes), logits.dtype)
+    maxima = np.empty(dims, logits.dtype)
+    _shift_rows(logits, b, e, maxima)
+    _exp_inplace(e)
+    for d in range(dims):
+        s_l = 0.0
+        for k in range(n_classes):
+            s_l += e[d, k]
+        # Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
+        # None exceeds a NaN threshold (a NaN logit row): that row draws 0, the count of
+        # running sums <= threshold that the reference and Triton take.
+        threshold = uniforms[d] * s_l
+        chosen = n_classes - 1 if threshold == threshold else 0
+        running = 0.0
+        for k in range(n_classes):
+            running += e[d, k]
+            if running > threshold:
+                chosen = k
+                break
+        draw[b, d] = chosen
+    if update:
+        theta = log_theta[b]
+        noise = np.empty_like(theta)
+        _fill_normals(noise.reshape(noise.size), base, math.sqrt(boost), -alpha, k0, k1, o0, o1)
         for d in range(dims):
-            r = np.uint64(b * dims + d)
-            w0, _, _, _ = _words(k0, k1, o0, o1, _UNIFORM_ROW | (r >> px.SHIFT32), r)
-            uniforms[d] = px.uniform(w0)
-        e = np.empty((dims, n_classes), logits.dtype)
-        maxima = np.empty(dims, logits.dtype)
-        _shift_rows(logits, b, e, maxima)
-        _exp_inplace(e)
+            chosen = draw[b, d]
+            for k in range(n_classes):
+                theta[d, k] += noise[d, k] + (boost if k == chosen else 0.0)
+        theta_max = np.empty(dims, log_theta.dtype)
+        _shift_rows(log_theta, b, noise, theta_max)
+        _exp_inplace(noise)
+        logs = np.empty(dims)
+        _row_sums(noise, logs)
+        _log_inplace(logs)
         for d in range(dims):
-            s_l = 0.0
+            lse = theta_max[d] + logs[d]
             for k in range(n_classes):
-                s_l += e[d, k]
-            # Inverse CDF: the first k whose running sum of exp(l - max) exceeds u * total.
-            # None exceeds a NaN threshold (a NaN logit row): that row draws 0, the count of
-            # running sums <= threshold that the reference and Triton take.
-            threshold = uniforms[d] * s_l
-            chosen = n_classes - 1 if threshold == threshold else 0
-            running = 0.0
-            for k in range(n_classes):
-                running += e[d, k]
-                if running > threshold:
-                    chosen = k
-                    break
-            draw[b, d] = chosen
-        if update:
-            theta = log_theta[b]
-            noise = np.empty_like(theta)
-            _fill_normals(noise, base, math.sqrt(boost), -alpha, k0, k1, o0, o1)
-            for d in range(dims):
-                chosen = draw[b, d]
-                for k in range(n_classes):
-                    theta[d, k] += noise[d, k] + (boost if k == chosen else 0.0)
-            theta_max = np.empty(dims, log_theta.dtype)
-            _shift_rows(log_theta, b, noise, theta_max)
-            _exp_inplace(noise)
-            logs = np.empty(dims)
-            _row_sums(noise, logs)
-            _log_inplace(logs)
-            for d in range(dims):
-                lse = theta_max[d] + logs[d]
-                for k in range(n_classes):
-                    theta[d, k] -= lse
+                theta[d, k] -= lse
 
 
 def _key(seed: int, offset: int):

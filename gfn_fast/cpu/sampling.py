@@ -241,7 +241,7 @@ def _chunk_lse(m, total, lse, n):
         lse[j] = m[j] + vm.log(total[j])
 
 
-@numba.njit(inline="always", cache=True)
+@numba.njit(cache=True)
 def sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, first, end, key0,
                  key1, o0, o1, words, gumbels):
     """Draws rows first..end (a chunk: chunk_words' words and gumbels) of a call keyed (key0,
@@ -259,7 +259,13 @@ def sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
     allowed, epsilon 0.1, in ns an element against the one streaming pass per row that all rows
     took until session 19 (a libm call an element and one a row): 23.7 vs 27.7 at 5 actions,
     9.7 vs 14.2 at 40, 8.0 vs 11.0 at 256. Wider rows keep that pass (_sample_row), which skips
-    keys."""
+    keys.
+
+    A function of its own (one call per chunk), not inlined by Numba into the kernels' prange
+    bodies: there Numba's parallel-loop passes went over its whole body again, in every kernel
+    and serial twin that draws. The first run's compile of the sampler went from 13.0 to 6.2 s
+    and of the HyperGrid rollout step from 14.9 + 5.7 (serial twin) to 8.3 + 0.9 s (2-core VM);
+    timings were unchanged within the noise."""
     width = logits.shape[1]
     n = end - first
     picks = np.empty((2, n), dtype=np.int64)
