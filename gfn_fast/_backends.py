@@ -11,6 +11,7 @@ that cannot run raises; an automatic choice that falls back warns once.
 import functools
 import importlib
 import os
+import sys
 import warnings
 
 import torch
@@ -76,7 +77,18 @@ def backends() -> dict:
     return report
 
 
-@torch.compiler.assume_constant_result
+def _constant_result(fn):
+    """torch.compiler.assume_constant_result(fn), without importing torch._dynamo where nothing
+    has yet: that import is ~1.2 s, half of `import gfn_fast` on a 2-core VM, and only
+    torch.compile needs it. The decorator does nothing but set this attribute, which Dynamo
+    reads when it traces a call (tests/test_ops.py checks that against the installed torch)."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_result
 def resolve(op: str, backend: str | None, device: torch.device) -> str:
     """The backend name that runs `op` on tensors of `device`. A function of its arguments and
     of the environment only, so torch.compile evaluates it once while tracing."""

@@ -33,13 +33,6 @@ def _impl(backend: str):
     return _backends.module(backend, "bfn")
 
 
-@torch._dynamo.assume_constant_result
-def _resolve(op: str, backend: str | None, device: torch.device) -> str:
-    """_backends.resolve, evaluated eagerly while torch.compile traces (it imports modules,
-    which Dynamo refuses to trace; its answer is a constant of the call site)."""
-    return _backends.resolve(op, backend, device)
-
-
 # ------------------------------------------------------------------------------------- schedules
 
 def _schedule_arg(op: str, arg: str, value, low: float, high: float) -> torch.Tensor:
@@ -182,7 +175,7 @@ def continuous_output(mu: torch.Tensor, eps_hat: torch.Tensor, t, sigma_1: float
     x_min, x_max, clamp = _x_range(op, x_range)
     dtype = reference.compute_dtype(mu, eps_hat)
     t = _checks.per_sample(op, "t", t, mu.shape[0], mu, dtype, low=0.0, high=1.0)
-    name = _resolve(op, backend, mu.device)
+    name = _backends.resolve(op, backend, mu.device)
     if name == "reference":
         with torch.no_grad():  # not differentiable on any backend (the docstring)
             out = reference.continuous_output(_flat(mu), _flat(eps_hat), t, sigma_1, t_min,
@@ -273,7 +266,7 @@ def continuous_loss(x: torch.Tensor, mu: torch.Tensor, eps_hat: torch.Tensor, t,
     x_min, x_max, clamp = _x_range(op, x_range)
     dtype = reference.compute_dtype(x, mu, eps_hat)
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
-    name = _resolve(op, backend, x.device)
+    name = _backends.resolve(op, backend, x.device)
     if name == "reference":
         return reference.continuous_loss(_flat(x.detach()), _flat(mu.detach()), _flat(eps_hat),
                                          t.detach(), sigma_1, steps, t_min,
@@ -333,7 +326,7 @@ def continuous_update(mu: torch.Tensor, rho, y: torch.Tensor, alpha, *,
                                     alpha if torch.is_tensor(alpha) else None)
     alpha = _checks.per_sample(op, "alpha", alpha, mu.shape[0], mu, dtype, positive=True)
     rho_2d, per_sample_rho = _precision(op, rho, mu, dtype)
-    name = _resolve(op, backend, mu.device)
+    name = _backends.resolve(op, backend, mu.device)
     if name == "reference":
         with torch.no_grad():  # no gradient on any backend
             mu_new, _ = reference.continuous_update(_flat(mu), rho_2d, _flat(y),
@@ -416,7 +409,7 @@ def discretised_loss(x: torch.Tensor, mu_x: torch.Tensor, log_sigma_x: torch.Ten
     steps = _n_steps(op, n_steps)
     dtype = reference.compute_dtype(x, mu_x, log_sigma_x)
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
-    name = _resolve(op, backend, x.device)
+    name = _backends.resolve(op, backend, x.device)
     if name == "reference":
         return reference.discretised_loss(_flat(x.detach()), _flat(mu_x), _flat(log_sigma_x),
                                           t.detach(), sigma_1, n_bins, steps)
@@ -452,7 +445,7 @@ def discretised_probs(mu_x: torch.Tensor, log_sigma_x: torch.Tensor, n_bins: int
     _checks.same_shape(op, "mu_x", mu_x, log_sigma_x=log_sigma_x)
     _checks.same_device(op, "mu_x", mu_x, log_sigma_x=log_sigma_x)
     n_bins = _checks.positive_int(op, "n_bins", n_bins, minimum=2)
-    name = _resolve(op, backend, mu_x.device)
+    name = _backends.resolve(op, backend, mu_x.device)
     flat_mu, flat_ls = mu_x.reshape(-1).contiguous(), log_sigma_x.reshape(-1).contiguous()
     if name == "reference":
         with torch.no_grad():  # no gradient on any backend
@@ -542,7 +535,7 @@ def discrete_loss(x_index: torch.Tensor, logits_out: torch.Tensor, t, beta_1: fl
     if steps:
         return _discrete_nstep_loss(op, x_index, flat_logits, t, beta_1, steps, generator, seed,
                                     offset, backend)
-    name = _resolve(op, backend, logits_out.device)
+    name = _backends.resolve(op, backend, logits_out.device)
     if name == "reference":
         return reference.discrete_loss(x_index, flat_logits, t.detach(), beta_1)
     return _discrete_loss_op(x_index, flat_logits, t, beta_1, name)
@@ -593,7 +586,7 @@ def _discrete_nstep_loss(op, x_index, logits, t, beta_1, n_steps, generator, see
                          backend):
     """The n-step loss; the backward regenerates the sender noise from (seed, offset)."""
     seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
-    name = _resolve(op, backend, logits.device)
+    name = _backends.resolve(op, backend, logits.device)
     if name == "reference":
         eps = reference.philox_normals(seed, offset, logits.shape, logits.device)
         return reference.discrete_nstep_loss(x_index, logits, t.detach(), beta_1, n_steps, eps)
@@ -629,7 +622,7 @@ def discrete_update(log_theta: torch.Tensor, y: torch.Tensor, *, backend: str | 
     n_classes = log_theta.shape[-1]
     flat_theta = log_theta.reshape(-1, 1, n_classes).contiguous()
     flat_y = y.reshape(-1, 1, n_classes).contiguous()
-    name = _resolve(op, backend, log_theta.device)
+    name = _backends.resolve(op, backend, log_theta.device)
     if name == "reference":
         with torch.no_grad():  # no gradient on any backend
             out = reference.discrete_update(flat_theta, flat_y).to(log_theta.dtype)
@@ -666,7 +659,7 @@ def continuous_flow(x: torch.Tensor, t, sigma_1: float, *,
     dtype = reference.compute_dtype(x)
     t = _checks.per_sample(op, "t", t, x.shape[0], x, dtype, low=0.0, high=1.0)
     seed, offset = _rng.seed_offset(op, x.device, generator, seed, offset)
-    name = _resolve(op, backend, x.device)
+    name = _backends.resolve(op, backend, x.device)
     flat = _flat(x.detach())
     if name == "reference":
         eps = reference.philox_normals(seed, offset, flat.shape, x.device)
@@ -708,7 +701,7 @@ def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, lo
     x_index = _checks.class_indices(op, "x_index", x_index, n_classes).reshape(shape[0], -1)
     t = _checks.per_sample(op, "t", t, shape[0], x_index, dtype, low=0.0, high=1.0)
     seed, offset = _rng.seed_offset(op, x_index.device, generator, seed, offset)
-    name = _resolve(op, backend, x_index.device)
+    name = _backends.resolve(op, backend, x_index.device)
     if name == "reference":
         eps = reference.philox_normals(seed, offset, (*x_index.shape, n_classes),
                                        x_index.device)
@@ -818,7 +811,7 @@ def _continuous_step(mu, rho, eps_hat, t, alpha, sigma_1, t_min, x_range, genera
         g = -math.expm1(2.0 * t * math.log(sigma_1))
         a, c = 1.0 / g, math.sqrt(math.exp(2.0 * t * math.log(sigma_1)) / g)
     seed, offset = _rng.seed_offset(op, mu.device, generator, seed, offset)
-    name = _resolve(op, backend, mu.device)
+    name = _backends.resolve(op, backend, mu.device)
     flat_mu = mu.view(mu.shape[0], -1)
     if name == "reference":
         eps = reference.philox_normals(seed, offset, flat_mu.shape, mu.device)
@@ -864,7 +857,7 @@ def _discretised_step(mu, rho, mu_x, log_sigma_x, alpha, n_bins, draw, generator
     draw = _state(op, "draw", draw, mu_x.shape)
     _checks.same_device(op, "mu_x", mu_x, draw=draw)
     seed, offset = _rng.seed_offset(op, mu_x.device, generator, seed, offset)
-    name = _resolve(op, backend, mu_x.device)
+    name = _backends.resolve(op, backend, mu_x.device)
     flat_draw = draw.view(batch, -1)
     if name == "reference":
         first, second = reference.philox_normal_pairs(seed, offset, flat_draw.shape,
@@ -917,7 +910,7 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
                      f"{list(logits.shape[:-1])}")
     _checks.same_device(op, "logits", logits, draw=draw)
     seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
-    name = _resolve(op, backend, logits.device)
+    name = _backends.resolve(op, backend, logits.device)
     flat_logits = logits.reshape(batch, -1, n_classes).contiguous()
     flat_draw = draw.view(batch, -1)
     if name == "reference":

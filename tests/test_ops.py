@@ -300,3 +300,52 @@ def test_mutating_ops_run_directly_and_bump_version_counters(name, monkeypatch):
     step(state)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         product.backward()
+
+
+def test_resolve_is_marked_constant_as_torch_compiler_would():
+    """_backends._constant_result marks `resolve` the way torch.compiler.assume_constant_result
+    does without importing torch._dynamo: by the one attribute that decorator sets. If a torch
+    release changes how the decorator marks a function, this fails."""
+    from gfn_fast import _backends
+
+    def probe():
+        return 0
+
+    torch.compiler.assume_constant_result(probe)
+    assert vars(probe) == {"_dynamo_marked_constant": True}
+    assert vars(_backends.resolve).get("_dynamo_marked_constant") is True
+
+
+_IMPORT_PROBE = """
+import sys, torch
+import gfn_fast
+from gfn_fast import benchmark
+benchmark.build_cases(list(benchmark.CASE_FAMILIES), torch.device("cpu"), True)
+print("DYNAMO_BEFORE", "torch._dynamo" in sys.modules)
+gen = torch.Generator().manual_seed(0)
+log_pf, log_pb = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen)
+log_reward, log_z = torch.randn(8, generator=gen), torch.tensor(0.5)
+tb = lambda *a: gfn_fast.trajectory_balance(*a, backend="numba")
+compiled = torch.compile(tb, fullgraph=True, backend="aot_eager")
+args = (log_pf, log_pb, log_reward, log_z)
+print("EQUAL", torch.equal(compiled(*args), tb(*args)))
+"""
+
+
+def test_import_and_quick_bench_cases_do_not_import_torch_dynamo():
+    """`import gfn_fast` took 2.5 s on a 2-core VM, 1.2 s of it importing torch._dynamo to mark
+    one function for torch.compile; building the --quick bench cases imported it again (through
+    torch.compile wrappers and torchgfn). In a fresh interpreter: neither imports it, and a
+    fullgraph compile still treats `resolve` (which Dynamo cannot trace) as a constant."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    result = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DYNAMO_BEFORE False" in result.stdout, result.stdout
+    assert "EQUAL True" in result.stdout, result.stdout
