@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import datetime
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -555,6 +556,20 @@ def markdown(rows: list[dict], header: dict) -> str:
     return "\n".join(lines)
 
 
+def compiled(fn: Callable) -> Callable:
+    """torch.compile(fn, dynamic=False) for a case's compile row, made at its first call:
+    making it imports torch._dynamo (~1.2 s on a 2-core VM), which runs without compile rows
+    (--quick, --no-compile) and the compile workers never need."""
+    made = None
+
+    def call(*args, **kwargs):
+        nonlocal made
+        if made is None:
+            made = torch.compile(fn, dynamic=False)
+        return made(*args, **kwargs)
+    return call
+
+
 def timed_backends(device: torch.device) -> list[str]:
     """The gfn_fast backends a case times on `device`: those that run there, except Triton on a
     CPU (its interpreter is for tests, not timing)."""
@@ -613,8 +628,8 @@ def balance_cases(device: torch.device, quick: bool) -> list[Case]:
                 return getattr(reference, op)(*head, *((s["log_z"],) if has_log_z else ()),
                                               *tail)
 
-            compiled = torch.compile(plain, dynamic=False)
-            impls = {"eager": _fwd_bwd(plain, names), "torch.compile": _fwd_bwd(compiled, names)}
+            impls = {"eager": _fwd_bwd(plain, names),
+                     "torch.compile": _fwd_bwd(compiled(plain), names)}
             for backend in timed_backends(device):
                 impls[f"gfn_fast[{backend}]"] = _fwd_bwd(through(backend), names)
             # bytes: read log_pf and log_pb once, write their gradients once (per-row terms
@@ -684,14 +699,16 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
             impls[f"gfn_fast[{backend}]"] = ours(backend)
             if device.type == "cuda":
                 impls[f"gfn_fast[{backend}] + CUDA graph"] = ours(backend, graph=True)
-        try:
-            from gfn.gym import HyperGrid as TorchgfnHyperGrid
-            from gfn.modules import DiscretePolicyEstimator
-            from gfn.preprocessors import KHotPreprocessor
-            from gfn.samplers import Sampler
-
+        # torchgfn is imported at the row's first call: importing it at once brings in
+        # torch._dynamo and torch_geometric (~1.5 s), which a run's other rows never need
+        if importlib.util.find_spec("gfn") is not None:
             def torchgfn(state, n=n):
                 if "sampler" not in state:
+                    from gfn.gym import HyperGrid as TorchgfnHyperGrid
+                    from gfn.modules import DiscretePolicyEstimator
+                    from gfn.preprocessors import KHotPreprocessor
+                    from gfn.samplers import Sampler
+
                     env = TorchgfnHyperGrid(ndim=4, height=8, device=device)
                     estimator = DiscretePolicyEstimator(
                         _AsFloat(state["net"]), n_actions=env.n_actions,
@@ -701,8 +718,6 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
                 with torch.no_grad():
                     return sampler.sample_trajectories(env, n=n)
             impls["torchgfn.Sampler"] = torchgfn
-        except ImportError:
-            pass
         cases.append(Case("sample_trajectories", f"HyperGrid(4,8) N={n}",
                           {"N": n, "ndim": 4, "height": 8}, 0, setup, impls, items=n,
                           item_name="traj/s", graph=False, min_reps=3 if n > 100_000 else 10,

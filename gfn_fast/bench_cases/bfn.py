@@ -23,7 +23,7 @@ def _references(plain, finish, eager_name: str = "eager",
     reference math (its own noise drawn inside), `finish(fn, state)` calls `fn` and takes what
     the case measures after it (gradients, an in-place state update), outside the compiled graph
     in both rows. (--quick and --no-compile runs drop the compiled row: benchmark.build_cases.)"""
-    compiled = torch.compile(plain, dynamic=False)
+    compiled = harness.compiled(plain)
     return {eager_name: lambda s: finish(plain, s), compiled_name: lambda s: finish(compiled, s)}
 
 

@@ -4,7 +4,7 @@
 import torch
 
 import gfn_fast
-from gfn_fast.benchmark import Case, timed_backends
+from gfn_fast.benchmark import Case, compiled, timed_backends
 
 
 def _multinomial(mu, generator=None):
@@ -76,13 +76,13 @@ def sampling_cases(device, quick):
             with torch.no_grad():
                 return torch_sampler(s["logits"], s["mask"], s["scale"], 0.1)
 
-        compiled_sampler = torch.compile(torch_sampler, dynamic=False)
+        compiled_sampler = compiled(torch_sampler)
 
-        def compiled(s, compiled_sampler=compiled_sampler):
+        def sampler_compiled(s, compiled_sampler=compiled_sampler):
             with torch.no_grad():
                 return compiled_sampler(s["logits"], s["mask"], s["scale"], 0.1)
 
-        impls = {"eager": eager, "torch.compile": compiled}
+        impls = {"eager": eager, "torch.compile": sampler_compiled}
         impls.update({f"gfn_fast[{b}]": ours(b) for b in timed_backends(device)})
         draw = flashinfer_draw() if device.type == "cuda" else None
         if draw is not None:
@@ -106,7 +106,7 @@ def sampling_cases(device, quick):
             out = fn(s["logits"], s["mask"], s["scale"], s["actions"])
             return torch.autograd.grad(out.sum(), (s["logits"], s["scale"]))
 
-        compiled_lp = torch.compile(torch_log_prob, dynamic=False)
+        compiled_lp = compiled(torch_log_prob)
         impls = {"eager": lp_eager,
                  "torch.compile": lambda s, fn=compiled_lp: lp_eager(s, fn)}
         impls.update({f"gfn_fast[{b}]": lp_ours(b) for b in timed_backends(device)})
