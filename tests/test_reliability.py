@@ -683,12 +683,16 @@ bfn.continuous_flow(torch.zeros(64, 1031), torch.rand(64), 0.01, 1, 0)
 # large enough to run the parallel kernels, not their serial twins
 bfn.discrete_loss_forward(torch.zeros(64, 64, dtype=torch.long), torch.randn(64, 64, 8),
                           torch.rand(64), 1.0)
+bfn.discrete_nstep_loss_forward(torch.zeros(64, 64, dtype=torch.long), torch.randn(64, 64, 8),
+                                torch.rand(64), 1.0, 10, 1, 0)
+bfn.discrete_step(torch.zeros(64, 64, 8), torch.randn(64, 64, 8), 0.1, 1, 0, True,
+                  torch.zeros(64, 64, dtype=torch.long))
 logits = torch.randn(64, 32, requires_grad=True)
 log_pi = gfn_fast.action_log_prob(logits, torch.zeros(64, dtype=torch.long), backend="numba")
 log_pi.sum().backward()
 found = {}
-for kernel in (bfn._continuous_flow, bfn._discrete_loss_forward, sampling._log_prob_rows,
-               sampling._log_prob_backward_rows):
+for kernel in (bfn._continuous_flow, bfn._discrete_loss_forward, bfn._discrete_nstep_loss_forward,
+               bfn._discrete_step, sampling._log_prob_rows, sampling._log_prob_backward_rows):
     for cres in kernel.overloads.values():
         for library in libraries(cres.library, set()):
             name = library.name
@@ -707,12 +711,13 @@ def test_kernels_are_compiled_for_wide_vectors(tmp_path):
     kernels and the log-prob kernels their 512-bit vectors (a fifth to a third of their time on
     Intel AVX-512 CPUs), so the attribute is looked for in the LLVM IR of a fresh build: the
     prange bodies of a noise kernel, a loss kernel and both log-prob kernels and the BFN row
-    helpers carry it; box_muller, which does not ask for it, shows the probe does not find it
-    everywhere."""
+    helpers (the n-step rows and the discrete step's body among them) carry it; box_muller,
+    which does not ask for it, shows the probe does not find it everywhere."""
     found = _run_probe(_WIDE_PROBE, "WIDE", tmp_path)
     for name in ("_continuous_flow prange body", "_discrete_loss_forward prange body",
                  "_log_prob_rows prange body", "_log_prob_backward_rows prange body",
-                 "_fill_normals", "_exp_inplace", "_shift_rows"):
+                 "_fill_normals", "_exp_inplace", "_shift_rows", "_nstep_rows",
+                 "_discrete_step_row"):
         assert found.get(name) is True, (name, found)
     assert found.get("box_muller") is False, found
 
