@@ -811,6 +811,12 @@ env = HyperGrid(ndim=4, height=8)
 net = torch.nn.Linear(32, 5)
 with torch.no_grad():  # its later steps run fewer live rows: both twins of the step kernel
     sample_trajectories(lambda f, _: net(f), env, 4096, seed=0, backend="numba")
+# the sampler with a byte mask and a per-row scale draws through the rollout's build
+logits = torch.randn(4096, 5)
+mask = torch.rand(4096, 5) > 0.2
+mask[:, -1] = True
+gfn_fast.sample_actions(logits, mask, scale=torch.rand(4096) + 0.5, epsilon=0.1, seed=1,
+                        backend="numba")
 builds = {fn.py_func.__name__: len(fn.signatures) for fn in (
     cpu_bfn._fill_normals, cpu_bfn._nstep_rows, cpu_bfn._discrete_step_row,
     rollout._step_chunk, sampling.sample_chunk, balance._rows_forward)}
@@ -827,7 +833,8 @@ def test_shared_helpers_are_built_once(tmp_path):
     and serial twin and by every kernel that calls them (inlined by Numba, each caller built
     and put through the parallel-loop passes its own copy), and their callers pass one array
     type (a 2-D and a 1-D array, or an unsigned prange index, made a second build). TB with one
-    log Z and VarGrad share a build of the forward kernel. In a fresh interpreter, float32
+    log Z and VarGrad share a build of the forward kernel; the rollout and the sampler with a
+    mask and a per-row scale share sample_chunk's. In a fresh interpreter, float32
     calls of every caller, serial and parallel, leave one build of each."""
     builds = _run_probe(_BUILDS_PROBE, "BUILDS", tmp_path)
     assert builds == {"_fill_normals": 1, "_nstep_rows": 1, "_discrete_step_row": 1,

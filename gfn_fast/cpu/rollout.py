@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import OUTPUTS, as_numpy, constant_row, per_row, serial_if
+from gfn_fast.cpu._common import OUTPUTS, as_numpy, per_row, serial_if
 from gfn_fast.cpu.sampling import (
     _U64,
     _clip,
@@ -29,15 +29,18 @@ from gfn_fast.cpu.sampling import (
 
 @numba.njit(parallel=True, cache=True)
 def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_hi, height, t,
-                    current, live, states, actions, log_pf, lengths, mask, taken, next_current,
-                    next_live, picked, features):
+                    current, live, states, actions, log_pf, lengths, mask, has_mask, packed,
+                    taken, next_current, next_live, picked, features):
     """Samples every live row r (trajectory live[r], state current[r]) and writes its action and
     log-probability at step t and its next state at t + 1 (the exit leaves the point unchanged;
     rows finished before t are copied from step t, and get the exit action and a log-probability
     of 0 at step t), the length t + 1 of each row that exits (lengths[row] keeps its initial T
     for a row that never does), and row r's action in taken[r]. Then packs the rows that did not
     exit into next_current / next_live (picked[i] = their position among this step's rows),
-    writes their one-hot features, and returns how many there are."""
+    writes their one-hot features, and returns how many there are. `has_mask` and `packed` are
+    the sampler's mask flags, always (True, False) here (a byte mask), passed in so that they
+    are run-time values: as literals they made a build of sample_chunk of their own, apart
+    from the sampler's."""
     rows, ndim = current.shape
     exit_action = ndim
     key0, key1, o0, o1 = _U64(k0), _U64(k1), _U64(off_lo), _U64(off_hi)
@@ -59,7 +62,8 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
     width = logits.shape[1]
     for chunk in numba.prange(n_chunks(rows, width)):
         _step_chunk(np.int64(chunk), logits, scale, inv_t, lo, hi, epsilon, key0, key1, o0, o1,
-                    height, t, current, live, states, actions, log_pf, lengths, mask, taken)
+                    height, t, current, live, states, actions, log_pf, lengths, mask, has_mask,
+                    packed, taken)
     # the survivors' next points from their current ones and actions, read in order (not back
     # from states[t + 1], scattered by trajectory: ~2.5% of the step on one thread)
     count = 0
@@ -78,7 +82,7 @@ def _hypergrid_step(logits, scale, inv_t, lo, hi, epsilon, k0, k1, off_lo, off_h
 
 @numba.njit(cache=True)
 def _step_chunk(chunk, logits, scale, inv_t, lo, hi, epsilon, key0, key1, o0, o1, height, t,
-                current, live, states, actions, log_pf, lengths, mask, taken):
+                current, live, states, actions, log_pf, lengths, mask, has_mask, packed, taken):
     """_hypergrid_step's draws for the rows of chunk `chunk`: their masks, actions and
     log-probabilities, next states and lengths. A function of its own, so that the kernel and
     its serial twin share one build of it: the twin's first-run compile went from 1.9 to 0.9 s.
@@ -93,7 +97,7 @@ def _step_chunk(chunk, logits, scale, inv_t, lo, hi, epsilon, key0, key1, o0, o1
         for d in range(ndim):
             mask_row[d] = 1 if current[r, d] < top else 0
         mask_row[exit_action] = 1
-    picks, values = sample_chunk(logits, mask, True, False, scale, inv_t, lo, hi, epsilon,
+    picks, values = sample_chunk(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon,
                                  first, end, key0, key1, o0, o1, words, gumbels)
     for r in range(first, end):
         action = picks[0, r - first]
@@ -223,13 +227,16 @@ class HyperGridWork:
 def step_constants(work: HyperGridWork, logits_dtype: torch.dtype, inv_temperature, clip,
                    epsilon) -> tuple:
     """What hypergrid_step takes for the call's constants, made once per logits dtype: the
-    compute dtype, the [N] views of a scale of 1 (a policy returning none), 1 / temperature and
-    epsilon (None, or 0-dim tensors), and the clip bounds as NumPy scalars. Any prefix of an
-    [N] view serves fewer rows."""
+    compute dtype, [N] ones for the scale of a policy returning none, the [N] views of
+    1 / temperature and epsilon (None, or 0-dim tensors), and the clip bounds as NumPy scalars.
+    Any prefix of an [N] array serves fewer rows. The ones are a contiguous array, not a
+    stride-0 view: the array type of a per-row scale, so that the sampler's build of
+    sample_chunk for a scale serves the rollout too (a view made a build of its own)."""
     dtype = torch.float64 if logits_dtype == torch.float64 else torch.float32
     lo, hi = _clip(clip, dtype)
-    return (dtype, constant_row(work.n, dtype, 1.0), _row_view(inv_temperature, work.n, dtype, 1.0),
-            lo, hi, _row_view(epsilon, work.n, dtype, 0.0))
+    ones = torch.ones(work.n, dtype=dtype).numpy()
+    return (dtype, ones, _row_view(inv_temperature, work.n, dtype, 1.0), lo, hi,
+            _row_view(epsilon, work.n, dtype, 0.0))
 
 
 def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, constants,
@@ -245,7 +252,8 @@ def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, consta
     count = serial_if(_hypergrid_step, serial_sampling(rows, logits.shape[1]))(
         as_numpy(logits, dtype), ones if scale is None else per_row(scale, rows, dtype), inv_t,
         lo, hi, epsilon, *seed_words, work.height, t, work._current_np[side][:rows],
-        work._live_np[side][:rows], states, actions, log_pf, lengths, work.mask, work.taken,
+        work._live_np[side][:rows], states, actions, log_pf, lengths, work.mask, True, False,
+        work.taken,
         work._current_np[1 - side], work._live_np[1 - side], work._picked_np, work._features_np)
     work.side = 1 - side
     return count
