@@ -93,6 +93,15 @@ def constant_row(batch: int, dtype: torch.dtype, value: float) -> np.ndarray:
     return np.ndarray((batch,), element.dtype, element, 0, (0,))
 
 
+def row_or(value: torch.Tensor | None, batch: int, dtype: torch.dtype,
+           default: float) -> np.ndarray:
+    """per_row(value) where given, else constant_row(default): a per-row factor with its
+    default. A missing one is a stride-0 row, the Numba array type of a scalar, so that calls
+    with one value and calls without share a kernel build."""
+    return per_row(value, batch, dtype) if value is not None else constant_row(batch, dtype,
+                                                                               default)
+
+
 _SERIAL_TWINS: dict = {}
 
 

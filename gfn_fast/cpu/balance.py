@@ -11,11 +11,11 @@ import torch
 
 from gfn_fast.cpu._common import (
     as_numpy,
-    constant_row,
     output_like,
     per_row,
     rho,
     rho_grad,
+    row_or,
     serial_if,
 )
 
@@ -162,15 +162,6 @@ def _as_2d(tensor: torch.Tensor, packed: bool) -> torch.Tensor:
     return tensor.unsqueeze(0) if packed else tensor
 
 
-def _beta(beta, batch, dtype) -> np.ndarray:
-    return per_row(beta, batch, dtype) if beta is not None else constant_row(batch, dtype, 1.0)
-
-
-def _log_z(log_z, batch, dtype) -> np.ndarray:
-    """log Z per row; VarGrad's (none) is a stride-0 row of zeros, the array type of a scalar
-    log Z, so that TB with one log Z and VarGrad share a build of each kernel (~2 s of a
-    first run's compile) instead of VarGrad's dummy making one of its own."""
-    return per_row(log_z, batch, dtype) if log_z is not None else constant_row(batch, dtype, 0.0)
 
 
 def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_min, loss_id,
@@ -185,7 +176,9 @@ def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_
     pb = as_numpy(_as_2d(log_pb, packed), dtype) if log_pb is not None else pf
     kernel = serial_if(_rows_forward, _small(log_pf))
     kernel(pf, pb, log_pb is not None, lengths.numpy(), packed, log_reward.numpy(),
-           _log_z(log_z, batch, dtype), log_z is not None, _beta(beta, batch, dtype),
+           # VarGrad's missing log Z as a stride-0 row of zeros, the array type of TB's scalar
+           # one: the two share a kernel build (~2 s of a first run's compile)
+           row_or(log_z, batch, dtype, 0.0), log_z is not None, row_or(beta, batch, dtype, 1.0),
            float(clip_min), loss_id, float(loss_param), apply_loss, d.numpy(), loss.numpy(),
            _SINK)
     return d, (loss if apply_loss else None)
@@ -208,7 +201,7 @@ def rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, leng
     small = _small(log_pf)
     serial_if(_row_gradients, small)(
         per_row(grad_rows, batch, dtype), d.numpy(), from_residual, float(weight), loss_id,
-        float(loss_param), log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min),
+        float(loss_param), log_reward.numpy(), row_or(beta, batch, dtype, 1.0), float(clip_min),
         grad_row.numpy(), grad_log_reward.numpy(), need_log_reward, grad_beta.numpy(), need_beta)
     out_pf = _as_2d(grad_pf, packed).numpy()
     serial_if(_broadcast_rows, small)(grad_row.numpy(), lengths.numpy(), packed, out_pf,

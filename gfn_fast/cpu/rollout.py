@@ -15,11 +15,10 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import OUTPUTS, as_numpy, per_row, serial_if
+from gfn_fast.cpu._common import OUTPUTS, as_numpy, per_row, row_or, serial_if
 from gfn_fast.cpu.sampling import (
     _U64,
     _clip,
-    _row_view,
     chunk_words,
     n_chunks,
     sample_chunk,
@@ -235,8 +234,8 @@ def step_constants(work: HyperGridWork, logits_dtype: torch.dtype, inv_temperatu
     dtype = torch.float64 if logits_dtype == torch.float64 else torch.float32
     lo, hi = _clip(clip, dtype)
     ones = torch.ones(work.n, dtype=dtype).numpy()
-    return (dtype, ones, _row_view(inv_temperature, work.n, dtype, 1.0), lo, hi,
-            _row_view(epsilon, work.n, dtype, 0.0))
+    return (dtype, ones, row_or(inv_temperature, work.n, dtype, 1.0), lo, hi,
+            row_or(epsilon, work.n, dtype, 0.0))
 
 
 def hypergrid_step(work: HyperGridWork, rows: int, t: int, logits, scale, constants,

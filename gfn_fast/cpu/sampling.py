@@ -33,7 +33,7 @@ import torch
 
 from gfn_fast.cpu import _philox
 from gfn_fast.cpu import _vmath as vm
-from gfn_fast.cpu._common import as_numpy, constant_row, empty, per_row, serial_if
+from gfn_fast.cpu._common import as_numpy, empty, row_or, serial_if
 from gfn_fast.cpu._vmath import _bits_of_f64, _f64_from_bits
 
 _U64 = np.uint64
@@ -560,10 +560,6 @@ def _log_prob_backward_rows(grad, logits, actions, mask, has_mask, packed, scale
             grad_scale[r] = acc
 
 
-def _row_view(value: torch.Tensor | None, rows: int, dtype: torch.dtype, default: float):
-    return per_row(value, rows, dtype) if value is not None else constant_row(rows, dtype, default)
-
-
 def _mask_view(mask: torch.Tensor | None) -> tuple[np.ndarray, bool]:
     if mask is None:
         return np.zeros((1, 1), dtype=np.uint8), False
@@ -599,9 +595,9 @@ def sample_forward(logits, mask, packed, scale, inv_temperature, clip, epsilon, 
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
     serial_if(_sample_rows, serial_sampling(rows, logits.shape[1]))(
-        as_numpy(logits, dtype), mask_np, has_mask, packed, _row_view(scale, rows, dtype, 1.0),
-        _row_view(inv_temperature, rows, dtype, 1.0), lo, hi,
-        _row_view(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(), log_pi.numpy(),
+        as_numpy(logits, dtype), mask_np, has_mask, packed, row_or(scale, rows, dtype, 1.0),
+        row_or(inv_temperature, rows, dtype, 1.0), lo, hi,
+        row_or(epsilon, rows, dtype, 0.0), *seed_words, actions.numpy(), log_pi.numpy(),
         log_mu.numpy(), want_log_mu, entropy.numpy(), want_entropy, lse.numpy())
     return actions, log_pi, log_mu, entropy, lse
 
@@ -615,7 +611,7 @@ def log_prob_forward(logits, actions, mask, packed, scale, inv_temperature, clip
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
     _log_prob_rows(as_numpy(logits, dtype), actions.numpy(), mask_np, has_mask, packed,
-                   _row_view(scale, rows, dtype, 1.0), _row_view(inv_temperature, rows, dtype, 1.0),
+                   row_or(scale, rows, dtype, 1.0), row_or(inv_temperature, rows, dtype, 1.0),
                    lo, hi, log_pi.numpy(), lse.numpy())
     return log_pi, lse
 
@@ -630,10 +626,10 @@ def log_prob_backward(grad, logits, actions, mask, packed, scale, inv_temperatur
     grad_scale = torch.empty(rows if need_scale else 1, dtype=dtype)
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
-    _log_prob_backward_rows(_row_view(grad, rows, dtype, 0.0), as_numpy(logits, dtype),
+    _log_prob_backward_rows(row_or(grad, rows, dtype, 0.0), as_numpy(logits, dtype),
                             actions.numpy(), mask_np, has_mask, packed,
-                            _row_view(scale, rows, dtype, 1.0),
-                            _row_view(inv_temperature, rows, dtype, 1.0), lo, hi, lse.numpy(),
+                            row_or(scale, rows, dtype, 1.0),
+                            row_or(inv_temperature, rows, dtype, 1.0), lo, hi, lse.numpy(),
                             grad_logits.numpy(), need_logits, grad_scale.numpy(), need_scale)
     if need_logits and wide != logits.dtype:
         grad_logits = grad_logits.to(logits.dtype)

@@ -18,8 +18,17 @@ import numba
 import numpy as np
 import torch
 
-from gfn_fast.cpu._common import as_numpy, empty, output_like, per_row, rho, rho_grad, serial_if
-from gfn_fast.cpu.balance import _FAST, _as_2d, _beta, _extent
+from gfn_fast.cpu._common import (
+    as_numpy,
+    empty,
+    output_like,
+    per_row,
+    rho,
+    rho_grad,
+    row_or,
+    serial_if,
+)
+from gfn_fast.cpu.balance import _FAST, _as_2d, _extent
 
 SQUARED, HALF_SQUARED = 0, 1
 
@@ -412,11 +421,11 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
     if _squared_fast_path(loss_id, packed, log_state_reward, pf, pb, flow):
         _threads_for(_db_forward_squared, log_pf.numel())(
             pf, pb, log_pb is not None, flow, lengths.numpy(), log_reward.numpy(),
-            _beta(beta, batch, dtype), float(clip_min), per_step, step_view, rows.numpy())
+            row_or(beta, batch, dtype, 1.0), float(clip_min), per_step, step_view, rows.numpy())
     else:
         _threads_for(_db_forward, log_pf.numel())(
             pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
-            lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
+            lengths.numpy(), packed, log_reward.numpy(), row_or(beta, batch, dtype, 1.0),
             float(clip_min), loss_id, float(loss_param), per_step, step_view, rows.numpy())
     return rows, (steps_out if per_step else None)
 
@@ -437,13 +446,13 @@ def db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths,
         kernel = _threads_for(_db_backward_squared, log_pf.numel())
         kernel(grad_np, grad_np.shape[1] > 0 and grad_np.strides[1] == 0, pf, pb,
                log_pb is not None, flow, lengths.numpy(), log_reward.numpy(),
-               _beta(beta, batch, dtype), float(clip_min), gpf,
+               row_or(beta, batch, dtype, 1.0), float(clip_min), gpf,
                grad_pb.numpy() if grad_pb is not None else gpf, grad_flow.numpy(),
                grad_log_reward.numpy(), need_log_reward, grad_beta.numpy(), need_beta)
     else:
         kernel = _threads_for(_db_backward, log_pf.numel())
         kernel(grad_np, pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
-               lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
+               lengths.numpy(), packed, log_reward.numpy(), row_or(beta, batch, dtype, 1.0),
                float(clip_min), loss_id, float(loss_param), gpf,
                _as_2d(grad_pb, packed).numpy() if grad_pb is not None else gpf,
                _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(), need_log_reward,
@@ -464,7 +473,7 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
     table_np = table.numpy() if table is not None else np.ones(1, rows.numpy().dtype)
     kernel = _threads_for(_subtb_forward, _subtb_work(log_pf, running))
     kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
-           lengths.numpy(), packed, log_reward.numpy(), _beta(beta, batch, dtype),
+           lengths.numpy(), packed, log_reward.numpy(), row_or(beta, batch, dtype, 1.0),
            float(clip_min), loss_id, float(loss_param), float(lam),
            per_row(row_weight, batch, dtype), table_np, table is not None, running,
            a.numpy(), rows.numpy())
@@ -487,7 +496,7 @@ def subtb_backward(grad_loss, a, lengths, packed, log_pf, has_pb, log_reward, be
     kernel(per_row(grad_loss, 1, dtype), a.numpy(), g.numpy(), lengths.numpy(),
            packed, steps, per_row(row_weight, batch, dtype), table_np,
            table is not None, float(lam), running, loss_id, float(loss_param),
-           log_reward.numpy(), _beta(beta, batch, dtype), float(clip_min), gpf,
+           log_reward.numpy(), row_or(beta, batch, dtype, 1.0), float(clip_min), gpf,
            _as_2d(grad_pb, packed).numpy() if has_pb else gpf, has_pb,
            _as_2d(grad_flow, packed).numpy(), grad_log_reward.numpy(),
            need_log_reward, grad_beta.numpy(), need_beta)
