@@ -19,6 +19,24 @@ import gfn_fast  # noqa: E402
 HAS_CUDA = torch.cuda.is_available()
 
 
+def run_probe(source: str, tag: str, cache_dir=None):
+    """Runs `source` in a fresh interpreter (the repository on its path; with an empty Numba
+    cache when `cache_dir` is given) and returns the JSON it printed after `tag`."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache_dir)
+    result = subprocess.run([sys.executable, "-c", source], env=env, cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.rsplit(tag + " ", 1)[1])
+
+
 def available_backends(device: str) -> list[str]:
     report = gfn_fast.backends()
     return [name for name in ("cuda", "triton", "numba") if device in report[name]["devices"]]

@@ -5,7 +5,7 @@ direct one (that is its reason to exist)."""
 
 import pytest
 import torch
-from conftest import backend_params
+from conftest import backend_params, run_probe
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gfn_fast
@@ -317,18 +317,19 @@ def test_resolve_is_marked_constant_as_torch_compiler_would():
 
 
 _IMPORT_PROBE = """
-import sys, torch
+import json, sys, torch
 import gfn_fast
 from gfn_fast import benchmark
 benchmark.build_cases(list(benchmark.CASE_FAMILIES), torch.device("cpu"), True)
-print("DYNAMO_BEFORE", "torch._dynamo" in sys.modules)
+dynamo_before = "torch._dynamo" in sys.modules
 gen = torch.Generator().manual_seed(0)
 log_pf, log_pb = torch.randn(8, 5, generator=gen), torch.randn(8, 5, generator=gen)
 log_reward, log_z = torch.randn(8, generator=gen), torch.tensor(0.5)
 tb = lambda *a: gfn_fast.trajectory_balance(*a, backend="numba")
 compiled = torch.compile(tb, fullgraph=True, backend="aot_eager")
 args = (log_pf, log_pb, log_reward, log_z)
-print("EQUAL", torch.equal(compiled(*args), tb(*args)))
+print("IMPORT " + json.dumps({"dynamo_before": dynamo_before,
+                               "equal": torch.equal(compiled(*args), tb(*args))}))
 """
 
 
@@ -337,15 +338,4 @@ def test_import_and_quick_bench_cases_do_not_import_torch_dynamo():
     one function for torch.compile; building the --quick bench cases imported it again (through
     torch.compile wrappers and torchgfn). In a fresh interpreter: neither imports it, and a
     fullgraph compile still treats `resolve` (which Dynamo cannot trace) as a constant."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root))
-    result = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], env=env, cwd=root,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "DYNAMO_BEFORE False" in result.stdout, result.stdout
-    assert "EQUAL True" in result.stdout, result.stdout
+    assert run_probe(_IMPORT_PROBE, "IMPORT") == {"dynamo_before": False, "equal": True}

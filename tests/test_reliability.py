@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import HAS_CUDA, available_backends, backend_params
+from conftest import HAS_CUDA, available_backends, backend_params, run_probe
 
 import gfn_fast
 from gfn_fast import bfn
@@ -607,23 +607,6 @@ def test_sanitize_script_refuses_to_pass_without_a_gpu():
     assert "clean" not in result.stdout
 
 
-def _run_probe(source: str, tag: str, cache_dir):
-    """Runs `source` in a fresh interpreter with an empty Numba cache (`cache_dir`) and returns
-    the JSON it printed after `tag`."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), NUMBA_CACHE_DIR=str(cache_dir))
-    result = subprocess.run([sys.executable, "-c", source], env=env, cwd=root,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.rsplit(tag + " ", 1)[1])
-
-
 _FLAGS_PROBE = """
 import json, numba, numpy as np
 from gfn_fast.cpu import _vmath
@@ -659,7 +642,7 @@ def test_vmath_helpers_keep_their_own_fastmath_flags_whoever_compiles_them_first
     exp / log / Box-Muller helpers set their own: contraction only, even when a reassoc + nnan
     kernel compiles them first into an empty cache. The control shows the probe sees inherited
     flags."""
-    flags = _run_probe(_FLAGS_PROBE, "FLAGS", tmp_path)
+    flags = run_probe(_FLAGS_PROBE, "FLAGS", tmp_path)
     assert flags.pop("unflagged") == ["reassoc", "nnan", "contract"]
     assert flags == {name: ["contract"] for name in ("_exp32", "_exp64", "log", "log32",
                                                      "box_muller", "erfc_pos_inplace")}
@@ -713,7 +696,7 @@ def test_kernels_are_compiled_for_wide_vectors(tmp_path):
     prange bodies of a noise kernel, a loss kernel and both log-prob kernels and the BFN row
     helpers (the n-step rows and the discrete step's body among them) carry it; box_muller,
     which does not ask for it, shows the probe does not find it everywhere."""
-    found = _run_probe(_WIDE_PROBE, "WIDE", tmp_path)
+    found = run_probe(_WIDE_PROBE, "WIDE", tmp_path)
     for name in ("_continuous_flow prange body", "_discrete_loss_forward prange body",
                  "_log_prob_rows prange body", "_log_prob_backward_rows prange body",
                  "_fill_normals", "_exp_inplace", "_shift_rows", "_nstep_rows",
@@ -778,7 +761,7 @@ def test_gumbel_prepass_is_vectorised(tmp_path):
     was scalar: 53 ns an element, against ~6.5 vectorised). The float32 discretised generation
     step must not widen its vectors to float64 (it did, with float64 constants in its element
     loop: 217 against 191 us at CIFAR-10's shape on two threads)."""
-    found = _run_probe(_PACKED_PROBE, "PACKED", tmp_path)
+    found = run_probe(_PACKED_PROBE, "PACKED", tmp_path)
     assert found == {"_fill_gumbels": True, "scalar_gumbels": False, "_chunk_exps": True,
                      "_chunk_lse": True, "erfc_pos_inplace": True,
                      "_discretised_step widens": False}, found
@@ -836,7 +819,7 @@ def test_shared_helpers_are_built_once(tmp_path):
     log Z and VarGrad share a build of the forward kernel; the rollout and the sampler with a
     mask and a per-row scale share sample_chunk's. In a fresh interpreter, float32
     calls of every caller, serial and parallel, leave one build of each."""
-    builds = _run_probe(_BUILDS_PROBE, "BUILDS", tmp_path)
+    builds = run_probe(_BUILDS_PROBE, "BUILDS", tmp_path)
     assert builds == {"_fill_normals": 1, "_nstep_rows": 1, "_discrete_step_row": 1,
                       "_step_chunk": 1, "sample_chunk": 1, "_rows_forward": 1,
                       "_hypergrid_step twins": 2}, builds
