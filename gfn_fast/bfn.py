@@ -181,8 +181,10 @@ def continuous_output(mu: torch.Tensor, eps_hat: torch.Tensor, t, sigma_1: float
             out = reference.continuous_output(_flat(mu), _flat(eps_hat), t, sigma_1, t_min,
                                               (x_min, x_max) if clamp else None)
         return out.to(mu.dtype).reshape(mu.shape)
-    out = _continuous_output_op(_flat(mu), _flat(eps_hat), t, sigma_1, t_min, x_min, x_max,
-                                clamp, name)
+    # detached: the op has no autograd formula, so a graph-tracking input would make compiled
+    # and op-path calls fail (eager calls below the dispatcher would merely drop the graph)
+    out = _continuous_output_op(_flat(mu.detach()), _flat(eps_hat.detach()), t.detach(), sigma_1,
+                                t_min, x_min, x_max, clamp, name)
     return _shaped(out, mu.shape)
 
 
@@ -324,8 +326,13 @@ def continuous_update(mu: torch.Tensor, rho, y: torch.Tensor, alpha, *,
     mu, y = _continuous_inputs(op, "mu", {"mu": mu, "y": y})
     dtype = reference.compute_dtype(mu, y, rho if torch.is_tensor(rho) else None,
                                     alpha if torch.is_tensor(alpha) else None)
-    alpha = _checks.per_sample(op, "alpha", alpha, mu.shape[0], mu, dtype, positive=True)
+    alpha = _checks.per_sample(op, "alpha", alpha, mu.shape[0], mu, dtype,
+                               positive=True).detach()
     rho_2d, per_sample_rho = _precision(op, rho, mu, dtype)
+    # no gradient (the docstring), rho' included; the op has no autograd formula, so a
+    # graph-tracking input would also make compiled and op-path calls fail
+    mu, y, rho_2d = mu.detach(), y.detach(), rho_2d.detach()
+    per_sample_rho = None if per_sample_rho is None else per_sample_rho.detach()
     name = _backends.resolve(op, backend, mu.device)
     if name == "reference":
         with torch.no_grad():  # no gradient on any backend
@@ -446,7 +453,9 @@ def discretised_probs(mu_x: torch.Tensor, log_sigma_x: torch.Tensor, n_bins: int
     _checks.same_device(op, "mu_x", mu_x, log_sigma_x=log_sigma_x)
     n_bins = _checks.positive_int(op, "n_bins", n_bins, minimum=2)
     name = _backends.resolve(op, backend, mu_x.device)
-    flat_mu, flat_ls = mu_x.reshape(-1).contiguous(), log_sigma_x.reshape(-1).contiguous()
+    # detached: no gradient, and the op has no autograd formula (see continuous_output)
+    flat_mu = mu_x.detach().reshape(-1).contiguous()
+    flat_ls = log_sigma_x.detach().reshape(-1).contiguous()
     if name == "reference":
         with torch.no_grad():  # no gradient on any backend
             probs = reference.discretised_probs(flat_mu, flat_ls, n_bins)
@@ -620,8 +629,9 @@ def discrete_update(log_theta: torch.Tensor, y: torch.Tensor, *, backend: str | 
     if log_theta.dim() < 1 or log_theta.shape[-1] < 1:
         _checks.fail(op, "log_theta", f"must be [..., K] with K >= 1, got {list(log_theta.shape)}")
     n_classes = log_theta.shape[-1]
-    flat_theta = log_theta.reshape(-1, 1, n_classes).contiguous()
-    flat_y = y.reshape(-1, 1, n_classes).contiguous()
+    # detached: no gradient, and the op has no autograd formula (see continuous_output)
+    flat_theta = log_theta.detach().reshape(-1, 1, n_classes).contiguous()
+    flat_y = y.detach().reshape(-1, 1, n_classes).contiguous()
     name = _backends.resolve(op, backend, log_theta.device)
     if name == "reference":
         with torch.no_grad():  # no gradient on any backend
@@ -893,8 +903,9 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
     log_theta must not require grad."""
     op = "discrete_step"
     _checks.require_tensor(op, "logits", logits, floating=True)
-    if logits.dim() < 2 or logits.shape[-1] < 2:
-        _checks.fail(op, "logits", f"must be [B, ..., K] with K >= 2, got {list(logits.shape)}")
+    if logits.dim() < 2 or logits.shape[-1] < 2 or logits.shape[0] < 1:
+        _checks.fail(op, "logits", f"must be [B, ..., K] with B >= 1 and K >= 2, got "
+                     f"{list(logits.shape)}")
     alpha = _checks.positive_float(op, "alpha", alpha)
     update = log_theta is not None
     if update:

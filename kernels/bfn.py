@@ -128,8 +128,10 @@ def _discretised_sigma(log_sigma):
 @triton.jit
 def _discretised_mean(mu, sigma, n_bins, WANT_GRAD: tl.constexpr):
     """x_hat = k_c(K) - (2/K) sum_{j<K} Phi((e_j - mu)/sigma), e_j = -1 + 2j/K, with
-    (2/K) sum phi(z_j) and (2/K) sum phi(z_j) z_j when WANT_GRAD."""
-    width = 2.0 / n_bins
+    (2/K) sum phi(z_j) and (2/K) sum phi(z_j) z_j when WANT_GRAD. The width is taken in mu's
+    type: 2.0 / n_bins alone is fp32 (an i32 argument), which moved float64 edges of K not a power
+    of two by ~1e-8, and bin probabilities at sigma = 1e-3 by ~1e-5."""
+    width = 2.0 / tl.full([], n_bins, mu.dtype)
     cdf_sum = tl.zeros_like(mu)
     pdf_sum = tl.zeros_like(mu)
     pdf_z_sum = tl.zeros_like(mu)
@@ -196,7 +198,7 @@ def _discretised_probs_kernel(mu_ptr, log_sigma_ptr, out_ptr, n_rows, n_bins, AC
     row_mask = rows < n_rows
     mu = tl.load(mu_ptr + rows, mask=row_mask, other=0.0).to(ACC)
     sigma = _discretised_sigma(tl.load(log_sigma_ptr + rows, mask=row_mask, other=0.0).to(ACC))
-    width = 2.0 / n_bins
+    width = 2.0 / tl.full([], n_bins, ACC)  # in ACC, not fp32 (see _discretised_mean)
     for k0 in range(0, n_bins, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         z_left = ((k * width - 1.0)[None, :] - mu[:, None]) / sigma[:, None]
@@ -422,10 +424,11 @@ def _nstep_tile(x_index_ptr, logits_ptr, first_row, rows, row_mask, k, alpha, n_
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_classes,
-                               beta_1: tl.float64, n_steps, seed_lo, seed_hi, off_lo, off_hi,
-                               ACC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
-                               QUADS: tl.constexpr):
+                               beta_1: tl.float64, n_steps: tl.float64, seed_lo, seed_hi,
+                               off_lo, off_hi, ACC: tl.constexpr, BLOCK_D: tl.constexpr,
+                               BLOCK_K: tl.constexpr, QUADS: tl.constexpr):
     beta_1 = scalar(beta_1, ACC)
+    n_steps = scalar(n_steps, ACC)  # a float: as an i32, n_steps * n_steps overflows at 46341
     b = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_K)
     t = tl.load(t_ptr + b).to(ACC)
@@ -444,10 +447,11 @@ def _discrete_nstep_fwd_kernel(x_index_ptr, logits_ptr, t_ptr, out_ptr, dims, n_
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _discrete_nstep_bwd_kernel(grad_ptr, x_index_ptr, logits_ptr, t_ptr, out_ptr, n_rows, dims,
-                               n_classes, beta_1: tl.float64, n_steps, seed_lo, seed_hi, off_lo,
-                               off_hi, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
+                               n_classes, beta_1: tl.float64, n_steps: tl.float64, seed_lo,
+                               seed_hi, off_lo, off_hi, ACC: tl.constexpr, BLOCK_R: tl.constexpr,
                                BLOCK_K: tl.constexpr, QUADS: tl.constexpr):
     beta_1 = scalar(beta_1, ACC)
+    n_steps = scalar(n_steps, ACC)  # a float (see the forward)
     first_row = tl.program_id(0).to(tl.int64) * BLOCK_R
     rows = first_row + tl.arange(0, BLOCK_R).to(tl.int64)
     row_mask = rows < n_rows
@@ -731,7 +735,7 @@ def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offse
     # a program's tiles start at rows b dims + d0
     aligned = dims * n_classes % 4 == 0 and block_d * n_classes % 4 == 0
     _discrete_nstep_fwd_kernel[(batch,)](
-        x_index, logits, t, out, dims, n_classes, beta_1, n_steps, *_key(seed, offset),
+        x_index, logits, t, out, dims, n_classes, beta_1, float(n_steps), *_key(seed, offset),
         ACC=accumulator(acc), BLOCK_D=block_d, BLOCK_K=block_k,
         QUADS=_quads(block_d, n_classes, aligned))
     return out
@@ -743,7 +747,7 @@ def discrete_nstep_loss_backward(grad, x_index, logits, t, beta_1, n_steps, seed
     n_rows = batch * dims
     block_r, block_k = _row_block(n_classes, _NOISE_TILE)
     _discrete_nstep_bwd_kernel[(triton.cdiv(n_rows, block_r),)](
-        grad, x_index, logits, t, out, n_rows, dims, n_classes, beta_1, n_steps,
+        grad, x_index, logits, t, out, n_rows, dims, n_classes, beta_1, float(n_steps),
         *_key(seed, offset), ACC=accumulator(_acc(logits)), BLOCK_R=block_r, BLOCK_K=block_k,
         QUADS=_quads(block_r, n_classes))
     return out

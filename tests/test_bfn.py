@@ -301,6 +301,53 @@ def test_nstep_discrete_loss_matches_materialised(backend, device, dtype, rtol, 
     close(grad, expected_grad, max(gtol, 2e-5), "n-step grad")
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_nstep_discrete_loss_with_n_squared_past_int32(backend, device):
+    """n = 10^5: n^2 > 2^31. Triton took n as an i32 and n * n wrapped (NaN at n = 46341, the
+    loss off by 3x at 10^5); alpha must follow the float64 reference."""
+    x_index = torch.randint(0, 4, (2, 3), device=device)
+    logits = torch.randn(2, 3, 4, dtype=F64, device=device, requires_grad=True)
+    l64 = logits.detach().clone().requires_grad_(True)
+    for n_steps in (46341, 100_000):
+        loss = bfn.discrete_loss(x_index, logits, 0.5, 2.0, n_steps, seed=1, backend=backend)
+        expected = bfn.discrete_loss(x_index, l64, 0.5, 2.0, n_steps, seed=1,
+                                     backend="reference")
+        # float32 normals on both sides, from different float32 transcendentals: ~1e-7
+        close(loss, expected, 2e-6, f"n-step loss n={n_steps}")
+        close(_grad(loss, [logits])[0], _grad(expected, [l64])[0], 2e-5,
+              f"n-step grad n={n_steps}")
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+@pytest.mark.parametrize("n_bins", [3, 5, 255])
+def test_discretised_float64_bin_edges_of_any_bin_count(backend, device, n_bins):
+    """K not a power of two: 2/K is inexact, and edges taken in float32 (Triton's 2.0 / n_bins
+    of an i32) move by ~1e-8, which at sigma = 1e-3 moves a bin probability by ~1e-5. With mu
+    on an edge the two bins beside it hold 1/2 each, and the loss and its gradients follow the
+    exact float64 edges."""
+    edge = -1.0 + 2.0 * ((n_bins + 1) // 2) / n_bins
+    mu_x = torch.tensor([[edge, 0.1]], dtype=F64, device=device)
+    log_sigma = torch.full((1, 2), math.log(1e-3), dtype=F64, device=device)
+    probs = bfn.discretised_probs(mu_x, log_sigma, n_bins, backend=backend)[0, 0].cpu()
+    k = (n_bins + 1) // 2
+    assert probs[k - 1].item() == pytest.approx(0.5, abs=1e-12)
+    assert probs[k].item() == pytest.approx(0.5, abs=1e-12)
+    # the loss a little off the edge (on it, d x_hat / d log_sigma vanishes by symmetry)
+    mu_x = mu_x + torch.tensor([[3e-4, 0.0]], dtype=F64, device=device)
+    x = torch.tensor([[edge + 1.0 / n_bins, 1.0 / n_bins]], dtype=F64, device=device)
+    m = mu_x.clone().requires_grad_(True)
+    s = log_sigma.clone().requires_grad_(True)
+    loss = bfn.discretised_loss(x, m, s, 0.5, 0.1, n_bins, backend=backend)
+    m64, s64 = mu_x.cpu().requires_grad_(True), log_sigma.cpu().requires_grad_(True)
+    expected = ref.discretised_loss(x.cpu(), m64, s64, torch.tensor([0.5], dtype=F64), 0.1,
+                                    n_bins, 0)
+    close(loss, expected, 1e-9, "loss")
+    for g, e, what in zip(_grad(loss, [m, s]), _grad(expected, [m64, s64]), ("mu", "log_sigma"),
+                          strict=True):
+        close(g, e, 1e-9, f"grad {what}")
+
+
 def test_nstep_loss_estimates_the_kl():
     """Averaged over noise, L_n / n is the KL between sender and receiver, >= 0, and 0 when the
     network predicts x with certainty... approximately: check positivity and the exact limit."""
@@ -407,6 +454,24 @@ def test_gradcheck(backend):
 
 
 # ------------------------------------------------------------------------------------ numerics
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])
+def test_discretised_clamped_sigma_has_zero_gradient(backend, device, dtype):
+    """sigma = clamp(exp(log_sigma), 1e-3, 10): no gradient to log_sigma beyond either end, also
+    where exp overflows (log_sigma = 100 in float32, where the reference's clamp backward gave
+    0 * inf = NaN), and a finite one to mu_x."""
+    x = torch.tensor([[0.5, -0.5, 0.25]], dtype=dtype, device=device)
+    mu_x = torch.tensor([[0.1, 0.2, 0.3]], dtype=dtype, device=device, requires_grad=True)
+    log_sigma = torch.tensor([[100.0, -30.0, 1e4]], dtype=dtype, device=device,
+                             requires_grad=True)
+    loss = bfn.discretised_loss(x, mu_x, log_sigma, 0.5, 0.1, 16, backend=backend)
+    grad_mu, grad_log_sigma = _grad(loss, [mu_x, log_sigma])
+    assert torch.isfinite(loss).all() and torch.isfinite(grad_mu).all()
+    assert (grad_log_sigma == 0).all(), grad_log_sigma
+
+
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
@@ -826,6 +891,39 @@ def test_opcheck_custom_ops():
              torch.empty(3, 4, dtype=torch.int64), "numba"))
 
 
+def _no_gradient_ops(mu, net_out, net_logits, rho, alpha):
+    """The ops documented as having no gradient, fed tensors that require grad."""
+    return [bfn.continuous_output(mu, net_out, 0.5, 0.05, backend="numba"),
+            *bfn.continuous_update(mu, rho, net_out, alpha, backend="numba"),
+            bfn.discretised_probs(net_out, net_out, 16, backend="numba"),
+            bfn.discrete_update(net_logits, net_logits, backend="numba")]
+
+
+def test_no_gradient_ops_take_inputs_that_require_grad():
+    """A network output that requires grad (x_hat for logging, an auxiliary term) gives results
+    without a graph on every path: eager, the op path that compile and dispatch modes take, and
+    torch.compile(fullgraph=True). Before, the op path and compile handed the custom ops (which
+    have no autograd formula) the graph-tracking inputs: "no autograd formula was registered"."""
+    from gfn_fast import _ops
+
+    mu = torch.randn(3, 6)
+    net_out = torch.randn(3, 6, requires_grad=True)
+    net_logits = torch.randn(3, 6, 5, requires_grad=True)
+    args = (mu, net_out, net_logits, torch.ones(3, requires_grad=True),
+            torch.full((3,), 2.0, requires_grad=True))
+    eager = _no_gradient_ops(*args)
+    with _ops.force_op_path():
+        op_path = _no_gradient_ops(*args)
+    compiled = torch.compile(_no_gradient_ops, fullgraph=True, backend="aot_eager")(*args)
+    for results in (op_path, compiled):
+        for value, expected in zip(results, eager, strict=True):
+            assert not value.requires_grad and not expected.requires_grad
+            torch.testing.assert_close(value, expected)
+    # the inputs' own graph is untouched
+    (grad,) = torch.autograd.grad(net_out.pow(2).sum() + compiled[0].sum(), [net_out])
+    torch.testing.assert_close(grad, 2 * net_out.detach())
+
+
 def test_torch_compile_fullgraph():
     x, mu, eps_hat, t = _continuous(3, 6, torch.float32, "cpu")
     x_index = torch.randint(0, 5, (3, 4))
@@ -904,11 +1002,11 @@ def _triton_cases():
                   seed_lo=i, seed_hi="i64", off_lo="i64", off_hi=i), dict(ACC=acc, BLOCK=1024)),
             ("_discrete_nstep_fwd_kernel",
              dict(x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=accp, dims=i,
-                  n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i, seed_hi=i, off_lo=i,
+                  n_classes=i, beta_1=scalar, n_steps=scalar, seed_lo=i, seed_hi=i, off_lo=i,
                   off_hi=i), dict(ACC=acc, BLOCK_D=16, BLOCK_K=32, QUADS=128)),
             ("_discrete_nstep_bwd_kernel",
              dict(grad_ptr=accp, x_index_ptr="*i64", logits_ptr=fp, t_ptr=accp, out_ptr=fp,
-                  n_rows=i, dims=i, n_classes=i, beta_1=scalar, n_steps=i, seed_lo=i,
+                  n_rows=i, dims=i, n_classes=i, beta_1=scalar, n_steps=scalar, seed_lo=i,
                   seed_hi=i, off_lo=i, off_hi=i),
              dict(ACC=acc, BLOCK_R=16, BLOCK_K=32, QUADS=128)),
         ]

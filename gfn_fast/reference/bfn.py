@@ -118,7 +118,10 @@ def normal_cdf(z: torch.Tensor) -> torch.Tensor:
 
 
 def discretised_sigma(log_sigma_x: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.exp(log_sigma_x), SIGMA_MIN, SIGMA_MAX)
+    """clamp(exp(log_sigma_x), 1e-3, 10). The exponent is capped first, far above ln 10, where
+    the clamp holds anyway: exp overflowing to inf (log sigma > 88.7 in float32) would make the
+    clamp's zero gradient 0 * inf = NaN."""
+    return torch.clamp(torch.exp(log_sigma_x.clamp(max=30.0)), SIGMA_MIN, SIGMA_MAX)
 
 
 def discretised_probs(mu_x, log_sigma_x, n_bins: int):
