@@ -149,9 +149,9 @@ def parse_loss(op: str, loss) -> tuple[int, float]:
         value = float(param)
     except (TypeError, ValueError):
         fail(op, "loss", f"parameter must be a number, got {loss!r}")
-    if loss_id == HUBER and not (value > 0 and math.isfinite(value)):
+    if loss_id == HUBER and not (value > 0 and _finite(value)):
         fail(op, "loss", f"huber delta must be finite and > 0, got {value}")
-    if loss_id == LINEX and (value == 0 or not math.isfinite(value)):
+    if loss_id == LINEX and (value == 0 or not _finite(value)):
         fail(op, "loss", f"linex alpha must be finite and non-zero, got {value}")
     return loss_id, value
 
@@ -162,11 +162,19 @@ def parse_reduction(op: str, reduction) -> int:
     return REDUCTIONS[reduction]
 
 
+def _finite(value) -> bool:
+    """math.isfinite by comparisons: under torch.compile(dynamic=True) Dynamo may trace a Python
+    float (an argument's default, e.g. t_min or epsilon) as a SymFloat, which math.isnan and
+    math.isfinite refuse ("torch.* op returned non-Tensor")."""
+    return value == value and value != math.inf and value != -math.inf
+
+
 def parse_float(op: str, arg: str, value, *, allow_neg_inf: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(op, arg, f"must be a Python float, got {type(value).__name__}", TypeError)
     value = float(value)
-    if math.isnan(value) or (value == math.inf) or (value == -math.inf and not allow_neg_inf):
+    # comparisons, not math.isnan: see _finite
+    if value != value or (value == math.inf) or (value == -math.inf and not allow_neg_inf):
         fail(op, arg, f"must be a finite number, got {value}")
     return value
 
@@ -339,7 +347,7 @@ def sampling_row_value(op: str, arg: str, value, rows: int, logits: torch.Tensor
     if isinstance(value, bool):
         fail(op, arg, "must be a float or a floating tensor, got bool", TypeError)
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        if not _finite(value):
             fail(op, arg, f"must be finite, got {value}")
         return torch.full((), float(value), dtype=dtype, device=logits.device)
     require_tensor(op, arg, value, floating=True)

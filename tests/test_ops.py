@@ -148,6 +148,34 @@ def test_direct_and_op_paths_are_bitwise_equal(case, backend, device):
         assert torch.equal(direct, through_op), f"{case}: direct and op paths differ"
 
 
+def _sample_defaults(gen):
+    """sample_actions with its float defaults (epsilon=0.0) left alone."""
+    x = {"logits": torch.randn(6, 9, generator=gen, dtype=torch.float64)}
+    return x, lambda b, logits: gfn_fast.sample_actions(logits, seed=3, offset=2, backend=b)
+
+
+@pytest.mark.parametrize("case", [*CASES, "sample_actions_defaults"])
+def test_compile_with_dynamic_shapes_matches_eager(case):
+    """torch.compile(fullgraph=True, dynamic=True): Dynamo may trace a Python float, such as an
+    argument's default (continuous_output's t_min, sample_actions' epsilon), as a SymFloat, which
+    math.isnan / math.isfinite in the checks refused ("torch.* op returned non-Tensor")."""
+    make = _sample_defaults if case == "sample_actions_defaults" else CASES[case]
+
+    def compiled(b, **inputs):
+        return torch.compile(lambda **kw: make_fn("numba", **kw), fullgraph=True, dynamic=True,
+                             backend="aot_eager")(**inputs)
+
+    inputs, make_fn = make(torch.Generator().manual_seed(0))
+    try:
+        expected_out, expected_grads = _run(make, "numba", seed=5)
+        out, grads = _run(lambda gen: (make(gen)[0], compiled), "numba", seed=5)
+    finally:
+        torch._dynamo.reset()
+    assert len(out) == len(expected_out) and len(grads) == len(expected_grads)
+    for got, want in zip(out + grads, expected_out + expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
 class _RecordOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -339,3 +367,22 @@ def test_import_and_quick_bench_cases_do_not_import_torch_dynamo():
     torch.compile wrappers and torchgfn). In a fresh interpreter: neither imports it, and a
     fullgraph compile still treats `resolve` (which Dynamo cannot trace) as a constant."""
     assert run_probe(_IMPORT_PROBE, "IMPORT") == {"dynamo_before": False, "equal": True}
+
+
+def test_torch_func_transforms_as_the_readme_says():
+    """README: torch.func transforms of an op's inputs are not supported (torch.library's
+    registered autograd has no functorch rule), while tensors a transform does not track pass
+    through. If torch gains the rule, the first assertion fails and the README should change."""
+    x, mu, t = torch.rand(3, 4), torch.randn(3, 4), torch.rand(3)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda e: bfn.continuous_loss(x, mu, e, t, 0.1, backend="numba").sum())(
+            torch.randn(3, 4))
+    other = torch.randn(4, 6)
+
+    def picked(weights):
+        actions = gfn_fast.sample_actions(other, seed=1, backend="numba")[0]
+        return weights[torch.arange(4), actions].sum()
+
+    grad = torch.func.grad(picked)(torch.randn(4, 6))
+    actions = gfn_fast.sample_actions(other, seed=1, backend="numba")[0]
+    assert torch.equal(grad, torch.nn.functional.one_hot(actions, 6).float())
