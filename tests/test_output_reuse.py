@@ -38,6 +38,28 @@ def test_held_gradients_are_never_overwritten():
         assert torch.equal(view, view_expected)
 
 
+def test_a_held_storage_object_keeps_its_buffer():
+    """PyTorch keeps one Python object per storage, so `grad.untyped_storage()` hands the caller
+    the pool's own object, and holding it adds no storage use count: the pool must also see the
+    Python references, or a caller holding only the storage (or a TypedStorage over it) would
+    find it overwritten by the next call."""
+    with output_reuse(True):
+        first = _tb_grads(0)
+        untyped = first[0].untyped_storage()
+        with pytest.warns(UserWarning, match="TypedStorage is deprecated"):
+            typed = first[1].storage()
+        expected = [g.clone() for g in first]
+        pointers = {g.data_ptr() for g in first}
+        del first
+        for seed in range(1, 4):
+            assert not {g.data_ptr() for g in _tb_grads(seed)} & pointers
+        for storage, want in ((untyped, expected[0]), (typed.untyped(), expected[1])):
+            assert torch.equal(torch.empty(0).set_(storage, 0, want.shape), want)
+        del untyped, typed, storage
+        # released, the buffers go back to the pool
+        assert {g.data_ptr() for g in _tb_grads(5)} & pointers
+
+
 def test_freed_buffers_are_reused_and_results_unchanged():
     with output_reuse(False):
         fresh = [g.clone() for g in _tb_grads(7)]

@@ -2,6 +2,7 @@
 
 import math
 import os
+import sys
 import threading
 import types
 
@@ -142,8 +143,10 @@ class _OutputPool:
     only remaining reference is the pool's own, so nothing the caller can still reach is ever
     overwritten. The check is PyTorch's own storage use count (every tensor or view on the
     storage holds one), taken under a lock and raised by the new tensor before the lock is
-    released. Turn it off with `gfn_fast.cpu.set_output_reuse(False)` or
-    GFN_FAST_REUSE_OUTPUTS=0.
+    released; and the Python references to the pool's storage object, since PyTorch keeps one
+    Python object per storage: the object `tensor.untyped_storage()` (or `.storage()`) hands a
+    caller is the pool's own, and holding it adds no use count. Turn it off with
+    `gfn_fast.cpu.set_output_reuse(False)` or GFN_FAST_REUSE_OUTPUTS=0.
     """
 
     min_bytes = 1 << 20
@@ -157,6 +160,24 @@ class _OutputPool:
         self._use_count = getattr(torch._C, "_storage_Use_Count", None)
         self.available = self._use_count is not None
         self.enabled = self.available and os.environ.get("GFN_FAST_REUSE_OUTPUTS", "1") != "0"
+        # Python references to an entry that only the pool holds, counted by the same code
+        # path that checks the entries (the count depends on the interpreter's bookkeeping)
+        self._storages.append(torch.UntypedStorage(0))
+        self._free_refs = self._python_refs(0)
+        self._storages.clear()
+
+    def _python_refs(self, i: int) -> int:
+        storage = self._storages[i]
+        return sys.getrefcount(storage)
+
+    def _free(self, i: int, nbytes: int) -> bool:
+        """Entry i has `nbytes` and nothing but the pool refers to it: no tensor or view (the
+        storage use count) and no caller holding its Python object."""
+        storage = self._storages[i]
+        if storage.nbytes() != nbytes or self._use_count(storage._cdata) != 1:
+            return False
+        del storage  # a reference of its own, which the calibration did not count
+        return self._python_refs(i) <= self._free_refs
 
     def empty(self, shape: tuple, dtype: torch.dtype, stride: tuple | None = None, *,
               min_bytes: int | None = None):
@@ -166,8 +187,9 @@ class _OutputPool:
         if not self.enabled or nbytes < (self.min_bytes if min_bytes is None else min_bytes):
             return _allocate(shape, dtype, stride)
         with self._lock:
-            for i, storage in enumerate(self._storages):
-                if storage.nbytes() == nbytes and self._use_count(storage._cdata) == 1:
+            for i in range(len(self._storages)):
+                if self._free(i, nbytes):
+                    storage = self._storages[i]
                     out = torch.empty(0, dtype=dtype)
                     if stride is None:  # set_ without a stride lays it out contiguously
                         out.set_(storage, 0, shape)
