@@ -312,6 +312,44 @@ def test_nan_logits(backend, device):
     assert torch.isnan(log_pi[1:3]).all() and torch.isfinite(log_pi[[0, 3]]).all()
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("width", [10, 300])  # a chunk of rows, and a row of its own (> 256)
+def test_rows_with_no_finite_allowed_logit(backend, device, width):
+    """Every allowed scaled logit -inf (given so, or finite logits overflowing under the scale):
+    the row's sum of exponentials is 0. Like the reference, log pi and the entropy are NaN and
+    the action is in range; Numba's entropy divided by that 0 and raised ZeroDivisionError."""
+    logits, _ = _inputs(4, width, device=device, mask_kind="none")
+    logits[1] = -math.inf
+    logits[2] = -3e38
+    scale = torch.tensor([1.0, 1.0, 10.0, 1.0], device=device)
+    actions, log_pi, entropy = gfn_fast.sample_actions(logits, scale=scale, seed=0,
+                                                       return_entropy=True, backend=backend)
+    assert ((actions >= 0) & (actions < width)).all()
+    for values in (log_pi, entropy):
+        assert values[1:3].isnan().all() and values[[0, 3]].isfinite().all()
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
+                                            *BACKENDS])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "packed"])
+def test_empty_batch(backend, device, mask_kind):
+    """N = 0 rows is a valid batch: [0]-shaped results, and pack_mask gives [0, ceil(A/8)]
+    (the reference's reshape(0, -1) had raised, and pack_mask with it)."""
+    logits = torch.zeros(0, 11, device=device, requires_grad=True)
+    mask = torch.zeros(0, 11, dtype=torch.bool, device=device)
+    if mask_kind == "packed":
+        mask = gfn_fast.pack_mask(mask)
+        assert mask.shape == (0, 2) and mask.dtype == torch.uint8
+    mask = None if mask_kind == "none" else mask
+    out = gfn_fast.sample_actions(logits.detach(), mask, seed=0, return_log_mu=True,
+                                  return_entropy=True, backend=backend)
+    assert [tuple(t.shape) for t in out] == [(0,)] * 4
+    log_pi = gfn_fast.action_log_prob(logits, out[0], mask, backend=backend)
+    assert log_pi.shape == (0,)
+    (grad,) = torch.autograd.grad(log_pi.sum(), [logits])
+    assert grad.shape == (0, 11)
+
+
 def test_masked_actions_never_drawn_many_rows():
     logits, mask = _inputs(200_000, 12, density=0.3)
     for eps in (0.0, 0.5, 1.0):

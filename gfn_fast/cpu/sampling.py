@@ -401,8 +401,10 @@ def _sample_rows(logits, mask, has_mask, packed, scale, inv_t, lo, hi, epsilon, 
             if want_log_mu:
                 log_mu[r] = log_mixture(lp, float(epsilon[r]), float(picks[1, j]))
             if want_entropy:
+                # total = 0 when every allowed scaled logit is -inf (NaN log pi, as on the other
+                # backends); under Numba's Python error model x / 0 raises ZeroDivisionError
                 total = values[2, j]
-                entropy[r] = math.log(total) - values[3, j] / total
+                entropy[r] = math.log(total) - values[3, j] / total if total > 0.0 else math.nan
 
 
 # The log-prob kernels run branch-free loops over a row that LLVM vectorises, with

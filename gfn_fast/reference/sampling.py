@@ -36,7 +36,8 @@ def unpack_mask(packed: torch.Tensor, actions: int) -> torch.Tensor:
     """uint8 [N, ceil(A/8)] -> bool [N, A]; bit j of byte k is action 8k + j (LSB first)."""
     bits = torch.arange(8, device=packed.device, dtype=torch.uint8)
     unpacked = (packed.unsqueeze(-1) >> bits) & 1
-    return unpacked.reshape(packed.shape[0], -1)[:, :actions].bool()
+    # the widths spelled out: reshape(0, -1) is ambiguous, and N = 0 is a valid batch
+    return unpacked.reshape(packed.shape[0], 8 * packed.shape[1])[:, :actions].bool()
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -45,7 +46,8 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     padded = torch.zeros(rows, (actions + 7) // 8 * 8, dtype=torch.uint8, device=mask.device)
     padded[:, :actions] = mask.to(torch.uint8)
     weights = (1 << torch.arange(8, device=mask.device, dtype=torch.int32)).to(torch.uint8)
-    return (padded.reshape(rows, -1, 8) * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
+    return (padded.reshape(rows, (actions + 7) // 8, 8) * weights).sum(
+        -1, dtype=torch.int32).to(torch.uint8)
 
 
 def scaled_logits(logits, allowed, scale, inv_temperature, clip, dtype) -> torch.Tensor:
