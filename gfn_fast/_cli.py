@@ -3,6 +3,9 @@ usage error instead of a traceback after minutes of training."""
 
 import argparse
 import math
+import os
+import tempfile
+from pathlib import Path
 
 
 def at_least(minimum: int):
@@ -30,3 +33,17 @@ def positive_float(text: str) -> float:
 
 
 positive_int = at_least(1)
+
+
+def output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """`path` created (with its parents) and shown writable, or SystemExit with one line: called
+    before any work, so a bad --out does not end a run in a traceback after the work is done."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        reason = f"{err.strerror} ({err.filename})" if err.strerror else str(err)
+        raise SystemExit(f"{flag} {path}: cannot write there: {reason}") from None
+    return out

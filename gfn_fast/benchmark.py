@@ -39,7 +39,7 @@ import torch
 
 import gfn_fast
 from gfn_fast import _backends, bench_plots
-from gfn_fast._cli import at_least, positive_float
+from gfn_fast._cli import at_least, output_dir, positive_float
 
 
 @dataclass
@@ -827,16 +827,29 @@ def results_summary(directory: str | Path) -> str:
 
 
 def update_readme(readme: str | Path, directory: str | Path) -> None:
-    """Replace the README's results section (between the results markers) with the summary."""
+    """Replace the README's results section (between the results markers) with the summary.
+    SystemExit, leaving the README as it was, when it has no markers or `directory` no run
+    (say, a run's own directory given for its parent: the section would be emptied)."""
     readme = Path(readme)
     text = readme.read_text()
-    start, end = text.index(README_START) + len(README_START), text.index(README_END)
-    readme.write_text(text[:start] + "\n" + results_summary(directory) + "\n" + text[end:])
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"--update-readme: {readme} has no results section (a line "
+                         f"{README_START} and, after it, a line {README_END})")
+    summary = results_summary(directory)
+    if not summary:
+        raise SystemExit(f"--update-readme: no recorded run under {directory} (it should hold "
+                         "one directory per run, each with a results.jsonl)")
+    start += len(README_START)
+    readme.write_text(text[:start] + "\n" + summary + "\n" + text[end:])
+
+
+_ALL_OPS = ",".join(CASE_FAMILIES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--ops", default=",".join(CASE_FAMILIES),
+    parser.add_argument("--ops", default=_ALL_OPS,
                         help="comma-separated op families (default: all): " + "; ".join(
                             f"{name} = {FAMILY_HELP[name]}" for name in CASE_FAMILIES))
     parser.add_argument("--quick", action="store_true",
@@ -872,16 +885,32 @@ def build_cases(families: list[str], device: torch.device, quick: bool,
 
 
 def parse_families(ops: str) -> list[str]:
-    """'balance, bfn' -> ['balance', 'bfn']; ValueError naming the unknown ones (or an empty
-    list) and the choices."""
-    families = [f.strip() for f in ops.split(",") if f.strip()]
+    """'balance, bfn' -> ['balance', 'bfn'] (a family named twice runs once); ValueError naming
+    the unknown ones (or an empty list) and the choices."""
+    families = list(dict.fromkeys(f.strip() for f in ops.split(",") if f.strip()))  # once each
     unknown = [f for f in families if f not in CASE_FAMILIES]
     if unknown or not families:
         raise ValueError(f"unknown --ops {unknown or ops!r}; choose from {list(CASE_FAMILIES)}")
     return families
 
 
+def _run_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given that shape a benchmark run (meaningless beside --update-readme or
+    --plots-only, which run nothing)."""
+    def given(name, default=None):
+        return getattr(args, name, default) not in (default, False)
+    flags = {"--device": given("device"), "--ops": given("ops", _ALL_OPS),
+             "--quick": given("quick"), "--out": given("out"), "--no-compile": given("no_compile"),
+             "--compile-workers": given("compile_workers"), "--min-seconds": given("min_seconds")}
+    return [flag for flag, on in flags.items() if on]
+
+
 def main(args: argparse.Namespace) -> int:
+    only = [flag for flag, value in (("--update-readme", getattr(args, "update_readme", None)),
+                                     ("--plots-only", getattr(args, "plots_only", None))) if value]
+    if only and (len(only) > 1 or _run_flags(args)):
+        raise SystemExit(f"{only[0]} runs nothing, so it takes no other option; got "
+                         f"{', '.join(only[1:] + _run_flags(args))} beside it")
     if getattr(args, "update_readme", None):
         for path in (args.update_readme[0], args.update_readme[1]):
             if not Path(path).exists():
@@ -889,8 +918,11 @@ def main(args: argparse.Namespace) -> int:
         update_readme(*args.update_readme)
         return 0
     if getattr(args, "plots_only", None):
-        if not (Path(args.plots_only) / "results.jsonl").is_file():
+        results = Path(args.plots_only) / "results.jsonl"
+        if not results.is_file():
             raise SystemExit(f"--plots-only: no results.jsonl in {args.plots_only}")
+        if not any(line.strip() for line in results.read_text().splitlines()):
+            raise SystemExit(f"--plots-only: {results} holds no rows")
         write_plots(bench_plots.plot_results_dir, args.plots_only)
         return 0
     if args.device not in (None, "cpu", "cuda") and not str(args.device).startswith("cuda:"):
@@ -904,6 +936,7 @@ def main(args: argparse.Namespace) -> int:
         families = parse_families(args.ops)
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    out = output_dir(args.out) if args.out else None  # before any work
     bandwidth = copy_bandwidth(device)
     header = {"device": str(device), "device_name": device_name(device),
               "copy_gbps": bandwidth / 1e9, "versions": _versions(),
@@ -911,9 +944,7 @@ def main(args: argparse.Namespace) -> int:
               "backends": {k: v["devices"] for k, v in _backends.backends().items()}}
     cases = build_cases(families, device, args.quick,
                         compile_rows=not getattr(args, "no_compile", False))
-    out = Path(args.out) if args.out else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "results.jsonl").write_text("")
     workers = getattr(args, "compile_workers", None)
     if workers is None:

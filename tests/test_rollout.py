@@ -1,6 +1,7 @@
 """HyperGrid environment, exact terminal distribution, and large-batch rollouts."""
 
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,12 +91,70 @@ def test_demo_arguments_are_checked_before_any_work(argv, message, capsys):
     (["bench", "--update-readme", "/nonexistent/README.md", "."], "does not exist"),
     (["bench", "--min-seconds", "-1"], "--min-seconds: must be a finite number > 0"),
     (["bench", "--compile-workers", "-1"], "--compile-workers: must be >= 0"),
+    (["bench", "--plots-only", "/nonexistent", "--out", "/nonexistent/x", "--ops", "bogus",
+      "--quick"],
+     "--plots-only runs nothing, so it takes no other option; got --ops, --quick, --out"),
+    (["bench", "--update-readme", "/nonexistent/README.md", "/nonexistent", "--plots-only",
+      "/nonexistent"],
+     "--update-readme runs nothing, so it takes no other option; got --plots-only"),
 ] + ([] if torch.cuda.is_available() else [(["bench", "--device", "cuda"], "no CUDA device")]))
 def test_bench_arguments_fail_in_one_line(argv, message, capsys):
     from gfn_fast.__main__ import main
     with pytest.raises(SystemExit) as stop:
         main(argv)
     assert message in str(stop.value.code) + capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["demo", "gflownet"], ["demo", "bfn"],
+                                     ["bench", "--quick", "--ops", "balance"]])
+def test_a_bad_out_directory_fails_before_any_work(command, tmp_path, monkeypatch):
+    """--out naming a file (or a place that cannot be created) used to fail with a traceback
+    after the whole run (a demo's training, the bench's timing), losing the results."""
+    from gfn_fast import benchmark
+    from gfn_fast.__main__ import main
+    from gfn_fast.demos import bfn as bfn_demo
+    from gfn_fast.demos import gflownet
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before --out was checked")
+    for module, name in ((gflownet, "HyperGrid"), (bfn_demo, "load_digits_classes"),
+                         (benchmark, "copy_bandwidth")):
+        monkeypatch.setattr(module, name, no_work)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for out in (afile, afile / "below"):
+        with pytest.raises(SystemExit) as stop:
+            main(command + ["--out", str(out)])
+        assert str(stop.value.code).startswith(f"--out {out}: cannot write there")
+    fresh = tmp_path / "new" / "dir"
+    with pytest.raises(AssertionError, match="work started"):
+        main(command + ["--out", str(fresh)])
+    assert fresh.is_dir()
+
+
+def test_update_readme_refuses_to_empty_or_lose_the_table(tmp_path):
+    """A run's own directory given for the directory of runs emptied README's results table
+    (rc 0); a README without the markers ended in a bare 'substring not found' traceback."""
+    from gfn_fast import benchmark
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    readme = tmp_path / "README.md"
+    text = f"intro\n{benchmark.README_START}\nold table\n{benchmark.README_END}\nrest\n"
+    readme.write_text(text)
+    run = next(p.parent for p in sorted(results.glob("*/results.jsonl")))
+    with pytest.raises(SystemExit, match="no recorded run under"):
+        benchmark.update_readme(readme, run)
+    assert readme.read_text() == text
+    readme.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="has no results section"):
+        benchmark.update_readme(readme, results)
+    readme.write_text(text)
+    benchmark.update_readme(readme, results)
+    assert "old table" not in readme.read_text() and "| op | case |" in readme.read_text()
+
+
+def test_ops_named_twice_run_once():
+    from gfn_fast import benchmark
+    assert benchmark.parse_families("balance, bfn,balance") == ["balance", "bfn"]
 
 
 def test_no_command_prints_help_instead_of_running_the_full_benchmark(capsys):

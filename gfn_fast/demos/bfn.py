@@ -15,14 +15,13 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from gfn_fast import _png, bfn
-from gfn_fast._cli import positive_float, positive_int
+from gfn_fast._cli import output_dir, positive_float, positive_int
 
 N_CLASSES = 17
 SIDE = 8
@@ -104,6 +103,7 @@ def time_steps(model: DigitsNet, x: torch.Tensor, steps: int, batch: int, beta_1
 
 
 def run(args: argparse.Namespace) -> dict:
+    out = output_dir(args.out)  # before any work (a bad path fails now, in one line)
     torch.manual_seed(args.seed)
     data = load_digits_classes()
     order = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))
@@ -141,8 +141,6 @@ def run(args: argparse.Namespace) -> dict:
                    speedup_vs_reference=reference / fused)
     print(f"training step: gfn_fast {fused * 1e3:.1f} ms, plain-PyTorch reference "
           f"{reference * 1e3:.1f} ms ({metrics['speedup_vs_reference']:.2f}x)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     _png.write_png(out / "samples.png", sample_grid(model, 64, args.sample_steps, args.beta_1,
                                                     args.seed + 3))

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 
 import gfn_fast
 from gfn_fast import _png
-from gfn_fast._cli import at_least, positive_float, positive_int
+from gfn_fast._cli import at_least, output_dir, positive_float, positive_int
 from gfn_fast.envs import HyperGrid, total_variation
 from gfn_fast.rollout import sample_trajectories
 from gfn_fast.sampling import action_log_prob
@@ -156,6 +155,7 @@ def marginal_image(env: HyperGrid, distribution: torch.Tensor) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> dict:
+    out = output_dir(args.out)  # before any work (a bad path fails now, in one line)
     torch.manual_seed(args.seed)
     env = HyperGrid(ndim=args.ndim, height=args.height)
     model = ConditionalGFlowNet(env, hidden=args.hidden)
@@ -184,8 +184,6 @@ def run(args: argparse.Namespace) -> dict:
     print(f"training step: gfn_fast {fused * 1e3:.1f} ms, plain-PyTorch reference "
           f"{reference * 1e3:.1f} ms ({metrics['speedup_vs_reference']:.2f}x), "
           f"{args.compare_steps} steps each")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     _png.write_png(out / "marginals.png", _png.side_by_side(images))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {out / 'metrics.json'} and {out / 'marginals.png'} (target | learned, "
