@@ -88,6 +88,27 @@ def test_subtb_matches_torchgfn(setting, weighting, forward_looking):
                  _loss_and_grads(theirs, env, trajectories))
 
 
+@pytest.mark.parametrize("weighting,lamda,fused", [
+    ("equal", 1.5, True), ("equal_within", 0.0, True),  # lamda unused: the fused kernel runs
+    ("geometric_within", 1.5, False), ("geometric_within", 0.0, False), ("geometric", 2.0, False)])
+def test_subtb_lamda_outside_the_unit_interval(setting, weighting, lamda, fused, monkeypatch):
+    """torchgfn takes any lamda; gfn_fast's SubTB takes (0, 1] and the drop-in raised there.
+    Weightings that ignore lamda run fused whatever it is; geometric ones outside (0, 1] are
+    handed back to torchgfn's own loss (docs/torchgfn.md)."""
+    env, pf, pb, log_flow, trajectories = setting
+    calls = []
+    kernel = fused_classes.gfn_fast.subtrajectory_balance
+    monkeypatch.setattr(fused_classes.gfn_fast, "subtrajectory_balance",
+                        lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    kwargs = dict(weighting=weighting, lamda=lamda)
+    _assert_same(
+        _loss_and_grads(fused_classes.SubTBGFlowNet(pf, pb, log_flow, **kwargs), env,
+                        trajectories),
+        _loss_and_grads(reference_classes.SubTBGFlowNet(pf, pb, log_flow, **kwargs), env,
+                        trajectories))
+    assert bool(calls) == fused
+
+
 @pytest.mark.parametrize("loss_fn", [HalfSquaredLoss(), ShiftedCoshLoss(), LinexLoss(0.5)],
                          ids=["half_squared", "shifted_cosh", "linex"])
 @pytest.mark.parametrize("weighting", ["geometric_within", "geometric", "DB"])

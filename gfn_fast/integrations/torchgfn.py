@@ -154,6 +154,7 @@ class SubTBGFlowNet(_gfn.SubTBGFlowNet):
     supported, "ModifiedDB" included."""
 
     _COMPACT_NONE = ("TB", "DB")
+    _GEOMETRIC = ("geometric_within", "geometric")
 
     def state_flows(self, env, trajectories):
         """(log F~(s_t), log R(s_t) or None), each [T, B] time-major, zero past each trajectory.
@@ -177,8 +178,11 @@ class SubTBGFlowNet(_gfn.SubTBGFlowNet):
              ) -> torch.Tensor:
         fused = _fused_loss(self.loss_fn)
         weighting = self.weighting
+        # gfn_fast's SubTB takes lamda in (0, 1]; torchgfn computes geometric weights of any
+        # lamda (and ignores it in the other weightings)
+        lamda_outside = weighting in self._GEOMETRIC and not 0.0 < float(self.lamda) <= 1.0
         if (fused is None or (reduction == "none" and weighting not in self._COMPACT_NONE)
-                or reduction not in ("mean", "sum", "none")):
+                or reduction not in ("mean", "sum", "none") or lamda_outside):
             return super().loss(env, trajectories, recalculate_all_logprobs, reduction,
                                 log_rewards=log_rewards)
         log_pf, log_pb = self.get_pfs_and_pbs(trajectories,
@@ -208,7 +212,8 @@ class SubTBGFlowNet(_gfn.SubTBGFlowNet):
             # reduction="none": torchgfn's order, time-major over the valid transitions
             steps = torch.arange(per_step.shape[1], device=per_step.device)
             return per_step.T[(steps[None, :] < lengths[:, None]).T]
+        lamda = self.lamda if weighting in self._GEOMETRIC else 1.0  # unused there
         return gfn_fast.subtrajectory_balance(
-            log_pf.T, log_pb.T, log_flow.T, terminal, lamda=self.lamda, weighting=weighting,
+            log_pf.T, log_pb.T, log_flow.T, terminal, lamda=lamda, weighting=weighting,
             lengths=lengths, log_state_reward=state_reward_bt, log_reward_clip_min=clip,
             loss=fused)
