@@ -823,3 +823,50 @@ def test_shared_helpers_are_built_once(tmp_path):
     assert builds == {"_fill_normals": 1, "_nstep_rows": 1, "_discrete_step_row": 1,
                       "_step_chunk": 1, "sample_chunk": 1, "_rows_forward": 1,
                       "_hypergrid_step twins": 2}, builds
+
+
+_FORK_PROBE = r"""
+import json, os, torch, gfn_fast
+
+torch.manual_seed(0)
+x = torch.randn(64, 4096)
+lp = torch.randn(4096, 64, requires_grad=True)
+logits = torch.randn(20000, 40, requires_grad=True)
+
+
+def work():
+    flow = gfn_fast.bfn.continuous_flow(x, 0.5, 0.1, seed=1)
+    loss = gfn_fast.trajectory_balance(lp, None, torch.zeros(4096), 0.0)
+    (grad_lp,) = torch.autograd.grad(loss, [lp])
+    actions, log_pi = gfn_fast.sample_actions(logits.detach(), seed=3)
+    (grad_logits,) = torch.autograd.grad(gfn_fast.action_log_prob(logits, actions).sum(),
+                                         [logits])
+    return [float(t.detach().double().sum()) for t in (flow, loss, grad_lp, actions, log_pi,
+                                                       grad_logits)]
+
+
+from numba.np.ufunc import parallel
+parent = work()
+started = bool(parallel._is_initialized)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    torch.set_num_threads(1)  # as DataLoader workers do: torch's own pool cannot run either
+    try:
+        os.write(write, json.dumps(work()).encode())
+    finally:
+        os._exit(0)
+os.close(write)
+child = json.loads(os.read(read, 1 << 16).decode() or "null")
+status = os.waitpid(pid, 0)[1]
+print("FORK", json.dumps({"pool_started": started, "status": status, "same": child == parent}))
+"""
+
+
+def test_ops_run_in_a_process_forked_after_the_pool_started():
+    """GNU OpenMP cannot run after a fork: Numba terminated a child that called a parallel
+    kernel after its parent had ("fork() called from a process already using GNU OpenMP"), e.g.
+    a DataLoader worker forked by a training process. In such a child every kernel runs its
+    serial twin, with the parent's results bit for bit."""
+    found = run_probe(_FORK_PROBE, "FORK")
+    assert found == {"pool_started": True, "status": 0, "same": True}, found

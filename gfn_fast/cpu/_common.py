@@ -104,6 +104,26 @@ def row_or(value: torch.Tensor | None, batch: int, dtype: torch.dtype,
 
 
 _SERIAL_TWINS: dict = {}
+_SERIAL_ONLY = False  # set in a process forked after its parent started an OpenMP pool
+
+
+def _unsafe_pool_inherited() -> bool:
+    """Whether this (just forked) process inherited a started OpenMP worker pool of Numba's:
+    GNU OpenMP cannot be used after a fork, and Numba terminates a child that tries ("fork()
+    called from a process already using GNU OpenMP"), e.g. a DataLoader worker forked after the
+    training process ran a gfn_fast op."""
+    from numba.np.ufunc import parallel
+
+    return bool(parallel._is_initialized) and parallel._threading_layer == "omp"
+
+
+def _after_fork_in_child() -> None:
+    global _SERIAL_ONLY
+    if _unsafe_pool_inherited():
+        _SERIAL_ONLY = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def serial_if(kernel, small: bool):
@@ -114,8 +134,11 @@ def serial_if(kernel, small: bool):
 
     The twin is a copy of the Python function under its own name: Numba's on-disk cache indexes
     compiled code by the function's qualified name and bytecode, not by its compile flags, so a
-    twin of the same name would load the parallel build (or overwrite it)."""
-    if not small:
+    twin of the same name would load the parallel build (or overwrite it).
+
+    In a process forked after its parent started Numba's OpenMP pool, every kernel runs its
+    twin: that pool cannot run there (_unsafe_pool_inherited)."""
+    if not (small or _SERIAL_ONLY):
         return kernel
     twin = _SERIAL_TWINS.get(kernel)
     if twin is None:

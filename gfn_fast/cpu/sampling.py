@@ -612,9 +612,11 @@ def log_prob_forward(logits, actions, mask, packed, scale, inv_temperature, clip
     lse = torch.empty(rows, dtype=dtype)
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
-    _log_prob_rows(as_numpy(logits, dtype), actions.numpy(), mask_np, has_mask, packed,
-                   row_or(scale, rows, dtype, 1.0), row_or(inv_temperature, rows, dtype, 1.0),
-                   lo, hi, log_pi.numpy(), lse.numpy())
+    # serial_if(.., False): parallel, except in a forked child (cpu._common._SERIAL_ONLY)
+    serial_if(_log_prob_rows, False)(
+        as_numpy(logits, dtype), actions.numpy(), mask_np, has_mask, packed,
+        row_or(scale, rows, dtype, 1.0), row_or(inv_temperature, rows, dtype, 1.0), lo, hi,
+        log_pi.numpy(), lse.numpy())
     return log_pi, lse
 
 
@@ -628,11 +630,11 @@ def log_prob_backward(grad, logits, actions, mask, packed, scale, inv_temperatur
     grad_scale = torch.empty(rows if need_scale else 1, dtype=dtype)
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
-    _log_prob_backward_rows(row_or(grad, rows, dtype, 0.0), as_numpy(logits, dtype),
-                            actions.numpy(), mask_np, has_mask, packed,
-                            row_or(scale, rows, dtype, 1.0),
-                            row_or(inv_temperature, rows, dtype, 1.0), lo, hi, lse.numpy(),
-                            grad_logits.numpy(), need_logits, grad_scale.numpy(), need_scale)
+    serial_if(_log_prob_backward_rows, False)(
+        row_or(grad, rows, dtype, 0.0), as_numpy(logits, dtype), actions.numpy(), mask_np,
+        has_mask, packed, row_or(scale, rows, dtype, 1.0),
+        row_or(inv_temperature, rows, dtype, 1.0), lo, hi, lse.numpy(), grad_logits.numpy(),
+        need_logits, grad_scale.numpy(), need_scale)
     if need_logits and wide != logits.dtype:
         grad_logits = grad_logits.to(logits.dtype)
     return (grad_logits if need_logits else None), (grad_scale if need_scale else None)
