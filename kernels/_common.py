@@ -15,11 +15,24 @@ def interpret() -> bool:
 
 @triton.jit
 def expm1(x):
-    """exp(x) - 1 without cancellation near 0 (Kahan: (u - 1) * x / log(u), u = exp(x))."""
+    """exp(x) - 1 without cancellation near 0 (Kahan: (u - 1) * x / log(u), u = exp(x)), and
+    u - 1 itself for |x| >= 0.5, where nothing cancels. Kahan's form everywhere went wrong where
+    u underflows (x < -87 in fp32 on a GPU, -745 in fp64): (0 - 1) * x / log(0) = -0 instead
+    of -1, NaN at x = -inf, and drifting from -1 where u is subnormal."""
     u = tl.exp(x)
-    um1 = u - 1.0
-    safe_log = tl.where((u == 1.0) | (u == float("inf")), 1.0, tl.log(u))
-    return tl.where(u == 1.0, x, tl.where(u == float("inf"), u, um1 * x / safe_log))
+    near = (tl.abs(x) < 0.5) & (u != 1.0)
+    kahan = (u - 1.0) * x / tl.where(near, tl.log(u), 1.0)
+    return tl.where(near, kahan, tl.where(u == 1.0, x, u - 1.0))
+
+
+@triton.jit
+def log1p(x):
+    """log(1 + x) without cancellation near 0 (log(w) * x / (w - 1), w = 1 + x), in any float
+    type and under the interpreter (which has no libdevice log1p)."""
+    w = 1.0 + x
+    plain = (w == 1.0) | (w == float("inf"))
+    return tl.where(plain, tl.where(w == 1.0, x, w),
+                    tl.log(w) * x / tl.where(plain, 1.0, w - 1.0))
 
 
 @triton.jit

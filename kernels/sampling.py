@@ -16,7 +16,7 @@ and writes per-chunk partial sums of the scale gradient.
 import torch
 import triton
 import triton.language as tl
-from gfn_fast.kernels._common import accumulator, interpret
+from gfn_fast.kernels._common import accumulator, interpret, log1p
 from gfn_fast.kernels._philox import gumbel, philox4x32, seed_key
 
 from gfn_fast.reference import sampling as reference
@@ -115,12 +115,14 @@ def _consume(z, allowed, cols, gbits, ubits, m, s, t, g_key, g_idx, g_z, u_key, 
 
 @triton.jit
 def _log_mixture(log_pi, eps, count):
+    """log((1 - eps) exp(log_pi) + eps / count), with log1p as the reference, CUDA and Numba
+    (log(1 - eps) and log(1 + e) lost relative accuracy for log mu near 0: 1e-4 at eps = 1e-12)."""
     neg = float("-inf")
-    a = tl.where(eps < 1.0, tl.log(1.0 - eps) + log_pi, neg)
+    a = tl.where(eps < 1.0, log1p(-eps) + log_pi, neg)
     b = tl.where(eps > 0.0, tl.log(eps) - tl.log(count.to(log_pi.dtype)), neg)
     high = tl.where(a > b, a, b)
     low = tl.where(a > b, b, a)
-    return tl.where(low == neg, high, high + tl.log(1.0 + tl.exp(low - high)))
+    return tl.where(low == neg, high, high + log1p(tl.exp(low - high)))
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])

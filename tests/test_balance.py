@@ -284,6 +284,58 @@ def test_nan_propagates_and_check_finite_raises(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", backend_params())
+def test_linex_gradient_where_exp_underflows(backend, device):
+    """LinEx: d rho / d d = expm1(a d) / a -> -1/a for a d far below 0. Triton's expm1 gave -0
+    where exp(a d) underflows (a residual of -150 in float32, -800 in float64), drifted from -1
+    where it is subnormal, and gave NaN for an impossible transition (log_pf = -inf)."""
+    for dtype, shift in ((torch.float32, -150.0), (torch.float32, -103.0),
+                         (torch.float64, -800.0), (torch.float64, -740.0)):
+        gen = torch.Generator().manual_seed(0)
+        log_pf, log_pb = (torch.randn(3, 4, dtype=dtype, generator=gen) for _ in range(2))
+        log_reward = torch.randn(3, dtype=dtype, generator=gen)
+        log_reward[0] -= shift
+        grads = []
+        for name, dev in ((backend, device), ("reference", "cpu")):
+            pf = log_pf.to(dev).requires_grad_(True)
+            log_z = torch.zeros((), dtype=dtype, device=dev, requires_grad=True)
+            loss = gfn_fast.trajectory_balance(pf, log_pb.to(dev), log_reward.to(dev), log_z,
+                                               loss=("linex", 1.0), reduction="sum",
+                                               backend=name)
+            grads.append([g.cpu() for g in torch.autograd.grad(loss, [pf, log_z])])
+        assert grads[1][0][0].eq(-1.0).all()
+        for got, want in zip(*grads, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    log_pf = torch.full((2, 3), -0.5, dtype=torch.float64, device=device)
+    log_pf[0, 1] = -math.inf
+    pf = log_pf.requires_grad_(True)
+    loss = gfn_fast.trajectory_balance(pf, None, torch.zeros(2, dtype=torch.float64,
+                                                             device=device), 0.0,
+                                       loss=("linex", 0.5), reduction="sum", backend=backend)
+    (grad,) = torch.autograd.grad(loss, [pf])
+    assert loss == math.inf and grad[0].eq(-2.0).all()
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
+@pytest.mark.parametrize("loss", ["absolute", "huber(0.5)"])
+def test_nan_residual_has_the_references_gradient(backend, device, loss):
+    """A NaN residual: NaN loss, and gradient 0 there (torch.sign(NaN) = 0 in the reference, as
+    in the Triton and CUDA kernels; Numba's sign gave NaN, so CPU and GPU runs differed)."""
+    log_pf = torch.full((2, 3), -0.5, dtype=torch.float64)
+    log_pf[0, 1] = math.nan
+    results = []
+    for name, dev in ((backend, device), ("reference", "cpu")):
+        pf = log_pf.to(dev).requires_grad_(True)
+        log_reward = torch.full((2,), -5.0, dtype=torch.float64, device=dev, requires_grad=True)
+        value = gfn_fast.trajectory_balance(pf, None, log_reward, 0.0, loss=loss,
+                                            reduction="sum", backend=name)
+        results.append([value.detach().cpu()] + [g.cpu() for g in torch.autograd.grad(
+            value, [pf, log_reward])])
+    assert results[1][0].isnan() and results[1][1][0].eq(0).all()
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend,device", backend_params())
 def test_deterministic(backend, device):
     inputs, layout_args = make_batch(301, 33, torch.float32, "padded", device=device)
     first = run(gfn_fast.trajectory_balance, leaves(inputs), layout_args, backend)

@@ -455,6 +455,19 @@ def test_gradcheck(backend):
 
 # ------------------------------------------------------------------------------------ numerics
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gamma_where_sigma_1_to_the_2t_underflows(backend, device):
+    """gamma = -expm1(2 t ln sigma_1) = 1 where sigma_1^(2t) underflows (float32, sigma_1 = 1e-25
+    at t = 1): Triton's expm1 gave 0 there, so x_hat was NaN and the flow 0 instead of x."""
+    kw = dict(dtype=torch.float32, device=device)
+    mu, eps_hat = torch.tensor([[0.5, -0.25]], **kw), torch.tensor([[0.1, 0.2]], **kw)
+    x = torch.tensor([[0.3, -0.7]], **kw)
+    for out, expected in (
+            (bfn.continuous_output(mu, eps_hat, 1.0, 1e-25, backend=backend), mu),
+            (bfn.continuous_flow(x, 1.0, 1e-25, seed=1, backend=backend), x)):
+        torch.testing.assert_close(out.cpu(), expected.cpu(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
                                             *BACKENDS])
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["f32", "f64"])

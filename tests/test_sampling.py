@@ -329,6 +329,19 @@ def test_rows_with_no_finite_allowed_logit(backend, device, width):
         assert values[1:3].isnan().all() and values[[0, 3]].isfinite().all()
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_log_mu_near_zero_keeps_its_relative_precision(backend, device):
+    """log mu = log((1 - eps) pi + eps / n) ~ -eps (1 - 1/n) for pi ~ 1 and tiny eps: the
+    reference, CUDA and Numba use log1p; Triton's log(1 - eps) lost 1e-4 of it at eps = 1e-12."""
+    logits = torch.tensor([[40.0, 0.0]], dtype=torch.float64, device=device)
+    for eps in (1e-12, 3e-9):
+        got = gfn_fast.sample_actions(logits, epsilon=eps, seed=0, return_log_mu=True,
+                                      backend=backend)[2].cpu()
+        want = gfn_fast.sample_actions(logits.cpu(), epsilon=eps, seed=0, return_log_mu=True,
+                                       backend="reference")[2]
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"),
                                             *BACKENDS])
 @pytest.mark.parametrize("mask_kind", ["none", "bool", "packed"])

@@ -33,11 +33,13 @@ def rho(d, loss_id, param):
 
 @numba.njit(inline="always", cache=True)
 def sign(d):
+    """0 for a NaN d, as torch.sign (the reference's absolute and Huber gradients), Triton and
+    CUDA: the loss is NaN there, its gradient 0."""
     if d > 0:
         return 1.0
     if d < 0:
         return -1.0
-    return d * 0.0
+    return 0.0
 
 
 @numba.njit(inline="always", cache=True)
