@@ -21,12 +21,18 @@ class HyperGrid:
         if ndim < 1 or height < 2:
             raise ValueError(f"gfn_fast.envs.HyperGrid: need ndim >= 1 and height >= 2, got "
                              f"ndim={ndim}, height={height}")
+        for name, value in (("r0", r0), ("r1", r1), ("r2", r2)):
+            if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
+                raise ValueError(f"gfn_fast.envs.HyperGrid: `{name}` must be a finite number "
+                                 f">= 0 (a negative reward has no log), got {value!r}")
         self.ndim, self.height = ndim, height
         self.r0, self.r1, self.r2 = r0, r1, r2
-        self.device = torch.device(device)
         # column of coordinate i's value v in the one-hot encoding is i * H + v; action i < D
         # moves axis i, so comparing an action with the axes gives its increment (none on exit)
-        self._axes = torch.arange(ndim, device=self.device)
+        self._axes = torch.arange(ndim, device=device)
+        # the device as its tensors report it: "cpu:0" is "cpu", "cuda" the current cuda:N (a
+        # rollout compares the policy's logits' device with this)
+        self.device = self._axes.device
         self._one_hot_base = self._axes * height
 
     @property

@@ -92,8 +92,13 @@ class LogitScaler(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.log_beta = log_beta
         if init_identity_at is not None:
+            value = float(init_identity_at)
+            if not (math.isfinite(value) and (value > 0 or not log_beta)):
+                raise ValueError("gfn_fast.nn.LogitScaler: `init_identity_at` must be a finite "
+                                 f"beta{' > 0 (log_beta takes its log)' if log_beta else ''}, "
+                                 f"got {init_identity_at!r}")
             with torch.no_grad():
-                probe = torch.tensor([[float(init_identity_at)]])
+                probe = torch.tensor([[value]])
                 if log_beta:
                     probe = probe.log()
                 self.mlp[-1].bias += 1.0 - self.mlp(probe).reshape(())

@@ -402,7 +402,11 @@ CASES = {
             torch.randn(B, T), None, torch.randn(B, T), torch.randn(B)), V, "weighting",
          "subtrajectory_balance"),
     ],
-    "nn.LogitScaler": [],  # plain nn layers: torch's own errors
+    "nn.LogitScaler": [  # otherwise plain nn layers: torch's own errors
+        # log(0) made the output bias NaN, so g(beta) was NaN for every beta
+        (lambda: gnn.LogitScaler(log_beta=True, init_identity_at=0.0), V, "init_identity_at"),
+        (lambda: gnn.LogitScaler(init_identity_at=math.nan), V, "init_identity_at"),
+    ],
     "nn.LogitScaledPolicy": [
         (lambda: gnn.LogitScaledPolicy(clip=(1.0, -1.0)).sample(torch.randn(N, A), 1.0, seed=0),
          V, "clip", "sample_actions"),

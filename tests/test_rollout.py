@@ -1,5 +1,6 @@
 """HyperGrid environment, exact terminal distribution, and large-batch rollouts."""
 
+import math
 import zlib
 from pathlib import Path
 
@@ -65,6 +66,34 @@ def test_compacting_rollout_rejects_per_row_values_it_cannot_compact():
         out = sample_trajectories(lambda f, _: net(f), env, 10, seed=1, compact=False,
                                   **{name: torch.full((10,), 0.5)})
         assert out.lengths.shape == (10,)
+
+
+def test_env_device_as_its_tensors_report_it():
+    """HyperGrid(device="cpu:0"): the env kept torch.device("cpu", 0) while CPU tensors report
+    "cpu", so the fused rollout refused the policy's (correct) logits as on the wrong device."""
+    env = HyperGrid(ndim=2, height=4, device="cpu:0")
+    assert env.device == torch.zeros(0).device
+    net = torch.nn.Linear(8, 3)
+    fused = sample_trajectories(lambda f, _: net(f), env, 5, seed=0)
+    generic = sample_trajectories(lambda f, _: net(f), env, 5, seed=0, backend="reference")
+    assert torch.equal(fused.actions, generic.actions)
+
+
+def test_rollout_randomness_arguments_as_sample_actions():
+    """A seed beside a generator, or an offset without a seed, was silently ignored."""
+    env = HyperGrid(ndim=2, height=4)
+    net = torch.nn.Linear(8, 3)
+    with pytest.raises(ValueError, match="`generator` cannot be combined with `seed`"):
+        sample_trajectories(lambda f, _: net(f), env, 4, seed=1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="`offset` needs `seed`"):
+        sample_trajectories(lambda f, _: net(f), env, 4, offset=5,
+                            generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("reward", [dict(r0=-0.1), dict(r1=math.inf), dict(r2=math.nan)])
+def test_hypergrid_rejects_rewards_without_a_log(reward):
+    with pytest.raises(ValueError, match=f"`{next(iter(reward))}` must be a finite number >= 0"):
+        HyperGrid(ndim=2, height=4, **reward)
 
 
 @pytest.mark.parametrize("argv,message", [
