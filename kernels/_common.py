@@ -16,13 +16,16 @@ def interpret() -> bool:
 @triton.jit
 def expm1(x):
     """exp(x) - 1 without cancellation near 0 (Kahan: (u - 1) * x / log(u), u = exp(x)), and
-    u - 1 itself for |x| >= 0.5, where nothing cancels. Kahan's form everywhere went wrong where
-    u underflows (x < -87 in fp32 on a GPU, -745 in fp64): (0 - 1) * x / log(0) = -0 instead
-    of -1, NaN at x = -inf, and drifting from -1 where u is subnormal."""
+    u - 1 itself where u is outside [1/2, 2] and nothing cancels. Kahan's form everywhere went
+    wrong where u underflows (x < -87 in fp32 on a GPU, -745 in fp64): -0 instead of -1, NaN at
+    x = -inf, and a drift from -1 where u is subnormal. Written on u, as before, so as few
+    values stay live per element (the DB backward's LinEx tile spills otherwise)."""
     u = tl.exp(x)
-    near = (tl.abs(x) < 0.5) & (u != 1.0)
-    kahan = (u - 1.0) * x / tl.where(near, tl.log(u), 1.0)
-    return tl.where(near, kahan, tl.where(u == 1.0, x, u - 1.0))
+    um1 = u - 1.0
+    far = (u < 0.5) | (u > 2.0)  # u = 0 and u = inf included
+    plain = far | (u == 1.0)
+    safe_log = tl.where(plain, 1.0, tl.log(u))
+    return tl.where(plain, tl.where(far, um1, x), um1 * x / safe_log)
 
 
 @triton.jit
