@@ -36,22 +36,28 @@ def _as_int(op: str, arg: str, value) -> int:
     return value
 
 
+def check_source(op: str, generator, seed, offset) -> None:
+    """One source of randomness: a seed (with an offset) or a generator, never both, and no
+    offset without a seed."""
+    if seed is not None and generator is not None:
+        _checks.fail(op, "generator", "cannot be combined with `seed`: pass one of them")
+    if seed is None and offset is not None:
+        _checks.fail(op, "offset", "needs `seed` (a generator supplies its own offset)")
+
+
 def seed_offset(op: str, device: torch.device, generator: torch.Generator | None = None,
                 seed: int | None = None, offset: int | None = None,
                 increment: int = 1) -> tuple[int, int]:
     """The (seed, offset) of one call, each reduced to [0, 2^64); advances `generator` (or the
     default generator of `device`) when no explicit seed is given. `increment` is how many
     offset values the call consumes (the sampler uses 1)."""
+    check_source(op, generator, seed, offset)
     if seed is not None:
-        if generator is not None:
-            _checks.fail(op, "generator", "cannot be combined with `seed`: pass one of them")
         seed = _as_int(op, "seed", seed)
         offset = 0 if offset is None else _as_int(op, "offset", offset)
         if offset < 0:
             _checks.fail(op, "offset", f"must be >= 0, got {offset}")
         return seed % (1 << 64), offset % (1 << 64)
-    if offset is not None:
-        _checks.fail(op, "offset", "needs `seed` (a generator supplies its own offset)")
     if generator is None:
         generator = _default_generator(device)
     elif not isinstance(generator, torch.Generator):

@@ -317,13 +317,9 @@ def sample_trajectories(policy: Callable, env, n: int, *,
     Replays return copies, identical to the uncaptured fixed-shape loop's trajectories.
     """
     device = env.device
-    # as sample_actions: a seed and a generator, or an offset without a seed, was ignored
-    if seed is not None and generator is not None:
-        raise ValueError("gfn_fast.rollout.sample_trajectories: `generator` cannot be combined "
-                         "with `seed`: pass one of them")
-    if seed is None and offset != 0:
-        raise ValueError("gfn_fast.rollout.sample_trajectories: `offset` needs `seed` (a "
-                         f"generator supplies its own offsets), got offset={offset!r}")
+    # as sample_actions (a seed beside a generator, or an offset without a seed, was ignored);
+    # offset 0 is the default here, not a choice
+    _rng.check_source("rollout.sample_trajectories", generator, seed, offset or None)
     if compact is None:
         compact = device.type == "cpu"
     for name, value in (("epsilon", epsilon), ("temperature", temperature)):
