@@ -863,6 +863,49 @@ print("FORK", json.dumps({"pool_started": started, "status": status, "same": chi
 """
 
 
+_ABSOLUTE_TB = """
+import torch, gfn_fast
+log_pf = torch.tensor([[0.5, 0.25]], dtype=torch.float64)
+loss = gfn_fast.trajectory_balance(log_pf, None, torch.zeros(1, dtype=torch.float64), 0.0,
+                                   loss="absolute", backend="numba")
+print(gfn_fast.__file__, loss.item())
+"""
+
+
+def test_an_edited_helper_reaches_the_kernels_that_inline_it(tmp_path):
+    """Numba revalidates a cached kernel against its own source file only, so an edit of a
+    helper in another file (here the absolute loss in _common.rho, inlined by the TB kernel of
+    balance.py) used to leave the kernel loading its old build from the cache. A copy of the
+    package is run, its helper edited, and run again with the same cache."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package = tmp_path / "copy" / "gfn_fast"
+    shutil.copytree(Path(gfn_fast.__file__).parent, package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    env = dict(os.environ, PYTHONPATH=str(package.parent),
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run():
+        result = subprocess.run([sys.executable, "-c", _ABSOLUTE_TB], env=env,
+                                cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        where, value = result.stdout.split()
+        assert Path(where).parent == package  # the copy ran, not the repository
+        return float(value)
+
+    assert run() == 0.75
+    helper = package / "cpu" / "_common.py"
+    source = helper.read_text()
+    assert source.count("return abs(d)") == 1
+    helper.write_text(source.replace("return abs(d)", "return 2.0 * abs(d)"))
+    assert run() == 1.5
+    assert run() == 1.5  # rebuilt once and cached again
+
+
 def test_ops_run_in_a_process_forked_after_the_pool_started():
     """GNU OpenMP cannot run after a fork: Numba terminated a child that called a parallel
     kernel after its parent had ("fork() called from a process already using GNU OpenMP"), e.g.

@@ -1,5 +1,7 @@
 """Helpers shared by the Numba kernels: loss functions and tensor <-> NumPy views."""
 
+import contextlib
+import hashlib
 import math
 import os
 import sys
@@ -55,6 +57,54 @@ def rho_grad(d, loss_id, param):
     if loss_id == SHIFTED_COSH:
         return math.exp(d) - math.exp(-d)
     return math.expm1(param * d) / param
+
+
+# ---- The on-disk kernel cache
+
+_SOURCES_STAMP = "gfn_fast-cpu-sources.sha256"
+
+
+def sources_digest() -> str:
+    """SHA-256 over the sources of this package's Numba code (every gfn_fast/cpu/*.py) and the
+    Numba version."""
+    digest = hashlib.sha256(numba.__version__.encode())
+    folder = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()
+
+
+def drop_stale_kernels(cache_dir: str) -> bool:
+    """Remove the cached kernels in `cache_dir` unless they were built from the current sources;
+    True when it removed them. Numba revalidates a cached kernel against its own source file
+    only (size and modification time), but the kernels inline helpers of other files (_common,
+    _vmath, _philox, sampling's row helpers): after an edit of a helper alone, every kernel
+    that inlines it would go on loading the old machine code. The cache directory keeps the
+    digest of the sources its kernels came from (a cache without one, as written before this
+    check, counts as stale); kernels recompile on first use. Best effort: a directory that
+    cannot be read or written is left as it is."""
+    current = sources_digest()
+    stamp = os.path.join(cache_dir, _SOURCES_STAMP)
+    try:
+        with open(stamp) as f:
+            if f.read().strip() == current:
+                return False
+    except OSError:
+        pass
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return False
+    for name in names:
+        if name.endswith((".nbi", ".nbc")):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(cache_dir, name))
+    with contextlib.suppress(OSError):
+        with open(stamp, "w") as f:
+            f.write(current + "\n")
+    return True
 
 
 def as_numpy(tensor: torch.Tensor, compute: torch.dtype) -> np.ndarray:
@@ -263,3 +313,8 @@ def output_like(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def empty(shape, dtype: torch.dtype) -> torch.Tensor:
     """torch.empty(shape, dtype=dtype) for a kernel output, from the output pool when large."""
     return OUTPUTS.empty(tuple(shape), dtype)
+
+
+# Before any kernel of this package loads from the cache: every module of gfn_fast.cpu imports
+# this one first (the package's __init__ does). All of them share one cache directory.
+drop_stale_kernels(rho._cache._cache_path)
