@@ -127,26 +127,34 @@ def peak_memory(fn: Callable, device: torch.device) -> int:
 
 
 def _peak_from_allocations(prof) -> int:
-    """The profiler records every allocation and free with the allocator's running total of
-    allocated bytes after it: the peak is the largest total less the total before the first
-    event. (torch's MemoryProfile gives the same figures from the same events, but its
-    data-flow analysis cost ~0.4 s a row, half of a warm `bench --quick` on 2 cores.)"""
+    """The peak of the bytes allocated during the profiled call and not yet freed, from the
+    profiler's allocation and free events taken in time order. Only blocks allocated during
+    the call count: CPU frees are reported for blocks allocated while any profiler recorded
+    memory, so a free of a block from an earlier measurement (a gradient the call replaces)
+    would otherwise be netted against what the call allocates, and the same call measured
+    twice read 1.52 MB, then 0. (torch's MemoryProfile gives the figures of the allocator's
+    running total from the same events, with that netting, and its data-flow analysis cost
+    ~0.4 s a row, half of a warm `bench --quick` on 2 cores.)"""
     from torch._C._profiler import _EventType
 
-    first = None  # (time, total before the event)
-    highest = None
+    events = []
     pending = list(prof.profiler.kineto_results.experimental_event_tree())
     while pending:
         event = pending.pop()
         pending.extend(event.children)
-        if event.tag != _EventType.Allocation:
-            continue
-        fields = event.extra_fields
-        if first is None or event.start_time_ns < first[0]:
-            first = (event.start_time_ns, fields.total_allocated - fields.alloc_size)
-        highest = fields.total_allocated if highest is None else max(highest,
-                                                                     fields.total_allocated)
-    return 0 if first is None else max(0, highest - first[1])
+        if event.tag == _EventType.Allocation:
+            fields = event.extra_fields
+            events.append((event.start_time_ns, fields.alloc_size, fields.ptr))
+    live: dict = {}  # pointer -> bytes of the blocks allocated during the call, not yet freed
+    current = peak = 0
+    for _, size, ptr in sorted(events, key=lambda e: e[0]):
+        if size > 0:
+            live[ptr] = live.get(ptr, 0) + size
+            current += size
+            peak = max(peak, current)
+        elif ptr in live:
+            current -= live.pop(ptr)
+    return peak
 
 
 @contextlib.contextmanager
@@ -264,7 +272,8 @@ def _graph_rows(calls: dict, rows: list, case: Case, device: torch.device, bandw
     the bytes the op moves. An implementation that cannot be captured gets `graph_error`."""
     graphs, replays = {}, {}
     for impl, call in calls.items():
-        if impl.startswith(_PEERS):  # peer libraries synchronise with the host: not capturable
+        if any(peer in impl for peer in _PEERS):  # peers synchronise with the host: not
+            # capturable (e.g. "torchgfn.Sampler", "PyTorch + flashinfer.sampling")
             continue
         progress(f"{case.label} / capturing {impl}")
         try:
@@ -338,14 +347,16 @@ def run_case(case: Case, device: torch.device, bandwidth: float, *, min_seconds:
                                 items_per_s=case.items / median)
         if device.type == "cuda" and case.graph and calls:
             _graph_rows(calls, rows, case, device, bandwidth, min_seconds, progress)
-    # the baseline: the row named "eager", else the first eager variant (e.g. "eager
-    # (materialises [B, D, K])" where that is the only reference)
-    timed = [r for r in rows if "median_ms" in r]
-    eager = next((r for r in timed if r["impl"] == "eager"),
-                 next((r for r in timed if r["impl"].startswith("eager")), None))
+    # the baseline: the implementation named "eager", else, in a case that has none, its first
+    # eager variant (e.g. "eager (materialises [B, D, K])" where that is the only reference).
+    # Where the baseline failed the rows get no ratio, not one against another implementation.
+    baseline = "eager" if "eager" in case.impls else next(
+        (name for name in case.impls if name.startswith("eager")), None)
+    eager = next((r for r in rows if r["impl"] == baseline and "median_ms" in r), None)
     for row in rows:
         if eager is not None and "median_ms" in row:
             row["speedup_vs_eager"] = eager["median_ms"] / row["median_ms"]
+            row["speedup_baseline"] = baseline
         if eager is not None and "graph_ms" in row and "graph_ms" in eager:
             row["graph_speedup_vs_eager"] = eager["graph_ms"] / row["graph_ms"]
     return rows
@@ -527,7 +538,8 @@ def markdown(rows: list[dict], header: dict) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | error: {r['error'][:60]} "
+            lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | error: "
+                         f"{_table_text(r['error'], 60)} "
                          "| | | | | | |")
             continue
         lines.append(
@@ -545,7 +557,7 @@ def markdown(rows: list[dict], header: dict) -> str:
         for r in graphed:
             if "graph_ms" not in r:
                 lines.append(f"| {r['op']} | {r['case']} | {r['impl']} | not capturable: "
-                             f"{r['graph_error'][:60]} | | | | |")
+                             f"{_table_text(r['graph_error'], 60)} | | | | |")
                 continue
             lines.append(
                 f"| {r['op']} | {r['case']} | {r['impl']} | {r['graph_ms']:.4f} | "
@@ -670,12 +682,14 @@ def rollout_cases(device: torch.device, quick: bool) -> list[Case]:
                                       torch.nn.Linear(128, 5)).to(dev)
             # one policy object: a CUDA-graphed rollout is cached per (policy, env, n, ...)
             state = {"env": env, "net": net, "policy": lambda f, _: net(f)}
-            # the row counts gfn_fast's default rollout hands the policy (live rows on CPU),
-            # for the "policy network alone" floor below
+            # the row counts gfn_fast's rollout hands the policy (live rows on CPU), for the
+            # "policy network alone" floor below; counted on the reference sampler (the same
+            # trajectories), so that the fused rows' first calls, timed after setup, include
+            # their kernels' compilation
             rows = []
             with torch.no_grad():
                 sample_trajectories(lambda f, _: rows.append(f.shape[0]) or net(f), env, n,
-                                    seed=0)
+                                    seed=0, backend="reference")
             state["policy_rows"] = rows
             state["policy_input"] = torch.zeros(max(rows), 32, device=dev)
             return state
@@ -794,10 +808,10 @@ def results_summary(directory: str | Path) -> str:
             old.append(f"`{name}` ({lines[0] if lines else 'superseded'})")
             continue
         rows = [row for row in map(json.loads, path.read_text().splitlines())
-                if "median_ms" in row]
-        if not rows:
+                if "median_ms" in row or "error" in row]
+        if not any("median_ms" in row for row in rows):
             continue
-        graph = any("graph_ms" in row for row in rows)
+        graph = any("graph_ms" in row or "graph_error" in row for row in rows)
         items = any("items_per_s" in row for row in rows)
         head = ["op", "case", "impl", "median ms", "vs eager", "% copy BW"]
         head += ["items/s"] if items else []
@@ -807,12 +821,19 @@ def results_summary(directory: str | Path) -> str:
                  "| " + " | ".join(head) + " |",
                  "|---|---|---|" + "---:|" * (len(head) - 3)]
         for row in rows:
+            if "median_ms" not in row:  # a failed row is listed, not left out
+                cells = [row["op"], row["case"], row["impl"],
+                         "error: " + _table_text(row["error"], 80)]
+                table.append("| " + " | ".join(cells + [""] * (len(head) - 4)) + " |")
+                continue
             cells = [row["op"], row["case"], row["impl"], f"{row['median_ms']:.3f}",
                      ratio(row.get("speedup_vs_eager")),
                      f"{row['pct_copy_bw']:.0f}%" if row.get("bytes_moved") else ""]
             if items:
                 cells.append(number(row.get("items_per_s"), ".3g"))
-            if graph:
+            if graph and "graph_error" in row:
+                cells += ["not capturable: " + _table_text(row["graph_error"], 60), "", ""]
+            elif graph:
                 cells += [number(row.get("graph_ms"), ".4f"),
                           ratio(row.get("graph_speedup_vs_eager")),
                           f"{row['graph_pct_copy_bw']:.0f}%"
@@ -824,6 +845,12 @@ def results_summary(directory: str | Path) -> str:
         blocks.append("Superseded runs, kept in `bench/results/` for the record and not tabled: "
                       + "; ".join(old) + ".")
     return "\n\n".join(blocks)
+
+
+def _table_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters for a markdown table cell (one line, no pipes)."""
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def update_readme(readme: str | Path, directory: str | Path) -> None:
@@ -844,12 +871,12 @@ def update_readme(readme: str | Path, directory: str | Path) -> None:
     readme.write_text(text[:start] + "\n" + summary + "\n" + text[end:])
 
 
-_ALL_OPS = ",".join(CASE_FAMILIES)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a run, read from CASE_FAMILIES as it is when called (bench/bench_bfn.py
+    swaps in the BFN families first). --ops defaults to None: every family of CASE_FAMILIES as
+    it is when the run starts."""
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--ops", default=_ALL_OPS,
+    parser.add_argument("--ops", default=None,
                         help="comma-separated op families (default: all): " + "; ".join(
                             f"{name} = {FAMILY_HELP[name]}" for name in CASE_FAMILIES))
     parser.add_argument("--quick", action="store_true",
@@ -899,7 +926,7 @@ def _run_flags(args: argparse.Namespace) -> list[str]:
     --plots-only, which run nothing)."""
     def given(name, default=None):
         return getattr(args, name, default) not in (default, False)
-    flags = {"--device": given("device"), "--ops": given("ops", _ALL_OPS),
+    flags = {"--device": given("device"), "--ops": given("ops"),
              "--quick": given("quick"), "--out": given("out"), "--no-compile": given("no_compile"),
              "--compile-workers": given("compile_workers"), "--min-seconds": given("min_seconds")}
     return [flag for flag, on in flags.items() if on]
@@ -933,7 +960,7 @@ def main(args: argparse.Namespace) -> int:
     min_seconds = args.min_seconds if args.min_seconds is not None else (
         0.2 if args.quick else 1.0)
     try:
-        families = parse_families(args.ops)
+        families = parse_families(",".join(CASE_FAMILIES) if args.ops is None else args.ops)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     out = output_dir(args.out) if args.out else None  # before any work

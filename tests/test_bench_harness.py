@@ -124,7 +124,8 @@ def test_results_summary_shows_graph_time_where_recorded(tmp_path):
     triton = next(line for line in lines if "gfn_fast[triton]" in line)
     assert "| 0.700 | 1.14x | 5% | 0.0770 | 3.64x | 58% | 64.0 |" in triton
     peer = next(line for line in lines if "torchgfn" in line)
-    assert peer.endswith("| 5.000 | 0.16x | 5% |  |  |  | 64.0 |")
+    assert peer.endswith("| 5.000 | 0.16x | 5% | not capturable: RuntimeError('sync during "
+                         "capture') |  |  | 64.0 |")
 
 
 def test_results_summary_tables_current_runs_and_lists_superseded_ones(tmp_path):
@@ -385,3 +386,129 @@ def test_the_rollout_floor_runs_the_policy_on_the_rows_the_rollout_gave_it():
     assert sum(rows) == int(lengths.sum()) and len(rows) == int(lengths.max())
     out = floor(state)
     assert out.shape == (rows[-1], state["env"].n_actions)
+
+
+def test_cpu_peak_memory_of_a_call_that_replaces_an_earlier_calls_output():
+    """A step that frees the buffer the previous step allocated (a gradient set to None, then
+    made anew) allocates 2 MiB each time. CPU frees are reported for blocks allocated while a
+    profiler recorded memory, so the first measurement's buffer was netted against the
+    second's: 2 MiB, then 0."""
+    mib = 2**20
+    held = [torch.empty(2 * mib, dtype=torch.uint8)]
+
+    def replace():
+        held.pop()
+        held.append(torch.empty(2 * mib, dtype=torch.uint8))
+
+    cpu = torch.device("cpu")
+    assert [benchmark.peak_memory(replace, cpu) for _ in range(3)] == [2 * mib] * 3
+
+
+def _toy_case(impls):
+    return benchmark.Case("toy", "toy", {}, 64, lambda dev: {"x": torch.ones(8)}, impls)
+
+
+def test_a_failed_eager_row_leaves_the_others_without_a_ratio():
+    """The rows are compared with the implementation named "eager"; when it fails they get no
+    ratio (they were silently compared with the next eager-named row instead), and each ratio
+    names its baseline."""
+    def fails(state):
+        raise RuntimeError("no")
+
+    case = _toy_case({"eager": fails, "eager O(K) reference": lambda s: s["x"] * 2,
+                      "gfn_fast[numba]": lambda s: s["x"] + 1})
+    rows = benchmark.run_case(case, torch.device("cpu"), 1e10, min_seconds=0.01)
+    assert [r["impl"] for r in rows if "error" in r] == ["eager"]
+    assert not any("speedup_vs_eager" in r for r in rows)
+    case = _toy_case({"eager (materialises)": lambda s: s["x"] * 2,
+                      "gfn_fast[numba]": lambda s: s["x"] + 1})
+    rows = benchmark.run_case(case, torch.device("cpu"), 1e10, min_seconds=0.01)
+    assert all(r["speedup_baseline"] == "eager (materialises)" for r in rows)
+    assert rows[0]["speedup_vs_eager"] == 1.0
+
+
+def test_results_summary_lists_failed_rows(tmp_path):
+    """A recorded run's failed rows (a case whose setup failed, a row that could not be
+    captured) appear in the README table with their error; they used to be left out."""
+    rows = _graph_rows()
+    rows.append({**rows[0], "case": "broken", "impl": "eager",
+                 "error": "setup: RuntimeError('Offset | increment\noutside graph capture')"})
+    for key in [k for k in rows[-1] if k not in ("op", "case", "impl", "error", "device_name",
+                                                 "date", "copy_gbps", "device", "versions")]:
+        del rows[-1][key]
+    (tmp_path / "h100").mkdir()
+    (tmp_path / "h100" / "results.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in rows) + "\n")
+    lines = benchmark.results_summary(tmp_path).splitlines()
+    header = next(line for line in lines if line.startswith("| op |"))
+    failed = next(line for line in lines if "broken" in line)
+    assert failed.count("|") == header.count("|")  # the error's own "|" became "/"
+    assert "| broken | eager | error: setup: RuntimeError('Offset / increment outside " \
+           "graph capture') |" in failed
+    peer = next(line for line in lines if "torchgfn" in line)
+    assert "| not capturable: RuntimeError('sync during capture') |" in peer
+
+
+def test_bench_bfn_script_runs_every_bfn_family_by_default(monkeypatch):
+    """bench/bench_bfn.py swaps the harness's families for the BFN ones; without --ops it runs
+    all of those (it exited naming the harness's own families as unknown)."""
+    import importlib.util
+
+    from gfn_fast.bench_cases.bfn import FAMILIES
+
+    monkeypatch.setattr(benchmark, "CASE_FAMILIES", dict(benchmark.CASE_FAMILIES))
+    monkeypatch.setattr(benchmark, "FAMILY_HELP", dict(benchmark.FAMILY_HELP))
+    monkeypatch.setattr(benchmark, "copy_bandwidth", lambda device: 1e10)
+
+    class Built(Exception):
+        pass
+
+    def build_cases(families, *args, **kwargs):
+        raise Built(families)
+
+    monkeypatch.setattr(benchmark, "build_cases", build_cases)
+    monkeypatch.setattr(sys, "argv", ["bench_bfn.py", "--device", "cpu", "--quick"])
+    spec = importlib.util.spec_from_file_location("bench_bfn", ROOT / "bench" / "bench_bfn.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(Built) as built:
+        module.main()
+    assert built.value.args[0] == list(FAMILIES)
+
+
+def test_generation_steps_report_data_elements():
+    """Every BFN case that reports elements per second counts a step's B x D data elements,
+    in its params as in its items (the discrete step's params said B x D x K)."""
+    from gfn_fast.bench_cases.bfn import step_cases
+
+    cases = step_cases(torch.device("cpu"), quick=True)
+    assert len(cases) == 3
+    for case in cases:
+        assert case.items == case.params["elements"] == case.params["B"] * case.params["D"]
+
+
+def test_setups_leave_the_fused_kernels_to_their_first_call(monkeypatch):
+    """The rollout case counts its policy rows, and the torchgfn SubTB cases check agreement,
+    on the reference: a fused backend called in a setup compiled its kernels there, outside the
+    first call the bench reports (29.8 s of a rollout's compilation went unreported)."""
+    import importlib.util
+
+    from gfn_fast import _backends
+    from gfn_fast.bench_cases import subtb as subtb_cases
+
+    resolved = []
+    resolve = _backends.resolve
+
+    def recording(op, backend, device):
+        name = resolve(op, backend, device)
+        resolved.append(name)
+        return name
+
+    monkeypatch.setattr(_backends, "resolve", recording)
+    cases = benchmark.rollout_cases(torch.device("cpu"), quick=True)
+    if importlib.util.find_spec("gfn") is not None:
+        cases += subtb_cases.torchgfn_cases(torch.device("cpu"), quick=True)
+    assert len(cases) >= 1
+    for case in cases:
+        case.setup(torch.device("cpu"))
+    assert resolved and set(resolved) == {"reference"}

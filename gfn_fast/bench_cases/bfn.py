@@ -272,7 +272,7 @@ def step_cases(device, quick):
 
     references = _references(plain_discrete, lambda fn, s: update(fn, s, "log_theta"))
     cases.append(_case("bfn_discrete_step", f"text8 B={t8['B']} D={t8['D']} K={t8['K']}",
-                       dict(t8, elements=t8["B"] * t8["D"] * t8["K"]),
+                       dict(t8, elements=t8["B"] * t8["D"]),
                        t8["B"] * t8["D"] * t8["K"] * 4 * 3, setup_discrete, references,
                        fused_discrete, device, elements=t8["B"] * t8["D"]))
     return cases
