@@ -11,6 +11,7 @@ exit transition).
 
 import itertools
 import math
+import numbers
 
 import torch
 
@@ -18,6 +19,11 @@ import torch
 class HyperGrid:
     def __init__(self, ndim: int = 4, height: int = 8, r0: float = 0.1, r1: float = 0.5,
                  r2: float = 2.0, device: torch.device | str = "cpu"):
+        for name, value in (("ndim", ndim), ("height", height)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"gfn_fast.envs.HyperGrid: `{name}` must be an integer, got "
+                                f"{value!r}")
+        ndim, height = int(ndim), int(height)
         if ndim < 1 or height < 2:
             raise ValueError(f"gfn_fast.envs.HyperGrid: need ndim >= 1 and height >= 2, got "
                              f"ndim={ndim}, height={height}")
@@ -25,6 +31,9 @@ class HyperGrid:
             if not (isinstance(value, (int, float)) and 0 <= value < math.inf):
                 raise ValueError(f"gfn_fast.envs.HyperGrid: `{name}` must be a finite number "
                                  f">= 0 (a negative reward has no log), got {value!r}")
+        if r0 + r1 + r2 == 0:
+            raise ValueError("gfn_fast.envs.HyperGrid: r0, r1 and r2 are all 0, so every "
+                             "state's reward would be 0 (no distribution to sample)")
         self.ndim, self.height = ndim, height
         self.r0, self.r1, self.r2 = r0, r1, r2
         # column of coordinate i's value v in the one-hot encoding is i * H + v; action i < D
