@@ -117,6 +117,12 @@ def not_tracked_in_place(op: str, arg: str, tensor: torch.Tensor) -> None:
     if tensor.requires_grad and torch.is_grad_enabled():
         fail(op, arg, "is written in place and has no gradient through this op, but requires "
              "grad: call it under torch.no_grad() or pass a tensor that does not require grad")
+    # torch refuses in-place updates of an inference tensor outside inference mode; the Numba
+    # kernels write through NumPy views, which would not ask
+    if tensor.is_inference() and not torch.is_inference_mode_enabled():
+        fail(op, arg, "is an inference tensor (made under torch.inference_mode()) and is written "
+             "in place outside inference mode, which torch forbids: call this under "
+             "torch.inference_mode() or pass a clone")
 
 
 def same_device(op: str, reference_arg: str, reference: torch.Tensor, **others) -> None:
@@ -339,6 +345,14 @@ class SamplingInputs:
     dtype: torch.dtype
 
 
+# The exploration coin of a row explores when its top 24 bits, as k / 2^24, fall below epsilon:
+# with probability ceil(epsilon 2^24) / 2^24. epsilon is rounded up to that resolution here, so
+# that log mu (the behaviour policy's log-probability) is computed with the rate the draws
+# follow (at epsilon = 1e-9 that rate is 2^-24 = 6e-8, 60 times epsilon). Every value on that
+# grid is exact in float32.
+EXPLORE_STEPS = 2.0 ** 24
+
+
 def sampling_row_value(op: str, arg: str, value, rows: int, logits: torch.Tensor,
                        dtype: torch.dtype):
     """None, a Python number or a 0-dim / [1] / [N] floating tensor -> None or a tensor."""
@@ -392,10 +406,15 @@ def sampling_inputs(op: str, logits, mask, scale, temperature, clip, epsilon=Non
                  f"{mask.dtype}", TypeError)
     scale = sampling_row_value(op, "scale", scale, rows, logits, dtype)
     inv_temperature = None
+    # the smallest temperature whose reciprocal (what the kernels multiply by) is finite
+    lowest_temperature = 2.0 / torch.finfo(dtype).max
     if temperature is not None:
-        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
-                and not temperature > 0:
-            fail(op, "temperature", f"must be > 0, got {temperature}")
+        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+            if not temperature > 0:
+                fail(op, "temperature", f"must be > 0, got {temperature}")
+            if temperature < lowest_temperature:
+                fail(op, "temperature", f"must be >= {lowest_temperature:.3g} (its reciprocal "
+                     f"overflows {dtype} below that), got {temperature}")
         temperature = sampling_row_value(op, "temperature", temperature, rows, logits, dtype)
         inv_temperature = 1.0 / temperature.detach()
     if clip is not None:
@@ -409,14 +428,22 @@ def sampling_inputs(op: str, logits, mask, scale, temperature, clip, epsilon=Non
             fail(op, "clip", f"must satisfy lo < hi (no NaN), got {clip!r}")
         clip = (lo, hi)
     if epsilon is not None:
-        if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) \
-                and not 0.0 <= epsilon <= 1.0:
-            fail(op, "epsilon", f"must lie in [0, 1], got {epsilon}")
-        epsilon = sampling_row_value(op, "epsilon", epsilon, rows, logits, dtype).detach()
+        if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
+            if not 0.0 <= epsilon <= 1.0:
+                fail(op, "epsilon", f"must lie in [0, 1], got {epsilon}")
+            epsilon = math.ceil(epsilon * EXPLORE_STEPS) / EXPLORE_STEPS
+            epsilon = sampling_row_value(op, "epsilon", epsilon, rows, logits, dtype)
+        else:
+            epsilon = sampling_row_value(op, "epsilon", epsilon, rows, logits, dtype).detach()
+            epsilon = torch.ceil(epsilon * EXPLORE_STEPS) / EXPLORE_STEPS
     if value_checks_enabled():
-        if inv_temperature is not None and temperature.numel() > 0 and \
-                not value_range(temperature)[0] > 0:
-            fail(op, "temperature", "must be > 0 everywhere, got a value <= 0 or NaN")
+        if inv_temperature is not None and temperature.numel() > 0:
+            lowest = value_range(temperature)[0]
+            if not lowest > 0:
+                fail(op, "temperature", "must be > 0 everywhere, got a value <= 0 or NaN")
+            if lowest < lowest_temperature:
+                fail(op, "temperature", f"must be >= {lowest_temperature:.3g} everywhere (its "
+                     f"reciprocal overflows {dtype} below that), got {lowest}")
         if epsilon is not None and epsilon.numel() > 0:
             lowest, highest = value_range(epsilon)
             if not (0 <= lowest and highest <= 1):
@@ -441,7 +468,8 @@ def sampling_actions(op: str, actions, inputs: SamplingInputs) -> torch.Tensor:
     rows, width = inputs.logits.shape
     if actions.shape != (rows,):
         fail(op, "actions", f"must have shape [N] = [{rows}], got {_shape(actions)}")
-    actions = actions.to(torch.int64)
+    # contiguous: the Triton and CUDA kernels read action r at actions_ptr + r
+    actions = actions.to(torch.int64).contiguous()
     if value_checks_enabled() and rows > 0:
         low, high = value_range(actions)
         if low < 0 or high >= width:

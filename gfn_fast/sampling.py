@@ -183,9 +183,12 @@ def sample_actions(
             bit j (LSB first) of byte k allows action 8k + j (``gfn_fast.pack_mask``). Every row
             must allow at least one action.
         scale: None, scalar or [N]: g(beta) per row (log_pi is differentiable w.r.t. it).
-        temperature: None, scalar or [N], > 0 (a constant: no gradient).
+        temperature: None, scalar or [N], > 0 (a constant: no gradient); at least 5.9e-39 for
+            float32 compute (1.1e-308 for float64), whose reciprocal the kernels multiply by.
         clip: None or (lo, hi), applied to scale * logits before the temperature.
-        epsilon: scalar or [N] in [0, 1]: probability of the uniform-over-allowed branch.
+        epsilon: scalar or [N] in [0, 1]: probability of the uniform-over-allowed branch,
+            rounded up to a multiple of 2^-24 (the resolution of the row's coin; log_mu uses
+            the rounded value, the rate the draws follow).
         generator / seed, offset: randomness. With ``seed`` (and ``offset``, default 0) the draw
             is a pure function of (seed, offset, row, action) and identical on every backend up
             to float-rounding ties; otherwise ``generator`` (default: the device's) supplies and

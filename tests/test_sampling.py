@@ -40,7 +40,8 @@ def _exact(logits, mask, actions, scale=None, temperature=None, clip=None, epsil
     inv_t = None if temperature is None else 1.0 / torch.as_tensor(to64(temperature),
                                                                    dtype=torch.float64)
     scale = None if scale is None else torch.as_tensor(to64(scale), dtype=torch.float64)
-    eps = torch.as_tensor(to64(epsilon), dtype=torch.float64)
+    # the rate the coin explores at: epsilon rounded up to a multiple of 2^-24 (_checks)
+    eps = torch.ceil(torch.as_tensor(to64(epsilon), dtype=torch.float64) * 2**24) / 2**24
     pi, mu = ref.distribution(logits.double().cpu(), None if mask is None else mask.cpu(),
                               None if scale is None else scale.cpu(),
                               None if inv_t is None else inv_t.cpu(), clip, eps.cpu())
@@ -703,3 +704,61 @@ def test_only_log_pi_has_a_gradient_and_nan_entropy_stays_nan(backend, device):
         logits, epsilon=0.1, seed=0, return_log_mu=True, return_entropy=True, backend=backend)
     assert log_pi.requires_grad and not log_mu.requires_grad and not entropy.requires_grad
     assert entropy[0].isfinite() and entropy[1].isnan()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_log_mu_uses_the_exploration_rate_the_draws_follow(backend, device, as_tensor):
+    """A row explores when its coin's top 24 bits, as k / 2^24, fall below epsilon: with
+    probability ceil(epsilon 2^24) / 2^24 (2^-24 for epsilon = 1e-9, 60 times more). log mu
+    was computed with epsilon itself, so importance weights were off by that factor; epsilon
+    is now rounded up to the coin's resolution for both."""
+    logits = torch.tensor([[0.0, -40.0, 1.5]] * 4, dtype=torch.float64, device=device)
+    for epsilon, rate in ((1e-9, 2.0 ** -24), (0.3, math.ceil(0.3 * 2**24) / 2**24),
+                          (0.0, 0.0), (1.0, 1.0)):
+        eps = torch.full((4,), epsilon, dtype=torch.float64, device=device) if as_tensor \
+            else epsilon
+        actions, _, log_mu = gfn_fast.sample_actions(
+            logits, epsilon=eps, seed=3, return_log_mu=True, backend=backend)
+        pi = torch.softmax(logits, 1).gather(1, actions[:, None]).squeeze(1)
+        expected = torch.log((1 - rate) * pi + rate / 3)
+        # float64: at 1e-9 the two rates differ by ~1e-7 in log mu
+        torch.testing.assert_close(log_mu, expected, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_a_temperature_with_an_infinite_reciprocal_is_refused(backend, device):
+    """The kernels multiply by 1 / temperature in the compute dtype; below 2 / float32 max
+    (~5.9e-39) that overflowed to inf and gave the first allowed action with log pi NaN. Such
+    temperatures are refused; float64 logits take them."""
+    logits = torch.tensor([[1e-3, 2e-3, -1.0]], device=device)
+    for temperature in (1e-39, torch.tensor([1e-39], device=device)):
+        with pytest.raises(ValueError, match="`temperature` must be >= 5.88e-39"):
+            gfn_fast.sample_actions(logits, temperature=temperature, seed=0, backend=backend)
+        with pytest.raises(ValueError, match="`temperature` must be >= 5.88e-39"):
+            gfn_fast.action_log_prob(logits, torch.tensor([1], device=device),
+                                     temperature=temperature, backend=backend)
+    actions, log_pi = gfn_fast.sample_actions(logits, temperature=1e-37, seed=0,
+                                              backend=backend)
+    assert actions.tolist() == [1] and log_pi.tolist() == [0.0]
+    actions, log_pi = gfn_fast.sample_actions(logits.double(), temperature=1e-39, seed=0,
+                                              backend=backend)
+    assert actions.tolist() == [1] and log_pi.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_log_prob_of_strided_and_expanded_actions(backend, device):
+    """int64 actions were handed to the Triton and CUDA kernels with their strides, which read
+    action r at actions_ptr + r: a step-sliced or an expanded actions tensor gave other rows'
+    log-probs and gradients (an expanded one read past its one element)."""
+    logits, mask = _inputs(6, 9, device=device, mask_kind="none")
+    buffer = torch.tensor([0, 7, 1, 7, 2, 7, 3, 7, 4, 7, 8, 7], device=device)
+    for actions in (buffer[::2], torch.tensor([3], device=device).expand(6)):
+        leaf = logits.clone().requires_grad_(True)
+        got = gfn_fast.action_log_prob(leaf, actions, backend=backend)
+        (grad,) = torch.autograd.grad(got.sum(), [leaf])
+        leaf_ref = logits.clone().requires_grad_(True)
+        want = gfn_fast.action_log_prob(leaf_ref, actions.contiguous(), backend="reference")
+        (grad_ref,) = torch.autograd.grad(want.sum(), [leaf_ref])
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(grad, grad_ref, rtol=2e-5, atol=2e-5)

@@ -32,8 +32,8 @@ Bits -> floats (float32 everywhere, so every backend rounds the same operations)
   * gumbel(x) = -log(exponential(x)): range [-2.81, 22.87] (P(G < -2.81) = 6e-8, harmless for an
     argmax).
   * normal_pair(x0, x1): Box-Muller, r = sqrt(-2 log u1), u1 = float32(x0) * 2^-32 + 2^-33 in
-    (0, 1]; theta = 2 pi uniform(x1). |n| <= r <= 6.66 (the tail beyond 6.66 sigma, 3e-11, is
-    cut).
+    (0, 1]; theta = 2 pi uniform(x1). |n| <= r <= sqrt(66 ln 2) = 6.764 (u1 >= 2^-33; the tail
+    beyond 6.764 sigma, 1.3e-11, is cut).
 The uint32 words are bit-identical across backends; the floats agree to a few ulps (log, cos,
 sin differ in their last bits between libm, NumPy, libdevice and CUDA's math library).
 """
