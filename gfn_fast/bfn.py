@@ -674,8 +674,9 @@ def continuous_flow(x: torch.Tensor, t, sigma_1: float, *,
     if name == "reference":
         eps = reference.philox_normals(seed, offset, flat.shape, x.device)
         return reference.continuous_flow(flat, t.detach(), sigma_1, eps).reshape(x.shape)
-    return _shaped(_continuous_flow_op(flat, t, sigma_1, _signed(seed), _signed(offset), name),
-                   x.shape)
+    # t detached: the op has no autograd formula (see continuous_output)
+    return _shaped(_continuous_flow_op(flat, t.detach(), sigma_1, _signed(seed), _signed(offset),
+                                       name), x.shape)
 
 
 @_ops.custom_op("gfn_fast::bfn_discrete_flow", mutates_args=())
@@ -718,8 +719,8 @@ def discrete_flow(x_index: torch.Tensor, t, beta_1: float, n_classes: int, *, lo
         out = reference.discrete_flow(x_index, t.detach(), beta_1, n_classes, eps.to(dtype),
                                       log)
     else:
-        out = _discrete_flow_op(x_index, t, beta_1, n_classes, _signed(seed), _signed(offset),
-                                bool(log), name)
+        out = _discrete_flow_op(x_index, t.detach(), beta_1, n_classes, _signed(seed),
+                                _signed(offset), bool(log), name)
     return out.reshape(*shape, n_classes)
 
 
@@ -920,6 +921,7 @@ def discrete_step(log_theta: torch.Tensor | None, logits: torch.Tensor, alpha: f
         _checks.fail(op, "draw", f"must be a contiguous int64 tensor of shape "
                      f"{list(logits.shape[:-1])}")
     _checks.same_device(op, "logits", logits, draw=draw)
+    _checks.not_tracked_in_place(op, "draw", draw)
     seed, offset = _rng.seed_offset(op, logits.device, generator, seed, offset)
     name = _backends.resolve(op, backend, logits.device)
     flat_logits = logits.reshape(batch, -1, n_classes).contiguous()

@@ -875,6 +875,34 @@ def test_steps_refuse_to_write_into_tensors_autograd_tracks(backend, step, arg, 
     assert not torch.equal(tensors["state"].detach(), before["state"])
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("step,arg", [
+    ("continuous_step", "mu"), ("continuous_step", "rho"), ("discretised_step", "mu"),
+    ("discretised_step", "rho"), ("discretised_step", "draw"), ("discrete_step", "log_theta")])
+def test_steps_refuse_inference_tensors_outside_inference_mode(backend, step, arg):
+    """torch refuses an in-place update of a tensor made under inference_mode once outside it;
+    the Numba steps wrote into one through NumPy (the reference raised torch's error, after
+    writing mu: continuous_step failed at rho.add_). Both refuse before writing now, and take
+    it inside inference_mode."""
+    with torch.inference_mode():
+        tensors = {"rho": None if step == "discrete_step" else torch.ones(2),
+                   "draw": torch.zeros(2, 3) if step == "discretised_step" else None,
+                   "state": (torch.randn(2, 3, 4).log_softmax(-1) if step == "discrete_step"
+                             else torch.randn(2, 3))}
+    key = arg if arg in tensors else "state"
+    for k in tensors:  # only `arg` is an inference tensor
+        if k != key and tensors[k] is not None:
+            tensors[k] = tensors[k].clone()
+    before = {k: v.clone() for k, v in tensors.items() if v is not None}
+    with pytest.raises(ValueError, match=f"`{arg}` is an inference tensor"):
+        _step_call(step, backend, **tensors)
+    for k, v in before.items():
+        assert torch.equal(tensors[k], v), k
+    with torch.inference_mode():
+        _step_call(step, backend, **tensors)
+    assert not torch.equal(tensors["state"], before["state"])
+
+
 # ------------------------------------------------------------------------ compile and opcheck
 
 def test_opcheck_custom_ops():
@@ -904,12 +932,16 @@ def test_opcheck_custom_ops():
              torch.empty(3, 4, dtype=torch.int64), "numba"))
 
 
-def _no_gradient_ops(mu, net_out, net_logits, rho, alpha):
-    """The ops documented as having no gradient, fed tensors that require grad."""
+def _no_gradient_ops(mu, net_out, net_logits, rho, alpha, t):
+    """The ops documented as having no gradient, fed tensors that require grad (the flows a
+    time that does: a learned schedule's output)."""
+    x_index = torch.arange(6).reshape(3, 2) % 5
     return [bfn.continuous_output(mu, net_out, 0.5, 0.05, backend="numba"),
             *bfn.continuous_update(mu, rho, net_out, alpha, backend="numba"),
             bfn.discretised_probs(net_out, net_out, 16, backend="numba"),
-            bfn.discrete_update(net_logits, net_logits, backend="numba")]
+            bfn.discrete_update(net_logits, net_logits, backend="numba"),
+            bfn.continuous_flow(mu, t, 0.05, seed=1, backend="numba"),
+            bfn.discrete_flow(x_index, t, 0.5, 5, seed=1, backend="numba")]
 
 
 def test_no_gradient_ops_take_inputs_that_require_grad():
@@ -923,7 +955,7 @@ def test_no_gradient_ops_take_inputs_that_require_grad():
     net_out = torch.randn(3, 6, requires_grad=True)
     net_logits = torch.randn(3, 6, 5, requires_grad=True)
     args = (mu, net_out, net_logits, torch.ones(3, requires_grad=True),
-            torch.full((3,), 2.0, requires_grad=True))
+            torch.full((3,), 2.0, requires_grad=True), torch.rand(3, requires_grad=True))
     eager = _no_gradient_ops(*args)
     with _ops.force_op_path():
         op_path = _no_gradient_ops(*args)
