@@ -386,6 +386,9 @@ def sampling_inputs(op: str, logits, mask, scale, temperature, clip, epsilon=Non
         fail(op, "logits", f"must have A >= 1 actions, got {_shape(logits)}")
     if actions >= 2**31:
         fail(op, "logits", f"must have fewer than 2^31 actions, got {actions}")
+    if rows >= 2**32:  # row r + 2^32 would draw row r's noise on the reference and Triton
+        fail(op, "logits", f"must have fewer than 2^32 rows (a row is one 32-bit word of the "
+             f"Philox counter), got {rows}")
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     packed = False
     if mask is not None:

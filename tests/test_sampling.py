@@ -762,3 +762,15 @@ def test_log_prob_of_strided_and_expanded_actions(backend, device):
         (grad_ref,) = torch.autograd.grad(want.sum(), [leaf_ref])
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
         torch.testing.assert_close(grad, grad_ref, rtol=2e-5, atol=2e-5)
+
+
+def test_rows_past_the_philox_row_word_are_refused():
+    """A row is one 32-bit word of the Philox counter: in a batch of 2^32 rows or more, row
+    r + 2^32 drew row r's noise on the reference and Triton (Numba passed the high bits on).
+    Refused before anything is read (the logits here are a stride-0 view, no memory)."""
+    logits = torch.zeros(1, 3).expand(2**32, 3)
+    with pytest.raises(ValueError, match="fewer than 2\\^32 rows"):
+        gfn_fast.sample_actions(logits, seed=0, backend="numba")
+    with pytest.raises(ValueError, match="fewer than 2\\^32 rows"):
+        gfn_fast.action_log_prob(logits, torch.zeros(1, dtype=torch.long).expand(2**32),
+                                 backend="numba")
