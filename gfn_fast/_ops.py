@@ -125,9 +125,45 @@ class Op:
                 output = self._fn(*args)
             finally:
                 torch._C._set_grad_enabled(True)
+            for arg in args:  # a loop, not any(genexpr): see `guarded`
+                if isinstance(arg, torch.Tensor) and arg.requires_grad:
+                    # e.g. a fused backward (the *_bwd ops) run with create_graph=True: without
+                    # a graph its outputs would silently drop their own derivatives, where the
+                    # op path raises
+                    output = not_twice_differentiable(self.name, output, [
+                        a for a in args if isinstance(a, torch.Tensor) and a.requires_grad])
+                    break
         if self._mutated:
             torch.autograd.graph.increment_version([args[i] for i in self._mutated])
         return output
+
+
+def not_twice_differentiable(name: str, output, anchors: list):
+    """`output` (a tensor, or a tuple or list of them) with its floating tensors made to raise
+    when differentiated back to any of `anchors` (the tensors that require grad and that the
+    output depends on: a fused backward's saved inputs and incoming gradient). The fused ops
+    are differentiable once: a gradient of their gradient (a penalty on it, a Hessian) must
+    fail loudly rather than leave those terms out. (torch's once_differentiable marks outputs
+    only when the incoming gradient requires grad, which it does not for a loss's gradient,
+    and links them to fresh leaves rather than to the inputs: both drop the terms silently.)
+    The link is a zero scalar through an error node that aliases each anchor, added to each
+    output: a copy of each output, made only in a backward run with create_graph=True."""
+    several = isinstance(output, (tuple, list))
+    outputs = output if several else (output,)
+    if not anchors:
+        return output
+    error = torch._C._functions.DelayedError(
+        f"gfn_fast: {name} is differentiable once: a gradient of its gradient (create_graph=True "
+        f"then a second backward through it) is not supported".encode(), len(anchors))
+    aliases = error(*anchors)
+    aliases = aliases if isinstance(aliases, tuple) else (aliases,)
+    link = None
+    for alias in aliases:
+        term = alias.reshape(-1)[:1].sum() * 0
+        link = term if link is None else link + term
+    marked = [out + link.to(out.dtype) if isinstance(out, torch.Tensor) and
+              out.is_floating_point() else out for out in outputs]
+    return type(output)(marked) if several else marked[0]
 
 
 def custom_op(name: str, *, mutates_args=()) -> Callable[[Callable], Op]:

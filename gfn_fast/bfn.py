@@ -212,7 +212,9 @@ def _continuous_loss_setup(ctx, inputs, output):
     # The inputs are kept only for a direct call of the op without want_grad (opcheck does
     # that): its backward recomputes the per-unit gradient in one more pass.
     ctx.recompute = output[1].numel() == 0
-    ctx.save_for_backward(*(inputs[:4] if ctx.recompute else output[1:]))
+    # eps_hat kept too (a reference, no copy) for a backward with create_graph=True to link
+    # its result to (see _continuous_loss_backward)
+    ctx.save_for_backward(*(inputs[:4] if ctx.recompute else (output[1], inputs[2])))
     ctx.config = inputs[4:11]
     ctx.eps_dtype = inputs[2].dtype
     ctx.mark_non_differentiable(output[1])
@@ -223,22 +225,27 @@ def _continuous_loss_backward(ctx, grad, _grad_unit):
     if not ctx.needs_input_grad[2]:
         return (None,) * 12
     if ctx.recompute:
+        eps_hat = ctx.saved_tensors[2]
         unit = _continuous_loss_op(*ctx.saved_tensors, *ctx.config, True)[1]
     else:
-        unit, = ctx.saved_tensors
+        unit, eps_hat = ctx.saved_tensors
     # Untracked (grad detached; unit is a non-differentiable output): the gradient is once
     # differentiable, like every fused op's. With create_graph, a multiply tracked through
     # `grad` alone would give a silently partial second derivative (unit depends on eps_hat
-    # too); untracked, a double backward raises instead.
+    # too), and an untracked result a silently missing one (a penalty on the gradient added
+    # to the loss was dropped): the result is marked to raise when differentiated.
     # Each skipped no-op (detach of an untracked grad, same-dtype .to) is a dispatcher trip,
     # ~1 us (~4 us with the caches cold, as after a network's forward).
-    if grad.requires_grad:
+    if grad.requires_grad:  # a backward run with create_graph=True
         grad = grad.detach()
     if grad.dtype != unit.dtype:
         grad = grad.to(unit.dtype)
     grad_eps = unit * grad.unsqueeze(1)
     if grad_eps.dtype != ctx.eps_dtype:
         grad_eps = grad_eps.to(ctx.eps_dtype)
+    if torch.is_grad_enabled():  # a backward run with create_graph=True
+        grad_eps = _ops.not_twice_differentiable(
+            "bfn.continuous_loss", grad_eps, [v for v in (eps_hat, grad) if v.requires_grad])
     return (None, None, grad_eps) + (None,) * 9
 
 

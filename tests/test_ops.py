@@ -386,3 +386,33 @@ def test_torch_func_transforms_as_the_readme_says():
     grad = torch.func.grad(picked)(torch.randn(4, 6))
     actions = gfn_fast.sample_actions(other, seed=1, backend="numba")[0]
     assert torch.equal(grad, torch.nn.functional.one_hot(actions, 6).float())
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(("backend", "device"), CPU_BACKENDS)
+@pytest.mark.parametrize("path", ["direct", "op"])
+def test_a_gradient_of_the_gradient_raises_instead_of_dropping_terms(case, backend, device,
+                                                                     path):
+    """The fused ops are differentiable once. A gradient taken with create_graph=True and then
+    differentiated again (a penalty on it) silently left the penalty's terms out on the direct
+    path: d(loss + |g|^2)/dw came out as d(loss)/dw (the op path raised). Both raise now; a
+    create_graph gradient that is not differentiated again is the plain gradient."""
+    inputs, fn = CASES[case](torch.Generator().manual_seed(4))
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    if not leaves:
+        pytest.skip("no differentiable input")
+    weight = torch.ones((), dtype=torch.float64, requires_grad=True)
+    scaled = {k: v.detach() * weight if isinstance(v, torch.Tensor) and v.requires_grad else v
+              for k, v in inputs.items()}
+    wrt = [scaled[k] for k, v in inputs.items() if isinstance(v, torch.Tensor) and
+           v.requires_grad]
+    with _ops.force_op_path(path == "op"):
+        out = _tensors(fn(backend, **scaled))
+        total = sum(o.float().sum() for o in out if o.requires_grad)
+        grads = torch.autograd.grad(total, wrt, create_graph=True)
+        plain = torch.autograd.grad(total, wrt, retain_graph=True)
+        for grad, expected in zip(grads, plain, strict=True):
+            assert torch.equal(grad.detach(), expected)
+        penalty = sum((g ** 2).sum() for g in grads)
+        with pytest.raises(RuntimeError, match="differentiable once|no autograd formula"):
+            torch.autograd.grad(total + penalty, [weight])
