@@ -247,9 +247,13 @@ class _OutputPool:
 
     def _free(self, i: int, nbytes: int) -> bool:
         """Entry i has `nbytes` and nothing but the pool refers to it: no tensor or view (the
-        storage use count) and no caller holding its Python object."""
+        storage use count), no caller holding its Python object, and no other process (a
+        storage moved to shared memory, as torch.multiprocessing does to send a tensor, may be
+        mapped by a receiver that this process cannot count: it is never handed out again and
+        leaves the pool as newer entries push it out)."""
         storage = self._storages[i]
-        if storage.nbytes() != nbytes or self._use_count(storage._cdata) != 1:
+        if storage.nbytes() != nbytes or self._use_count(storage._cdata) != 1 or \
+                storage.is_shared():
             return False
         del storage  # a reference of its own, which the calibration did not count
         return self._python_refs(i) <= self._free_refs
