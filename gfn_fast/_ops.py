@@ -138,6 +138,14 @@ class Op:
         return output
 
 
+def saveable(*tensors):
+    """`tensors` for ctx.save_for_backward, an inference tensor (made under
+    torch.inference_mode(), e.g. the rewards or lengths of a rollout run there) replaced by a
+    clone: autograd refuses to save one ("Inference tensors cannot be saved for backward"),
+    while the reference, whose math does not save such inputs, took them."""
+    return tuple(t.clone() if t is not None and t.is_inference() else t for t in tensors)
+
+
 def not_twice_differentiable(name: str, output, anchors: list):
     """`output` (a tensor, or a tuple or list of them) with its floating tensors made to raise
     when differentiated back to any of `anchors` (the tensors that require grad and that the

@@ -156,7 +156,7 @@ def _(grad_loss, d, log_pf, has_pb, lengths, log_reward, beta, centered, packed,
 def _setup_context(ctx, inputs, output):
     (log_pf, log_pb, lengths, log_reward, log_z, beta, packed, clip_min, loss_id, loss_param,
      reduction, backend, *group) = inputs
-    ctx.save_for_backward(log_pf, lengths, log_reward, beta, output[1])
+    ctx.save_for_backward(*_ops.saveable(log_pf, lengths, log_reward, beta, output[1]))
     ctx.has_pb = log_pb is not None
     ctx.log_z_shape = None if log_z is None else log_z.shape
     ctx.beta_shape = None if beta is None else beta.shape

@@ -214,7 +214,8 @@ def _continuous_loss_setup(ctx, inputs, output):
     ctx.recompute = output[1].numel() == 0
     # eps_hat kept too (a reference, no copy) for a backward with create_graph=True to link
     # its result to (see _continuous_loss_backward)
-    ctx.save_for_backward(*(inputs[:4] if ctx.recompute else (output[1], inputs[2])))
+    ctx.save_for_backward(*_ops.saveable(*(inputs[:4] if ctx.recompute
+                                             else (output[1], inputs[2]))))
     ctx.config = inputs[4:11]
     ctx.eps_dtype = inputs[2].dtype
     ctx.mark_non_differentiable(output[1])
@@ -388,7 +389,7 @@ def _(grad, x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins, backend):
 
 
 def _discretised_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:4])
+    ctx.save_for_backward(*_ops.saveable(*inputs[:4]))
     ctx.config = inputs[4:]
 
 
@@ -514,7 +515,7 @@ def _(grad, x_index, logits, t, beta_1, backend):
 
 
 def _discrete_loss_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:3])
+    ctx.save_for_backward(*_ops.saveable(*inputs[:3]))
     ctx.config = inputs[3:]
 
 
@@ -584,7 +585,7 @@ def _(grad, x_index, logits, t, beta_1, n_steps, seed, offset, backend):
 
 
 def _discrete_nstep_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:3])
+    ctx.save_for_backward(*_ops.saveable(*inputs[:3]))
     ctx.config = inputs[3:]
 
 

@@ -113,7 +113,7 @@ def _sample_setup(ctx, inputs, output):
     (logits, mask, scale, inv_temperature, _eps, clip_lo, clip_hi, packed, *_rest) = inputs
     backend = inputs[-1]
     _, actions, log_mu, entropy, lse = output
-    ctx.save_for_backward(logits, actions, mask, scale, inv_temperature, lse)
+    ctx.save_for_backward(*_ops.saveable(logits, actions, mask, scale, inv_temperature, lse))
     ctx.config = (clip_lo, clip_hi, packed, backend)
     ctx.scale_index = 2
     ctx.mark_non_differentiable(actions, log_mu, entropy, lse)
@@ -130,7 +130,8 @@ _sample_op.register_autograd(_sample_backward, setup_context=_sample_setup)
 
 def _log_prob_setup(ctx, inputs, output):
     logits, actions, mask, scale, inv_temperature, clip_lo, clip_hi, packed, backend = inputs
-    ctx.save_for_backward(logits, actions, mask, scale, inv_temperature, output[1])
+    ctx.save_for_backward(*_ops.saveable(logits, actions, mask, scale, inv_temperature,
+                                         output[1]))
     ctx.config = (clip_lo, clip_hi, packed, backend)
     ctx.scale_index = 3
     ctx.mark_non_differentiable(output[1])

@@ -110,7 +110,8 @@ def _(grad, log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, bet
 def _db_setup_context(ctx, inputs, output):
     (log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, beta, packed, clip_min,
      loss_id, loss_param, reduction, backend) = inputs
-    ctx.save_for_backward(log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, beta)
+    ctx.save_for_backward(*_ops.saveable(log_pf, log_pb, log_flow, log_state_reward, lengths,
+                                         log_reward, beta))
     ctx.beta_shape = None if beta is None else beta.shape
     ctx.config = (packed, clip_min, loss_id, loss_param, reduction, backend)
 
@@ -194,7 +195,8 @@ def _(grad_loss, potentials, lengths, log_pf, has_pb, log_reward, beta, row_weig
 def _subtb_setup_context(ctx, inputs, output):
     (log_pf, log_pb, log_flow, log_state_reward, lengths, log_reward, beta, row_weight, table,
      packed, clip_min, loss_id, loss_param, lamda, running, backend) = inputs
-    ctx.save_for_backward(output[1], lengths, log_pf, log_reward, beta, row_weight, table)
+    ctx.save_for_backward(*_ops.saveable(output[1], lengths, log_pf, log_reward, beta,
+                                         row_weight, table))
     ctx.has_pb = log_pb is not None
     ctx.has_sr = log_state_reward is not None
     ctx.beta_shape = None if beta is None else beta.shape

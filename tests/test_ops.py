@@ -416,3 +416,32 @@ def test_a_gradient_of_the_gradient_raises_instead_of_dropping_terms(case, backe
         penalty = sum((g ** 2).sum() for g in grads)
         with pytest.raises(RuntimeError, match="differentiable once|no autograd formula"):
             torch.autograd.grad(total + penalty, [weight])
+
+
+def _inference_copy(value):
+    if not isinstance(value, torch.Tensor) or value.requires_grad:
+        return value
+    with torch.inference_mode():
+        return value.clone()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c != "sample_actions"])
+@pytest.mark.parametrize(("backend", "device"), CPU_BACKENDS)
+def test_inputs_made_under_inference_mode_are_taken(case, backend, device):
+    """Rewards, lengths, actions, masks, data and times made under torch.inference_mode() (a
+    rollout or a data pipeline run there) beside inputs that need gradients: the fused ops
+    raised "Inference tensors cannot be saved for backward" while saving them, where the
+    reference ran. Results and gradients are those of ordinary tensors."""
+    inputs, fn = CASES[case](torch.Generator().manual_seed(8))
+    expected, expected_grads = _outputs_and_grads(fn, backend, inputs)
+    got, got_grads = _outputs_and_grads(fn, backend, {k: _inference_copy(v)
+                                                      for k, v in inputs.items()})
+    for a, b in zip(got + got_grads, expected + expected_grads, strict=True):
+        assert torch.equal(a, b)
+
+
+def _outputs_and_grads(fn, backend, inputs):
+    out = _tensors(fn(backend, **inputs))
+    leaves = [v for v in inputs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    total = sum(o.float().sum() for o in out if o.requires_grad)
+    return [o.detach() for o in out], list(torch.autograd.grad(total, leaves))
