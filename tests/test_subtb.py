@@ -290,6 +290,28 @@ def test_no_quadratic_memory():
     assert max(saved) <= 64 * 257
 
 
+@pytest.mark.parametrize("lamda", [0.9, 1.0])
+def test_reference_geometric_weighting_compiles_without_graph_breaks(lamda):
+    """The reference's `geometric` weighting read the longest length on the host (int(n.max()))
+    and stacked a Python list over it: torch.compile(fullgraph=True) failed on it, the one
+    weighting of the reference that did. It is computed on the device now, as before."""
+    op, _ = make_batch(4, 6, dtype=torch.float64, layout="padded")
+    args = leaves(op)
+
+    def fn(log_pf, log_pb, log_flow, log_reward, lengths):
+        return gfn_fast.subtrajectory_balance(log_pf, log_pb, log_flow, log_reward,
+                                              lengths=lengths, lamda=lamda,
+                                              weighting="geometric", backend="reference")
+
+    inputs = [args[n] for n in ("log_pf", "log_pb", "log_flow", "log_reward", "lengths")]
+    eager = fn(*inputs)
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")(*inputs)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=0)
+    fused = gfn_fast.subtrajectory_balance(*inputs[:4], lengths=inputs[4], lamda=lamda,
+                                           weighting="geometric", backend="numba")
+    torch.testing.assert_close(fused, eager, rtol=1e-10, atol=0)
+
+
 def test_compile_and_opcheck():
     op, _ = make_batch(4, 6, dtype=torch.float32, layout="time_major")
     args = leaves(op)

@@ -121,16 +121,21 @@ def subtrajectory_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, p
         return detailed_balance(log_pf, log_pb, log_flow, log_state_reward, lengths, packed,
                                 log_reward, beta, clip_min, loss_id, loss_param, MEAN)
     if weighting == "geometric":
-        # sum_k w_k (mean loss over the pairs of span k) = sum over pairs of w_span / count_span
-        longest = int(n.max())
-        counts = torch.stack([(valid & (span == k)).sum() for k in range(1, longest + 1)])
+        # sum_k w_k (mean loss over the pairs of span k) = sum over pairs of w_span / count_span,
+        # k = 1 .. M = max_b n_b; over every possible span k = 0 .. T with the longest one M
+        # kept on the device (no host sync, so that torch.compile(fullgraph=True) takes it)
+        top = positions.shape[0] - 1
+        counts = torch.zeros(top + 1, dtype=dtype, device=d.device).scatter_add_(
+            0, span.clamp(min=0).reshape(-1), valid.reshape(-1).to(dtype))
+        longest = n.max().to(dtype)
+        ks = torch.arange(top + 1, device=d.device, dtype=dtype)  # the span k
         if lamda == 1.0:
-            per_length = torch.full((longest,), 1.0 / longest, dtype=dtype, device=d.device)
+            per_length = (1.0 / longest).expand(top + 1)
         else:
-            ks = torch.arange(longest, device=d.device, dtype=dtype)
-            per_length = lamda ** ks * (1.0 - lamda) / (1.0 - lamda ** longest)
-        per_length = torch.cat([per_length.new_zeros(1), per_length / counts])
-        weights = torch.where(valid, per_length[span.clamp(max=longest).clamp(min=0)],
-                              torch.zeros_like(d))
+            per_length = lamda ** (ks - 1.0) * (1.0 - lamda) / (1.0 - lamda ** longest)
+        usable = (ks >= 1) & (ks <= longest) & (counts > 0)
+        per_length = torch.where(usable, per_length / counts.clamp(min=1.0),
+                                 torch.zeros_like(per_length))
+        weights = torch.where(valid, per_length[span.clamp(min=0)], torch.zeros_like(d))
         return (weights * losses).sum()
     raise ValueError(f"unknown weighting {weighting!r}")
