@@ -237,16 +237,17 @@ def _continuous_loss_backward(ctx, grad, _grad_unit):
     # to the loss was dropped): the result is marked to raise when differentiated.
     # Each skipped no-op (detach of an untracked grad, same-dtype .to) is a dispatcher trip,
     # ~1 us (~4 us with the caches cold, as after a network's forward).
-    if grad.requires_grad:  # a backward run with create_graph=True
+    # a backward run with create_graph=True: what the result is linked to (see below)
+    anchors = [v for v in (eps_hat, grad) if v.requires_grad] if torch.is_grad_enabled() else []
+    if grad.requires_grad:
         grad = grad.detach()
     if grad.dtype != unit.dtype:
         grad = grad.to(unit.dtype)
     grad_eps = unit * grad.unsqueeze(1)
     if grad_eps.dtype != ctx.eps_dtype:
         grad_eps = grad_eps.to(ctx.eps_dtype)
-    if torch.is_grad_enabled():  # a backward run with create_graph=True
-        grad_eps = _ops.not_twice_differentiable(
-            "bfn.continuous_loss", grad_eps, [v for v in (eps_hat, grad) if v.requires_grad])
+    if anchors:
+        grad_eps = _ops.not_twice_differentiable("bfn.continuous_loss", grad_eps, anchors)
     return (None, None, grad_eps) + (None,) * 9
 
 

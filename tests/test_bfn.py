@@ -104,6 +104,21 @@ def test_continuous_loss_double_backward_raises(backend, device):
         grad.sum().backward()
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_continuous_loss_second_derivative_through_the_incoming_gradient_raises(backend,
+                                                                                device):
+    """The loss weighted by a parameter w that eps_hat does not depend on: the gradient
+    w * unit depends on w through the incoming gradient, so a penalty on it must raise when
+    differentiated w.r.t. w, not leave that term out."""
+    x, mu, eps_hat, t = _continuous(3, 7, torch.float64, device)
+    eps_hat.requires_grad_(True)
+    w = torch.tensor(1.5, dtype=torch.float64, device=device, requires_grad=True)
+    total = (w * bfn.continuous_loss(x, mu, eps_hat, t, 0.05, backend=backend)).sum()
+    (grad,) = torch.autograd.grad(total, [eps_hat], create_graph=True)
+    with pytest.raises(RuntimeError, match="bfn.continuous_loss is differentiable once"):
+        torch.autograd.grad(total + grad.pow(2).sum(), [w])
+
+
 @pytest.mark.parametrize("dtype,rtol,gtol", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("n_bins", [2, 16, 256])
