@@ -125,14 +125,11 @@ class Op:
                 output = self._fn(*args)
             finally:
                 torch._C._set_grad_enabled(True)
-            for arg in args:  # a loop, not any(genexpr): see `guarded`
-                if isinstance(arg, torch.Tensor) and arg.requires_grad:
-                    # e.g. a fused backward (the *_bwd ops) run with create_graph=True: without
-                    # a graph its outputs would silently drop their own derivatives, where the
-                    # op path raises
-                    output = not_twice_differentiable(self.name, output, [
-                        a for a in args if isinstance(a, torch.Tensor) and a.requires_grad])
-                    break
+            # e.g. a fused backward (the *_bwd ops) run with create_graph=True: without a graph
+            # its outputs would silently drop their own derivatives, where the op path raises
+            anchors = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            if anchors:
+                output = not_twice_differentiable(self.name, output, anchors)
         if self._mutated:
             torch.autograd.graph.increment_version([args[i] for i in self._mutated])
         return output
@@ -158,8 +155,6 @@ def not_twice_differentiable(name: str, output, anchors: list):
     output: a copy of each output, made only in a backward run with create_graph=True."""
     several = isinstance(output, (tuple, list))
     outputs = output if several else (output,)
-    if not anchors:
-        return output
     error = torch._C._functions.DelayedError(
         f"gfn_fast: {name} is differentiable once: a gradient of its gradient (create_graph=True "
         f"then a second backward through it) is not supported".encode(), len(anchors))
