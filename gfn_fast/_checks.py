@@ -86,8 +86,12 @@ def value_range(tensor: torch.Tensor) -> tuple[float, float]:
             return math.nan, math.nan
         return min(values), max(values)
     if tensor.device.type == "cpu" and tensor.dtype in _NUMPY_RANGE:
-        values = (tensor.detach() if tensor.requires_grad else tensor).numpy()
-        return values.min().item(), values.max().item()
+        try:
+            values = (tensor.detach() if tensor.requires_grad else tensor).numpy()
+        except RuntimeError:  # no storage to share: a functorch wrapper (an op's output under
+            pass              # torch.func.jvp or grad), a tensor subclass: torch's path below
+        else:
+            return values.min().item(), values.max().item()
     low, high = torch.aminmax(tensor.detach())
     return tuple(torch.stack((low, high)).tolist())
 

@@ -20,6 +20,7 @@ import inspect
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 # Every op registered here, by qualified name (tests walk it).
 REGISTRY: dict = {}
@@ -49,6 +50,21 @@ def _eager(args) -> bool:
     first = args[0]
     return type(first) in (torch.Tensor, torch.nn.Parameter) and \
         not torch._C._functorch.is_functorch_wrapped_tensor(first)
+
+
+def _tangent_in(args) -> bool:
+    """Whether a tensor argument carries a forward-mode tangent (torch.autograd.forward_ad's
+    dual tensors, or torch.func.jvp / jacfwd, which run at a dual level too). Called only while
+    a dual level is open. A tensor that cannot be unpacked (batched by vmap, which no op
+    supports and which fails later) counts as no tangent."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.is_floating_point():
+            try:
+                if forward_ad.unpack_dual(arg).tangent is not None:
+                    return True
+            except RuntimeError:
+                pass
+    return False
 
 
 class Op:
@@ -108,6 +124,15 @@ class Op:
         self._apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, self._function)
 
     def __call__(self, *args):
+        # Forward-mode AD: a torch.library op's autograd is reverse mode only, and through the op
+        # a tangent was silently dropped (torch.func.jvp gave zeros, a dual tensor's output no
+        # tangent). Ops without autograd take detached inputs (their results have no gradient).
+        if self._function is not None and getattr(forward_ad, "_current_level", -1) >= 0 and \
+                _tangent_in(args):
+            raise NotImplementedError(
+                f"gfn_fast: {self.name} has no forward-mode derivative (torch.func.jvp, jacfwd, "
+                f"torch.autograd.forward_ad); use reverse mode (torch.autograd), or "
+                f"backend='reference', which is plain PyTorch")
         if not _eager(args):
             return self.op(*args)
         if len(args) < len(self._defaults):  # the op fills defaults; setup_context needs them

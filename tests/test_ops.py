@@ -421,6 +421,41 @@ def test_a_gradient_of_the_gradient_raises_instead_of_dropping_terms(case, backe
             torch.autograd.grad(total + penalty, [weight])
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize(("backend", "device"), CPU_BACKENDS)
+@pytest.mark.parametrize("path", ["direct", "op"])
+def test_forward_mode_derivatives_raise_instead_of_dropping_the_tangent(case, backend, device,
+                                                                        path):
+    """The fused ops have reverse-mode autograd only. Through the op, forward mode dropped the
+    tangent without a word: torch.func.jvp of a fused loss gave zeros, and a dual tensor's loss
+    came out with no tangent. Both raise now, on both paths; a jvp whose tangents do not reach
+    the op still runs, and the reference (plain PyTorch) has forward mode."""
+    inputs, fn = CASES[case](torch.Generator().manual_seed(9))
+    names = [k for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    primals = tuple(inputs[k].detach() for k in names)
+    tangents = tuple(torch.randn_like(p) for p in primals)
+
+    def loss(backend_name, *values):
+        args = dict(inputs, **dict(zip(names, values, strict=True)))
+        return sum(o.double().sum() for o in _tensors(fn(backend_name, **args))
+                   if o.is_floating_point())
+
+    with _ops.force_op_path(path == "op"):
+        with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+            torch.func.jvp(lambda *v: loss(backend, *v), primals, tangents)
+        with pytest.raises(NotImplementedError, match="no forward-mode derivative"):
+            with torch.autograd.forward_ad.dual_level():
+                loss(backend, *(torch.autograd.forward_ad.make_dual(p, d)
+                                for p, d in zip(primals, tangents, strict=True)))
+        # tangents that do not reach the op: the op runs, and the jvp is the other term's
+        value, tangent = torch.func.jvp(lambda w: loss(backend, *primals) + w.sum(),
+                                        (torch.ones(3),), (torch.full((3,), 2.0),))
+        assert torch.equal(value, loss(backend, *primals) + 3) and tangent.item() == 6
+    # the reference's forward mode, as a check that the cases really carry tangents
+    _, expected = torch.func.jvp(lambda *v: loss("reference", *v), primals, tangents)
+    assert expected.abs() > 0
+
+
 def _inference_copy(value):
     if not isinstance(value, torch.Tensor) or value.requires_grad:
         return value
