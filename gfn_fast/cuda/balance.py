@@ -2,13 +2,24 @@
 
 import torch
 
-from gfn_fast.cuda._ext import dtype_code, ext, per_row_stride, ptr, stream, strides_2d
+from gfn_fast.cuda._ext import (
+    dtype_code,
+    ext,
+    launch_dtype,
+    narrowed,
+    per_row_stride,
+    ptr,
+    stream,
+    strides_2d,
+    widened,
+)
 
 
 def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_min, loss_id,
                  loss_param, apply_loss):
     """Same contract as gfn_fast.cpu.balance.rows_forward."""
     batch = log_reward.shape[0]
+    log_pf, log_pb = widened(log_reward.dtype, log_pf, log_pb)
     d = torch.empty(batch, dtype=log_reward.dtype, device=log_pf.device)
     loss = torch.empty(batch, dtype=log_reward.dtype, device=log_pf.device) if apply_loss else None
     stride_pf_b, stride_pf_t = strides_2d(log_pf, packed)
@@ -29,8 +40,9 @@ def rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, leng
                   log_pf, has_pb, log_reward, beta, clip_min, need_log_reward, need_beta):
     """Same contract as gfn_fast.cpu.balance.rows_backward."""
     batch = d.shape[0]
-    grad_pf = torch.empty_like(log_pf)
-    grad_pb = torch.empty_like(log_pf) if has_pb else None
+    # the gradients in the launch's element type (log_pf itself is not read: no copy of it)
+    grad_pf = torch.empty_like(log_pf, dtype=launch_dtype(d.dtype, log_pf.dtype))
+    grad_pb = torch.empty_like(grad_pf) if has_pb else None
     grad_row = torch.empty_like(d)
     grad_log_reward = torch.empty_like(d) if need_log_reward else None
     grad_beta = torch.empty_like(d) if need_beta else None
@@ -46,5 +58,5 @@ def rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, leng
         stride_gpf_t=stride_gpf_t, stride_gpb_b=stride_gpb_b, stride_gpb_t=stride_gpb_t,
         stride_beta=per_row_stride(beta), weight=float(weight), clip_min=float(clip_min),
         loss_param=float(loss_param), loss=loss_id, packed=packed,
-        from_residual=from_residual, dtype=dtype_code(log_pf), stream=stream(d.device)))
-    return grad_pf, grad_pb, grad_row, grad_log_reward, grad_beta
+        from_residual=from_residual, dtype=dtype_code(grad_pf), stream=stream(d.device)))
+    return (*narrowed(log_pf.dtype, grad_pf, grad_pb), grad_row, grad_log_reward, grad_beta)

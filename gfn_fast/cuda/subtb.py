@@ -3,7 +3,16 @@ gfn_fast.cpu.subtb; this module only turns tensors into pointers, strides and th
 
 import torch
 
-from gfn_fast.cuda._ext import dtype_code, ext, per_row_stride, ptr, stream, strides_2d
+from gfn_fast.cuda._ext import (
+    dtype_code,
+    ext,
+    narrowed,
+    per_row_stride,
+    ptr,
+    stream,
+    strides_2d,
+    widened,
+)
 
 
 def _inputs(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_reward, beta,
@@ -41,6 +50,8 @@ def _grad_ptrs(grads) -> dict:
 
 def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_reward, beta,
                clip_min, loss_id, loss_param, per_step):
+    log_pf, log_pb, log_flow, log_state_reward = widened(
+        log_reward.dtype, log_pf, log_pb, log_flow, log_state_reward)
     rows = torch.empty_like(log_reward)
     steps_out = (torch.empty(log_pf.shape, dtype=log_reward.dtype, device=log_pf.device)
                  if per_step else None)
@@ -53,17 +64,22 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
 def db_backward(grad_steps, log_pf, log_pb, log_flow, log_state_reward, lengths, packed,
                 log_reward, beta, clip_min, loss_id, loss_param, need_log_reward, need_beta):
     grad_steps = grad_steps.to(log_reward.dtype)
+    step_dtype = log_pf.dtype
+    log_pf, log_pb, log_flow, log_state_reward = widened(
+        log_reward.dtype, log_pf, log_pb, log_flow, log_state_reward)
     grads = _grad_buffers(log_pf, log_pb is not None, log_reward, need_log_reward, need_beta)
     stride_g_b, stride_g_t = strides_2d(grad_steps, packed)
     ext().detailed_balance_backward(dict(
         _inputs(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_reward, beta,
                 clip_min, loss_id, loss_param), **_grad_ptrs(grads), grad=ptr(grad_steps),
         stride_g_b=stride_g_b, stride_g_t=stride_g_t))
-    return grads
+    return (*narrowed(step_dtype, *grads[:3]), *grads[3:])
 
 
 def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_reward, beta,
                   clip_min, loss_id, loss_param, lam, row_weight, table, running, a_size):
+    log_pf, log_pb, log_flow, log_state_reward = widened(
+        log_reward.dtype, log_pf, log_pb, log_flow, log_state_reward)
     rows = torch.empty_like(log_reward)
     potentials = torch.zeros(a_size, dtype=log_reward.dtype, device=log_pf.device)
     ext().subtb_forward(dict(
@@ -77,6 +93,8 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
 def subtb_backward(grad_loss, a, lengths, packed, log_pf, has_pb, log_reward, beta, clip_min,
                    loss_id, loss_param, lam, row_weight, table, running, need_log_reward,
                    need_beta):
+    step_dtype = log_pf.dtype
+    (log_pf,) = widened(log_reward.dtype, log_pf)
     grads = _grad_buffers(log_pf, has_pb, log_reward, need_log_reward, need_beta)
     grad_loss = grad_loss.to(log_reward.dtype).contiguous()
     scratch = torch.empty_like(a)
@@ -85,4 +103,4 @@ def subtb_backward(grad_loss, a, lengths, packed, log_pf, has_pb, log_reward, be
                 loss_id, loss_param), **_grad_ptrs(grads), grad_loss=ptr(grad_loss),
         potentials=ptr(a), scratch=ptr(scratch), row_weight=ptr(row_weight), table=ptr(table),
         stride_row_weight=per_row_stride(row_weight), lamda=float(lam), running=running))
-    return grads
+    return (*narrowed(step_dtype, *grads[:3]), *grads[3:])
