@@ -16,6 +16,7 @@ family, and for the generation steps, which write into their arguments).
 """
 
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable
 
@@ -67,10 +68,31 @@ def _tangent_in(args) -> bool:
     return False
 
 
+def on_its_device(fn: Callable) -> Callable:
+    """`fn` run with the device of its first argument (every op takes a tensor first) made the
+    current CUDA device. Triton launches on the current device, and a CUDA kernel cannot be
+    launched on another device's stream, so tensors on cuda:1 while cuda:0 is current failed or
+    were read through the wrong device. Nothing is switched on a CPU or when the device is
+    already current. The dispatcher does not switch devices for a Python op either."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        first = args[0]
+        if first.is_cuda:
+            index = first.get_device()
+            if index != torch.cuda.current_device():
+                with torch.cuda.device(index):
+                    return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return run
+
+
 class Op:
     """A registered op (`.op`, a torch.library CustomOpDef) plus its direct eager path."""
 
     def __init__(self, name: str, fn: Callable, mutates_args):
+        fn = on_its_device(fn)
         self.op = torch.library.custom_op(name, mutates_args=mutates_args)(fn)
         self.name = name
         self._fn = fn

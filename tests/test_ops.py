@@ -3,6 +3,8 @@ torch op (torch.compile, dispatch modes, or forced). They share the implementati
 backward, so values and gradients must be bitwise equal; and the eager path must really be the
 direct one (that is its reason to exist)."""
 
+import contextlib
+
 import pytest
 import torch
 from conftest import backend_params, run_probe
@@ -477,3 +479,51 @@ def test_inputs_made_under_inference_mode_are_taken(case, backend, device):
     assert expected_grads
     for a, b in zip(got + got_grads, expected + expected_grads, strict=True):
         assert torch.equal(a, b)
+
+
+def test_ops_run_with_their_first_arguments_device_current(monkeypatch):
+    """Triton launches on the current CUDA device and a CUDA kernel cannot be launched on
+    another device's stream: tensors on cuda:1 while cuda:0 was current failed. Every op now
+    makes its first argument's device current (no GPU here: the CUDA calls are stand-ins)."""
+    entered = []
+
+    @contextlib.contextmanager
+    def device(index):
+        entered.append(index)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", device)
+
+    class OnCuda:  # a CUDA tensor's two attributes the guard reads
+        is_cuda = True
+
+        def __init__(self, index):
+            self.index = index
+
+        def get_device(self):
+            return self.index
+
+    seen = []
+    run = _ops.on_its_device(lambda first, other=None: seen.append(list(entered)) or other)
+    assert run(OnCuda(1), other=2) == 2 and seen == [[1]]
+    run(OnCuda(0))
+    run(torch.ones(1))
+    assert entered == [1] and seen == [[1], [1], [1]]
+    guard = _ops.on_its_device(lambda first: None).__code__
+    assert all(op._fn.__code__ is guard for op in _ops.REGISTRY.values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_a_loss_on_the_second_gpu(backend):
+    torch.cuda.set_device(0)
+    gen = torch.Generator().manual_seed(0)
+    log_pf, log_pb = (torch.randn(8, 5, generator=gen, dtype=torch.float64) for _ in range(2))
+    log_reward = torch.randn(8, generator=gen, dtype=torch.float64)
+    expected = gfn_fast.trajectory_balance(log_pf, log_pb, log_reward, 0.5, backend="reference")
+    got = gfn_fast.trajectory_balance(log_pf.to("cuda:1"), log_pb.to("cuda:1"),
+                                      log_reward.to("cuda:1"), 0.5, backend=backend)
+    assert got.device == torch.device("cuda:1")
+    torch.testing.assert_close(got.cpu(), expected)
