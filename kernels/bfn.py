@@ -577,11 +577,17 @@ def _block(n: int, compiled_cap: int = 1024) -> int:
 _ROW_TILE = 2048    # losses and updates without noise
 _FLOW_TILE = 1024   # discrete flow
 _NOISE_TILE = 512   # n-step loss and generation step: noise plus a K-way mixture or draw
+_MAX_BLOCK_K = 1 << 20  # Triton's largest tensor (triton.language.core.TRITON_MAX_TENSOR_NUMEL)
 
 
 def _row_block(n_classes: int, tile: int = _ROW_TILE) -> tuple[int, int]:
-    """(rows, BLOCK_K) of a program over [rows, K] tiles of `tile` elements (compiled)."""
+    """(rows, BLOCK_K) of a program over [rows, K] tiles of `tile` elements (compiled). A row
+    of K is one tile, within Triton's largest tensor (2^20 elements)."""
     block_k = triton.next_power_of_2(n_classes)
+    if block_k > _MAX_BLOCK_K:
+        raise ValueError(f"gfn_fast: the triton backend's discrete BFN ops take at most "
+                         f"{_MAX_BLOCK_K} classes (a row of K is one tile), got K = {n_classes}; "
+                         f"the numba, cuda and reference backends take more")
     return max(1, (16384 if interpret() else tile) // block_k), block_k
 
 

@@ -1098,3 +1098,28 @@ def test_triton_kernels_compile_for_sm90():
     from tests.triton_compile import compile_in_subprocess
 
     compile_in_subprocess("gfn_fast.kernels.bfn", _triton_cases(), timeout=1800)
+
+
+@pytest.mark.parametrize("op", ["discrete_loss", "discrete_update", "discrete_flow",
+                                "discrete_step"])
+def test_triton_refuses_more_classes_than_one_tile_holds(op):
+    """The Triton discrete kernels hold a row of K in one tile, at most Triton's largest tensor
+    (2^20 elements): K = 2^20 + 1 failed inside Triton ("numel exceeds triton maximum tensor
+    numel"); it is refused up front now, naming K. The other backends loop over K."""
+    if "cpu" not in gfn_fast.backends()["triton"]["devices"]:
+        pytest.skip("triton interpreter not active")
+    classes = (1 << 20) + 1
+    x = torch.zeros(1, 1, dtype=torch.int64)
+    logits = torch.zeros(1, 1, classes)
+    calls = {
+        "discrete_loss": lambda b: bfn.discrete_loss(x, logits, 0.5, 0.5, backend=b),
+        "discrete_update": lambda b: bfn.discrete_update(logits[0], logits[0], backend=b),
+        "discrete_flow": lambda b: bfn.discrete_flow(x, 0.5, 0.5, classes, seed=1, backend=b),
+        "discrete_step": lambda b: bfn.discrete_step(None, logits, 1.0, seed=1, backend=b)}
+    with pytest.raises(ValueError, match=f"at most {1 << 20} classes.*K = {classes}"):
+        calls[op]("triton")
+    assert torch.isfinite(_tensor_of(calls[op]("numba"))).all()
+
+
+def _tensor_of(result):
+    return result if isinstance(result, torch.Tensor) else result[0]
