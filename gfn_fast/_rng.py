@@ -16,11 +16,18 @@ successive calls give fresh draws and re-seeding the generator reproduces them:
   replays distinct (seed, offset) values explicitly if they need fresh randomness.
 """
 
+import threading
+
 import torch
 
 from gfn_fast import _checks
 
 _OFFSET_STEP = 4
+# A GPU generator's offset is read, then advanced, in two calls: without a lock, two threads
+# sharing the generator could read the same offset and draw the same numbers. (torch's own
+# random ops advance it under the generator's own mutex, which Python cannot take: a torch draw
+# in another thread can still land between the two calls.)
+_OFFSET_LOCK = threading.Lock()
 
 
 def _default_generator(device: torch.device) -> torch.Generator:
@@ -67,10 +74,11 @@ def seed_offset(op: str, device: torch.device, generator: torch.Generator | None
         _checks.fail(op, "generator", f"must be a {device.type} generator for {device} "
                      f"tensors, got a {generator.device.type} one")
     if generator.device.type == "cpu":
-        drawn = torch.empty((), dtype=torch.int64).random_(generator=generator)
+        drawn = torch.empty((), dtype=torch.int64, device="cpu").random_(generator=generator)
         return int(drawn) % (1 << 64), 0
-    start = generator.get_offset()
-    generator.set_offset(start + _OFFSET_STEP * increment)
+    with _OFFSET_LOCK:
+        start = generator.get_offset()
+        generator.set_offset(start + _OFFSET_STEP * increment)
     return generator.initial_seed() % (1 << 64), start % (1 << 64)
 
 

@@ -173,6 +173,9 @@ def _after_fork_in_child() -> None:
     global _SERIAL_ONLY
     if _unsafe_pool_inherited():
         _SERIAL_ONLY = True
+    # The child has one thread: a lock another thread of the parent held at the fork would
+    # never be released (the child hung in its first pooled allocation).
+    OUTPUTS.reset_lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -292,6 +295,9 @@ class _OutputPool:
     def clear(self):
         with self._lock:
             self._storages.clear()
+
+    def reset_lock(self):
+        self._lock = threading.Lock()
 
 
 def _allocate(shape: tuple, dtype: torch.dtype, stride: tuple | None) -> torch.Tensor:
