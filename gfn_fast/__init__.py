@@ -2,7 +2,7 @@
 
 from gfn_fast import nn
 from gfn_fast._backends import backends
-from gfn_fast._checks import validation
+from gfn_fast._checks import set_validation, validation
 from gfn_fast.balance import log_partition_variance, trajectory_balance
 
 __version__ = "0.1.0"
@@ -12,6 +12,7 @@ __all__ = [
     "backends",
     "log_partition_variance",
     "nn",
+    "set_validation",
     "trajectory_balance",
     "validation",
 ]

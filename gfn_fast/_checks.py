@@ -13,10 +13,12 @@ Errors read ``gfn_fast.<op>: `<argument>` <what was expected>, got <what came>``
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 import torch
 
+from gfn_fast import _scoped
 from gfn_fast.reference.losses import ABSOLUTE, HALF_SQUARED, HUBER, LINEX, SHIFTED_COSH, SQUARED
 
 LOSSES = {
@@ -31,36 +33,63 @@ _DEFAULT_LOSS_PARAM = {HUBER: 1.0, LINEX: 1.0}
 REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
 
 
-class _Validation:
-    """Global switch for value checks; usable as a call or as a context manager."""
+_VALIDATION = _scoped.Switch(
+    "gfn_fast.validation",
+    os.environ.get("GFN_FAST_VALIDATE", "1").strip() not in ("0", "false", "False"))
 
-    enabled = os.environ.get("GFN_FAST_VALIDATE", "1").strip() not in ("0", "false", "False")
+
+class _Validation:
+    """What `validation()` returns: the setting is applied on creation, in the calling thread,
+    and a `with` block on the object puts the previous value back when it exits (also when the
+    object is used in a `with` again, or in another thread)."""
 
     def __init__(self, enabled: bool):
-        self._previous = _Validation.enabled
-        _Validation.enabled = bool(enabled)
+        self.enabled = enabled
+        # applied now (the plain call's effect), and handed to a `with` that follows at once
+        self._pending = (_VALIDATION.set_here(enabled), threading.get_ident())
+        self._tokens = []
 
     def __enter__(self):
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[1] == threading.get_ident():
+            self._tokens.append(pending[0])
+        else:
+            self._tokens.append(_VALIDATION.set_here(self.enabled))
         return self
 
     def __exit__(self, *exc):
-        _Validation.enabled = self._previous
+        _VALIDATION.reset(self._tokens.pop())
         return False
 
 
 def validation(enabled: bool) -> _Validation:
-    """Turn value checks (those that read tensor data and sync the GPU) on or off.
+    """Turn value checks (those that read tensor data and sync the GPU) on or off in the calling
+    thread.
 
-    ``gfn_fast.validation(False)`` switches them off for the process; ``with
-    gfn_fast.validation(False): ...`` only inside the block.
+    ``gfn_fast.validation(False)`` switches them off from then on, ``with
+    gfn_fast.validation(False): ...`` only inside the block; either in the calling thread (or
+    asyncio task) only, so threads cannot undo each other's blocks. For every thread:
+    ``gfn_fast.set_validation(False)`` or ``GFN_FAST_VALIDATE=0``.
     """
     if not isinstance(enabled, bool):
         fail("validation", "enabled", f"must be a bool, got {type(enabled).__name__}", TypeError)
     return _Validation(enabled)
 
 
+def set_validation(enabled: bool) -> bool:
+    """Turn value checks on or off for the whole process (threads that did not call
+    `validation`); returns the previous process-wide setting."""
+    if not isinstance(enabled, bool):
+        fail("set_validation", "enabled", f"must be a bool, got {type(enabled).__name__}",
+             TypeError)
+    previous, _VALIDATION.default = _VALIDATION.default, enabled
+    return previous
+
+
 def value_checks_enabled() -> bool:
-    if not _Validation.enabled or torch.compiler.is_compiling():
+    # is_compiling first: torch.compile folds it to a constant while tracing, before the
+    # context variable is read
+    if torch.compiler.is_compiling() or not _VALIDATION.get():
         return False
     # A stream can only be capturing once CUDA is initialised; is_initialized() is a flag
     # read (~30 ns), is_available() a driver query (~0.5-1.3 us, on every checked call).

@@ -15,7 +15,6 @@ backward code, so they give bitwise equal results (tests/test_ops.py checks it f
 family, and for the generation steps, which write into their arguments).
 """
 
-import contextlib
 import functools
 import inspect
 from collections.abc import Callable
@@ -23,25 +22,22 @@ from collections.abc import Callable
 import torch
 import torch.autograd.forward_ad as forward_ad
 
+from gfn_fast import _scoped
+
 # Every op registered here, by qualified name (tests walk it).
 REGISTRY: dict = {}
-_force_op = False
+_FORCE_OP = _scoped.Switch("gfn_fast.force_op_path", False)
 
 
-@contextlib.contextmanager
 def force_op_path(enabled: bool = True):
-    """Route every call through the torch op even in eager mode (tests compare both paths)."""
-    global _force_op
-    saved, _force_op = _force_op, enabled
-    try:
-        yield
-    finally:
-        _force_op = saved
+    """Route every call through the torch op even in eager mode (tests compare both paths):
+    a context manager, for the calling thread."""
+    return _FORCE_OP.scoped(enabled)
 
 
 def _eager(args) -> bool:
     """True when nothing but plain eager PyTorch would see the call."""
-    if _force_op or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+    if torch.compiler.is_compiling() or _FORCE_OP.get() or torch._C._len_torch_dispatch_stack():
         return False
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return False

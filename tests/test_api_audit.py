@@ -249,6 +249,7 @@ CASES = {
     "rank_seed": [(lambda: gfn_fast.rank_seed(1.5), TE, "seed"),
                   (lambda: gfn_fast.rank_seed(1, rank=-2), V, "rank")],
     "validation": [(lambda: gfn_fast.validation("off"), TE, "enabled")],
+    "set_validation": [(lambda: gfn_fast.set_validation(0), TE, "enabled")],
     "backends": [],  # takes no argument
     "bfn.gamma": [(lambda: bfn.gamma(0.5, 1.5), V, "sigma_1"),
                   (lambda: bfn.gamma(1.5, 0.1), V, "t"),

@@ -2,9 +2,7 @@
 float32/float64; float16/bfloat16 inputs are widened to float32 first, since NumPy has no
 bfloat16)."""
 
-import contextlib
-
-from gfn_fast.cpu._common import OUTPUTS
+from gfn_fast.cpu._common import OUTPUTS, REUSE
 
 
 def set_output_reuse(enabled: bool) -> bool:
@@ -20,11 +18,10 @@ def set_output_reuse(enabled: bool) -> bool:
     return previous
 
 
-@contextlib.contextmanager
 def output_reuse(enabled: bool):
-    """Context manager form of set_output_reuse."""
-    previous = set_output_reuse(enabled)
-    try:
-        yield
-    finally:
-        set_output_reuse(previous)
+    """Context manager: output reuse on or off inside the block, for the calling thread only
+    (threads whose blocks overlap cannot leave each other's setting behind). Turning it off
+    releases the buffers held, as set_output_reuse(False) does."""
+    if not enabled:
+        OUTPUTS.clear()
+    return REUSE.scoped(bool(enabled))

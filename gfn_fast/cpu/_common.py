@@ -12,6 +12,8 @@ import numba
 import numpy as np
 import torch
 
+from gfn_fast import _scoped
+
 SQUARED, HALF_SQUARED, ABSOLUTE, HUBER, SHIFTED_COSH, LINEX = range(6)
 _NUMBA_FLOATS = (torch.float32, torch.float64)
 
@@ -266,7 +268,9 @@ class _OutputPool:
         """torch.empty (contiguous) or, given `stride`, torch.empty_strided of a dense layout.
         Pooled from `min_bytes` (default: the class's) up."""
         nbytes = math.prod(shape) * dtype.itemsize
-        if not self.enabled or nbytes < (self.min_bytes if min_bytes is None else min_bytes):
+        here = REUSE.get()  # a `with output_reuse(...)` block's setting, else the process's
+        enabled = self.enabled if here is None else here and self.available
+        if not enabled or nbytes < (self.min_bytes if min_bytes is None else min_bytes):
             return _allocate(shape, dtype, stride)
         with self._lock:
             for i in range(len(self._storages)):
@@ -307,6 +311,9 @@ def _allocate(shape: tuple, dtype: torch.dtype, stride: tuple | None) -> torch.T
 
 
 OUTPUTS = _OutputPool()
+# Overrides OUTPUTS.enabled (the process-wide setting) inside `with output_reuse(...)` blocks, in
+# their own thread only (gfn_fast._scoped).
+REUSE = _scoped.Switch("gfn_fast.output_reuse", None)
 
 
 def output_like(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
