@@ -527,3 +527,39 @@ def test_a_loss_on_the_second_gpu(backend):
                                       log_reward.to("cuda:1"), 0.5, backend=backend)
     assert got.device == torch.device("cuda:1")
     torch.testing.assert_close(got.cpu(), expected)
+
+
+@contextlib.contextmanager
+def _default_device(device):
+    torch.set_default_device(device)
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", ["reference"] + [p.values[0] for p in CPU_BACKENDS])
+def test_a_default_device_leaves_cpu_calls_on_the_cpu(case, backend):
+    """torch.set_default_device("cuda") is common in GPU training scripts that also run CPU
+    work; gfn_fast's internal buffers took the default device, so CPU calls failed ("can't
+    convert cuda tensor to numpy", "not on the expected device cpu") where torch's own ops
+    run. Here "meta" stands in for the GPU: results and gradients are those of a run without."""
+    inputs, fn = CASES[case](torch.Generator().manual_seed(10))
+    expected, expected_grads = _outputs_and_grads(fn, backend, inputs)
+    with _default_device("meta"):
+        got, got_grads = _outputs_and_grads(fn, backend, inputs)
+    for a, b in zip(got + got_grads, expected + expected_grads, strict=True):
+        assert a.device.type == "cpu" and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_a_default_device_leaves_cpu_generation_steps_on_the_cpu(name):
+    build, _ = STEPS[name]
+    expected, step = build(torch.Generator().manual_seed(3))
+    step(expected)
+    got, step = build(torch.Generator().manual_seed(3))
+    with _default_device("meta"):
+        step(got)
+    for arg in got:
+        assert torch.equal(got[arg], expected[arg]), arg

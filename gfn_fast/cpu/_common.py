@@ -144,7 +144,7 @@ def constant_row(batch: int, dtype: torch.dtype, value: float) -> np.ndarray:
     key = (dtype, value)
     element = _CONSTANTS.get(key)
     if element is None:
-        element = _CONSTANTS[key] = torch.full((1,), value, dtype=dtype).numpy()
+        element = _CONSTANTS[key] = torch.full((1,), value, dtype=dtype, device="cpu").numpy()
     return np.ndarray((batch,), element.dtype, element, 0, (0,))
 
 
@@ -276,7 +276,7 @@ class _OutputPool:
             for i in range(len(self._storages)):
                 if self._free(i, nbytes):
                     storage = self._storages[i]
-                    out = torch.empty(0, dtype=dtype)
+                    out = torch.empty(0, dtype=dtype, device="cpu")
                     if stride is None:  # set_ without a stride lays it out contiguously
                         out.set_(storage, 0, shape)
                     else:
@@ -306,8 +306,8 @@ class _OutputPool:
 
 def _allocate(shape: tuple, dtype: torch.dtype, stride: tuple | None) -> torch.Tensor:
     if stride is None:
-        return torch.empty(shape, dtype=dtype)
-    return torch.empty_strided(shape, stride, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device="cpu")
+    return torch.empty_strided(shape, stride, dtype=dtype, device="cpu")
 
 
 OUTPUTS = _OutputPool()

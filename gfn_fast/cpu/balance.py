@@ -170,8 +170,8 @@ def rows_forward(log_pf, log_pb, lengths, packed, log_reward, log_z, beta, clip_
     rho(d) when apply_loss. Returns (d, rho(d) or None) in the dtype of log_reward."""
     dtype = log_reward.dtype
     batch = log_reward.shape[0]
-    d = torch.empty(batch, dtype=dtype)
-    loss = torch.empty(batch if apply_loss else 1, dtype=dtype)
+    d = torch.empty(batch, dtype=dtype, device="cpu")
+    loss = torch.empty(batch if apply_loss else 1, dtype=dtype, device="cpu")
     pf = as_numpy(_as_2d(log_pf, packed), dtype)
     pb = as_numpy(_as_2d(log_pb, packed), dtype) if log_pb is not None else pf
     kernel = serial_if(_rows_forward, _small(log_pf))
@@ -195,9 +195,9 @@ def rows_backward(grad_rows, d, from_residual, weight, loss_id, loss_param, leng
     wide = log_pf.dtype if log_pf.dtype in (torch.float32, torch.float64) else dtype
     grad_pf = output_like(log_pf, wide)
     grad_pb = output_like(log_pf, wide) if has_pb else None
-    grad_row = torch.empty(batch, dtype=dtype)
-    grad_log_reward = torch.empty(batch if need_log_reward else 1, dtype=dtype)
-    grad_beta = torch.empty(batch if need_beta else 1, dtype=dtype)
+    grad_row = torch.empty(batch, dtype=dtype, device="cpu")
+    grad_log_reward = torch.empty(batch if need_log_reward else 1, dtype=dtype, device="cpu")
+    grad_beta = torch.empty(batch if need_beta else 1, dtype=dtype, device="cpu")
     small = _small(log_pf)
     serial_if(_row_gradients, small)(
         per_row(grad_rows, batch, dtype), d.numpy(), from_residual, float(weight), loss_id,

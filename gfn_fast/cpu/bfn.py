@@ -443,7 +443,7 @@ def continuous_loss_forward(x, mu, eps_hat, t, sigma_1, n_steps, t_min, x_min, x
                             want_unit):
     """(per-sample loss [B], d loss_b / d eps_hat [B, D] or None), both in the compute dtype."""
     acc = _acc(x, mu, eps_hat)
-    out = torch.empty(x.shape[0], dtype=acc)
+    out = torch.empty(x.shape[0], dtype=acc, device="cpu")
     unit = empty(x.shape if want_unit else (1, 1), dtype=acc)
     _run(_continuous_loss_forward, (2 if want_unit else 1) * _NS_CHEAP * x.numel(), _np(x, acc),
          _np(mu, acc), _np(eps_hat, acc), _np(t, acc), math.log(sigma_1), int(n_steps),
@@ -467,7 +467,7 @@ def continuous_update(mu, rho, y, alpha):
 
 def discretised_loss_forward(x, mu_x, log_sigma_x, t, sigma_1, n_steps, n_bins):
     acc = _acc(x, mu_x, log_sigma_x)
-    out = torch.empty(x.shape[0], dtype=acc)
+    out = torch.empty(x.shape[0], dtype=acc, device="cpu")
     _run(_discretised_loss_forward, _NS_CHEAP * x.numel() * n_bins, _np(x, acc), _np(mu_x, acc),
          _np(log_sigma_x, acc), _np(t, acc), math.log(sigma_1), int(n_steps), int(n_bins),
          out.numpy())
@@ -496,7 +496,7 @@ def discretised_probs(mu_x, log_sigma_x, n_bins):
 
 def discrete_loss_forward(x_index, logits, t, beta_1):
     acc = _acc(logits)
-    out = torch.empty(logits.shape[0], dtype=acc)
+    out = torch.empty(logits.shape[0], dtype=acc, device="cpu")
     _run(_discrete_loss_forward, _NS_LOGIT * logits.numel(), x_index.numpy(), _np(logits, acc),
          _np(t, acc), float(beta_1), out.numpy())
     return out
@@ -882,7 +882,7 @@ def discrete_flow(x_index, t, beta_1, n_classes, seed, offset, log):
 
 def discrete_nstep_loss_forward(x_index, logits, t, beta_1, n_steps, seed, offset):
     acc = _acc(logits)
-    out = torch.empty(logits.shape[0], dtype=acc)
+    out = torch.empty(logits.shape[0], dtype=acc, device="cpu")
     _run(_discrete_nstep_loss_forward, 2 * _NS_NOISE * logits.numel(), x_index.numpy(),
          _np(logits, acc), _np(t, acc), float(beta_1), int(n_steps), *_key(seed, offset),
          out.numpy())

@@ -182,14 +182,14 @@ class HyperGridWork:
         self.states = trajectory_buffer((steps + 1, n, ndim), torch.int64)
         self.actions = trajectory_buffer((steps, n), torch.int64)
         self.log_pf = trajectory_buffer((steps, n), torch.float32)
-        self.current = [torch.empty(n, ndim, dtype=torch.int64) for _ in range(2)]
-        self.live = [torch.empty(n, dtype=torch.int64) for _ in range(2)]
+        self.current = [torch.empty(n, ndim, dtype=torch.int64, device="cpu") for _ in range(2)]
+        self.live = [torch.empty(n, dtype=torch.int64, device="cpu") for _ in range(2)]
         self.mask = np.empty((n, ndim + 1), dtype=np.uint8)
         self.taken = np.empty(n, dtype=np.int64)
-        self.picked = torch.empty(n, dtype=torch.int64)
+        self.picked = torch.empty(n, dtype=torch.int64, device="cpu")
         # transitions up to and including the exit, written by the step where a row exits (the
         # generic loop's rollout._lengths, without a pass over the [T, N] actions after it)
-        self.lengths = torch.empty(n, dtype=torch.int64)
+        self.lengths = torch.empty(n, dtype=torch.int64, device="cpu")
         self.features = trajectory_buffer((n, ndim * height), torch.float32)
         self.side = 0
         self._held = None
@@ -233,7 +233,7 @@ def step_constants(work: HyperGridWork, logits_dtype: torch.dtype, inv_temperatu
     sample_chunk for a scale serves the rollout too (a view made a build of its own)."""
     dtype = torch.float64 if logits_dtype == torch.float64 else torch.float32
     lo, hi = _clip(clip, dtype)
-    ones = torch.ones(work.n, dtype=dtype).numpy()
+    ones = torch.ones(work.n, dtype=dtype, device="cpu").numpy()
     return (dtype, ones, row_or(inv_temperature, work.n, dtype, 1.0), lo, hi,
             row_or(epsilon, work.n, dtype, 0.0))
 

@@ -589,11 +589,11 @@ def sample_forward(logits, mask, packed, scale, inv_temperature, clip, epsilon, 
     off_hi)."""
     rows = logits.shape[0]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    actions = torch.empty(rows, dtype=torch.int64)
-    log_pi = torch.empty(rows, dtype=dtype)
-    log_mu = torch.empty(rows if want_log_mu else 0, dtype=dtype)
-    entropy = torch.empty(rows if want_entropy else 0, dtype=dtype)
-    lse = torch.empty(rows, dtype=dtype)
+    actions = torch.empty(rows, dtype=torch.int64, device="cpu")
+    log_pi = torch.empty(rows, dtype=dtype, device="cpu")
+    log_mu = torch.empty(rows if want_log_mu else 0, dtype=dtype, device="cpu")
+    entropy = torch.empty(rows if want_entropy else 0, dtype=dtype, device="cpu")
+    lse = torch.empty(rows, dtype=dtype, device="cpu")
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
     serial_if(_sample_rows, serial_sampling(rows, logits.shape[1]))(
@@ -608,8 +608,8 @@ def log_prob_forward(logits, actions, mask, packed, scale, inv_temperature, clip
     """(log_pi [N], lse [N]) in the compute dtype."""
     rows = logits.shape[0]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    log_pi = torch.empty(rows, dtype=dtype)
-    lse = torch.empty(rows, dtype=dtype)
+    log_pi = torch.empty(rows, dtype=dtype, device="cpu")
+    lse = torch.empty(rows, dtype=dtype, device="cpu")
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
     # serial_if(.., False): parallel, except in a forked child (cpu._common._SERIAL_ONLY)
@@ -627,7 +627,7 @@ def log_prob_backward(grad, logits, actions, mask, packed, scale, inv_temperatur
     dtype = lse.dtype
     wide = logits.dtype if logits.dtype in (torch.float32, torch.float64) else dtype
     grad_logits = empty(logits.shape if need_logits else (1, 1), dtype=wide)
-    grad_scale = torch.empty(rows if need_scale else 1, dtype=dtype)
+    grad_scale = torch.empty(rows if need_scale else 1, dtype=dtype, device="cpu")
     mask_np, has_mask = _mask_view(mask)
     lo, hi = _clip(clip, dtype)
     serial_if(_log_prob_backward_rows, False)(

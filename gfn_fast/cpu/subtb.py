@@ -386,8 +386,8 @@ def _grad_buffers(log_pf, has_pb, dtype, batch, need_log_reward, need_beta):
     grad_pf = output_like(log_pf, wide)
     grad_pb = output_like(log_pf, wide) if has_pb else None
     grad_flow = output_like(log_pf, wide)
-    grad_log_reward = torch.empty(batch if need_log_reward else 1, dtype=dtype)
-    grad_beta = torch.empty(batch if need_beta else 1, dtype=dtype)
+    grad_log_reward = torch.empty(batch if need_log_reward else 1, dtype=dtype, device="cpu")
+    grad_beta = torch.empty(batch if need_beta else 1, dtype=dtype, device="cpu")
     return grad_pf, grad_pb, grad_flow, grad_log_reward, grad_beta
 
 
@@ -415,7 +415,7 @@ def db_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, log_
     dtype = log_reward.dtype
     batch = log_reward.shape[0]
     pf, pb, flow, sr = _inputs(log_pf, log_pb, log_flow, log_state_reward, packed, dtype)
-    rows = torch.empty(batch, dtype=dtype)
+    rows = torch.empty(batch, dtype=dtype, device="cpu")
     steps_out = empty(log_pf.shape if per_step else (1,), dtype=dtype)
     step_view = _as_2d(steps_out, packed).numpy() if per_step else np.zeros((1, 1), pf.dtype)
     if _squared_fast_path(loss_id, packed, log_state_reward, pf, pb, flow):
@@ -468,8 +468,8 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
     dtype = log_reward.dtype
     batch = log_reward.shape[0]
     pf, pb, flow, sr = _inputs(log_pf, log_pb, log_flow, log_state_reward, packed, dtype)
-    rows = torch.empty(batch, dtype=dtype)
-    a = torch.zeros(a_size, dtype=dtype)  # slots past n_b stay 0 (a deterministic output)
+    rows = torch.empty(batch, dtype=dtype, device="cpu")
+    a = torch.zeros(a_size, dtype=dtype, device="cpu")  # slots past n_b stay 0 (a deterministic output)
     table_np = table.numpy() if table is not None else np.ones(1, rows.numpy().dtype)
     kernel = _threads_for(_subtb_forward, _subtb_work(log_pf, running))
     kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,

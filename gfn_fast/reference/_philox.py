@@ -79,8 +79,10 @@ def _mulhilo(a: torch.Tensor, multiplier: int) -> tuple[torch.Tensor, torch.Tens
 def philox4x32(seed: int, offset: int, row, col) -> torch.Tensor:
     """The 4 uint32 words (as int64, last dim 4) of the block for every (row, col) pair.
     `row` and `col` are int64 tensors (broadcast together) or ints, each in [0, 2^32)."""
-    row = torch.as_tensor(row, dtype=torch.int64)
-    col = torch.as_tensor(col, dtype=torch.int64)
+    # an int on the tensor's device (not torch's default device, which may be another)
+    device = row.device if torch.is_tensor(row) else col.device if torch.is_tensor(col) else "cpu"
+    row = torch.as_tensor(row, dtype=torch.int64, device=device)
+    col = torch.as_tensor(col, dtype=torch.int64, device=device)
     row, col = torch.broadcast_tensors(row, col)
     k0, k1 = split_seed(seed)
     off_lo, off_hi = split_offset(offset)

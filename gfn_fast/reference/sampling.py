@@ -134,7 +134,8 @@ def sample_actions(logits, allowed, scale, inv_temperature, clip, epsilon, seed,
     keys = torch.where(torch.isnan(keys), torch.full_like(keys, NEG_INF), keys)
     policy_choice = _first_argmax(keys, allowed)
     uniform_choice = _first_argmax(uniform_keys.to(torch.float64), allowed)
-    eps = (epsilon if epsilon is not None else torch.zeros((), dtype=dtype)).to(dtype)
+    eps = (epsilon if epsilon is not None else
+           torch.zeros((), dtype=dtype, device=logits.device)).to(dtype)
     explore = ((coin >> 8).to(dtype) * 2.0 ** -24) < eps.to(logits.device)
     chosen = torch.where(explore, uniform_choice, policy_choice)
     lse = torch.logsumexp(z, dim=1)
@@ -158,7 +159,8 @@ def distribution(logits, allowed, scale, inv_temperature, clip, epsilon):
         allowed = torch.ones(rows, actions, dtype=torch.bool, device=logits.device)
     z = scaled_logits(logits, allowed, scale, inv_temperature, clip, torch.float64)
     pi = torch.softmax(z, dim=1)
-    eps = (epsilon if epsilon is not None else torch.zeros(())).to(torch.float64)
+    eps = (epsilon if epsilon is not None else
+           torch.zeros((), device=logits.device)).to(torch.float64)
     eps = eps if eps.dim() == 0 else eps[:, None]
     uniform = allowed.to(torch.float64) / allowed.sum(dim=1, keepdim=True)
     return pi, (1 - eps) * pi + eps * uniform
