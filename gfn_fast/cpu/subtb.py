@@ -469,7 +469,8 @@ def subtb_forward(log_pf, log_pb, log_flow, log_state_reward, lengths, packed, l
     batch = log_reward.shape[0]
     pf, pb, flow, sr = _inputs(log_pf, log_pb, log_flow, log_state_reward, packed, dtype)
     rows = torch.empty(batch, dtype=dtype, device="cpu")
-    a = torch.zeros(a_size, dtype=dtype, device="cpu")  # slots past n_b stay 0 (a deterministic output)
+    # slots past n_b stay 0 (a deterministic output)
+    a = torch.zeros(a_size, dtype=dtype, device="cpu")
     table_np = table.numpy() if table is not None else np.ones(1, rows.numpy().dtype)
     kernel = _threads_for(_subtb_forward, _subtb_work(log_pf, running))
     kernel(pf, pb, log_pb is not None, flow, sr, log_state_reward is not None,
