@@ -266,7 +266,7 @@ def _length_table(lamda: float, n: torch.Tensor, steps: int, dtype) -> torch.Ten
     if lamda == 1.0:
         w = (1.0 / longest).expand(steps)
     else:
-        w = lamda ** (k - 1.0) * (1.0 - lamda) / (1.0 - lamda ** longest)
+        w = reference.geometric_weights(lamda, k, longest)
     usable = (counts > 0) & (k <= longest)
     return torch.where(usable, w / counts.clamp(min=1.0), torch.zeros_like(w)).to(dtype)
 

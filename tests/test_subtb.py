@@ -312,6 +312,42 @@ def test_reference_geometric_weighting_compiles_without_graph_breaks(lamda):
     torch.testing.assert_close(fused, eager, rtol=1e-10, atol=0)
 
 
+@pytest.mark.parametrize("lamda", [1 - 1e-6, 1 - 1e-12])
+def test_geometric_weighting_near_one_in_float32(lamda):
+    """`geometric`'s weights have 1 - lambda^M in their denominator. The float32 reference
+    formed it in float32: the loss was 1.3% off at lambda = 1 - 1e-6, and inf (NaN gradients) at
+    1 - 1e-12. The weights are float64 now, with the differences from 1 as expm1."""
+    op, _ = make_batch(5, 9, dtype=torch.float64, layout="padded")
+    args = leaves(op)
+    names = ("log_pf", "log_pb", "log_flow", "log_reward")
+
+    def loss(dtype, backend):
+        inputs = [args[n].detach().to(dtype).requires_grad_() for n in names]
+        value = gfn_fast.subtrajectory_balance(*inputs, lengths=args["lengths"], lamda=lamda,
+                                               weighting="geometric", backend=backend)
+        return value, torch.autograd.grad(value, inputs[0])[0]
+
+    exact, exact_grad = loss(torch.float64, "reference")
+    for backend in ("reference", "numba"):
+        value, grad = loss(torch.float32, backend)
+        torch.testing.assert_close(value.double(), exact, rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_geometric_weights_keep_their_relative_precision_near_one():
+    """w_k = lambda^(k-1) (1 - lambda) / (1 - lambda^M) against lambda^(k-1) / sum_{j<M} lambda^j
+    (a sum of M terms near 1, exact to a few ulp with fsum)."""
+    from gfn_fast.reference.subtb import geometric_weights
+
+    longest = 1000
+    for lamda in (0.5, 1 - 1e-6, 1 - 1e-12):
+        k = torch.tensor([1.0, 2.0, 500.0, 1000.0], dtype=torch.float64)
+        got = geometric_weights(lamda, k, torch.tensor(float(longest), dtype=torch.float64))
+        total = math.fsum(lamda ** j for j in range(longest))
+        want = torch.tensor([lamda ** (kk - 1) / total for kk in k.tolist()], dtype=torch.float64)
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+
+
 def test_compile_and_opcheck():
     op, _ = make_batch(4, 6, dtype=torch.float32, layout="time_major")
     args = leaves(op)
