@@ -584,6 +584,54 @@ def test_bfn_extreme_times_finite(backend, device):
     assert bool(torch.isfinite(loss).all()) and bool(torch.isfinite(grad).all())
 
 
+def _entropy(row) -> float:
+    import mpmath
+
+    z = [mpmath.mpf(v) for v in row]
+    lse = max(z) + mpmath.log(sum(mpmath.e ** (v - max(z)) for v in z))
+    return float(-sum(mpmath.e ** (v - lse) * (v - lse) for v in z))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + [pytest.param("reference", "cpu")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_entropy_absolute_error_is_within_an_ulp_of_the_logits(backend, device, dtype):
+    """docs/numerics.md: the entropy has the absolute accuracy of log pi, about an ulp of the
+    largest |z|, so a near-deterministic row (H ~ 1e-8 in float32) keeps few correct digits."""
+    eps = torch.finfo(dtype).eps
+    for row in ([0, -40, -40], [0, -20, -20], [0, -12], [1000, 960, 970], [5, 0, 0, 0],
+                [0, -3, -3, -30]):
+        logits = torch.tensor([row], dtype=dtype, device=device)
+        got = gfn_fast.sample_actions(logits, seed=1, return_entropy=True, backend=backend)[-1]
+        assert abs(got.item() - _entropy(row)) <= 2 * eps * max(1, max(map(abs, row))), row
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS + [pytest.param("reference", "cpu")])
+def test_continuous_loss_precision_as_documented(backend, device):
+    """docs/numerics.md: in float32 the continuous loss's relative error is about 2^-24 /
+    sigma_1^t where x_hat is formed first (the reference, Triton, CUDA), within 3e-5 at
+    sigma_1 = 1e-3, t = 1; Numba forms each residual in float64. Where sigma_1^t is below the
+    data's ulp, x_hat rounds to the data and the loss is lost, in float64 too."""
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(16, 256, generator=gen, dtype=torch.float64) * 2 - 1).float()
+    t = torch.ones(16)
+    mu = bfn.continuous_flow(x, t, 1e-3, seed=1, backend="reference")
+    eps_hat = torch.randn(16, 256, generator=gen)
+    exact = bfn.continuous_loss(x.double(), mu.double(), eps_hat.double(), t.double(), 1e-3,
+                                backend="reference")
+    got = bfn.continuous_loss(x.to(device), mu.to(device), eps_hat.to(device), t.to(device),
+                              1e-3, backend=backend).cpu().double()
+    error = ((got - exact) / exact).abs().max().item()
+    assert error < (1e-7 if backend == "numba" else 3e-5)
+    # mu = x: x - x_hat = sigma_1^t eps_hat / sqrt(gamma), so the loss is -ln(sigma_1) |eps_hat|^2
+    # / gamma; at sigma_1 = 1e-20 that offset is below the ulp of x, and the loss comes out as
+    # 0 or a fraction of the truth
+    lost = bfn.continuous_loss(x.double().to(device), x.double().to(device),
+                               eps_hat.double().to(device), t.double().to(device), 1e-20,
+                               backend=backend).cpu()
+    truth = -math.log(1e-20) * (eps_hat.double() ** 2).sum(dim=1)
+    assert bool((lost < 0.1 * truth).all())
+
+
 @pytest.mark.skipif(not available_backends("cpu"), reason="no CPU backend")
 def test_check_finite_names_the_input_on_inf_log_prob():
     log_pf = torch.randn(3, 4)
